@@ -1,0 +1,281 @@
+"""Settings for aiadmin, read from the environment (django-environ).
+
+Two shapes, chosen by what the environment provides:
+
+* Embedded default (nothing set): SQLite in WAL mode, the channels-lite SQLite
+  channel layer and the django-q2 ORM broker. Nothing to install; for a laptop.
+* Production: ``DATABASE_URL`` (PostgreSQL) and ``REDIS_URL`` (channels_redis).
+
+Misconfiguration fails at import time with a message that says what to set.
+"""
+
+from pathlib import Path
+
+import environ
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+env = environ.Env()
+_env_file = BASE_DIR / ".env"
+if _env_file.exists():
+    environ.Env.read_env(str(_env_file))
+
+DEBUG = env.bool("DJANGO_DEBUG", default=False)
+
+_DEV_SECRET = "insecure-dev-only-key-never-use-in-production-aiadmin"
+SECRET_KEY = env.str("DJANGO_SECRET_KEY", default="")
+if not SECRET_KEY:
+    if not DEBUG:
+        raise ImproperlyConfigured(
+            "DJANGO_SECRET_KEY is not set. Set it (50+ random characters), or set "
+            "DJANGO_DEBUG=1 for a local development run."
+        )
+    SECRET_KEY = _DEV_SECRET
+
+ALLOWED_HOSTS = env.list(
+    "DJANGO_ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"] if DEBUG else []
+)
+if not DEBUG and not ALLOWED_HOSTS:
+    raise ImproperlyConfigured(
+        "DJANGO_ALLOWED_HOSTS is empty. List the host names this site answers to, "
+        "comma separated (e.g. DJANGO_ALLOWED_HOSTS=admin.example.com)."
+    )
+CSRF_TRUSTED_ORIGINS = env.list("DJANGO_CSRF_TRUSTED_ORIGINS", default=[])
+
+VAR_DIR = Path(env.str("AIADMIN_VAR_DIR", default=str(BASE_DIR / "var")))
+VAR_DIR.mkdir(parents=True, exist_ok=True)  # SQLite files, neonize stores, test artifacts
+
+INSTALLED_APPS = [
+    "daphne",
+    # whatsapp comes before channels so its `runworker` (per-worker channel,
+    # boot message) overrides the stock one.
+    "whatsapp",
+    "companies",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "channels",
+    "channels_lite",
+    "django_q",
+    "rest_framework",
+    "rest_framework_api_key",
+    "drf_spectacular",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "aiadmin.urls"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+WSGI_APPLICATION = "aiadmin.wsgi.application"
+ASGI_APPLICATION = "aiadmin.asgi.application"
+
+# --- Databases -------------------------------------------------------------
+# The embedded default: SQLite in WAL mode with IMMEDIATE transactions and a
+# busy timeout. Measured: rollback-journal mode lost django-q2 results with
+# "database is locked" once web + runworker + qcluster shared one file.
+_SQLITE_OPTIONS = {
+    "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+    "transaction_mode": "IMMEDIATE",
+    "timeout": 30,
+}
+
+DATABASE_URL = env.str("DATABASE_URL", default="")
+if DATABASE_URL:
+    try:
+        _default_db = env.db_url_config(DATABASE_URL)
+    except Exception as exc:  # django-environ raises several types here
+        raise ImproperlyConfigured(f"DATABASE_URL is not a valid database URL: {exc}") from exc
+    _engine = _default_db["ENGINE"]
+    if not _engine.endswith(("postgresql", "sqlite3")):
+        raise ImproperlyConfigured(
+            f"DATABASE_URL must be postgres://... (or sqlite:///...), not {_engine!r}."
+        )
+    if _engine.endswith("sqlite3"):
+        _default_db["OPTIONS"] = dict(_SQLITE_OPTIONS)
+    else:
+        _default_db.setdefault("CONN_MAX_AGE", env.int("DATABASE_CONN_MAX_AGE", default=0))
+        _default_db.setdefault("CONN_HEALTH_CHECKS", True)
+else:
+    _default_db = {
+        "ENGINE": "django.db.backends.sqlite3",
+        "NAME": str(VAR_DIR / "aiadmin.sqlite3"),
+        "OPTIONS": dict(_SQLITE_OPTIONS),
+    }
+if env.str("TEST_DATABASE_NAME", default=""):
+    # Lets parallel test runs on one PostgreSQL server use distinct databases.
+    _default_db["TEST"] = {"NAME": env.str("TEST_DATABASE_NAME")}
+elif _default_db["ENGINE"].endswith("sqlite3"):
+    # A file, not :memory:, so that real processes (runworker, qcluster) in
+    # end-to-end tests see the same test database.
+    _default_db["TEST"] = {"NAME": str(VAR_DIR / "test-aiadmin.sqlite3")}
+
+DATABASES = {"default": _default_db}
+
+# --- Channel layer ---------------------------------------------------------
+REDIS_URL = env.str("REDIS_URL", default="")
+if REDIS_URL:
+    if not REDIS_URL.startswith(("redis://", "rediss://", "unix://")):
+        raise ImproperlyConfigured("REDIS_URL must start with redis://, rediss:// or unix://")
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {
+                # socket_timeout above the 5 s BZPOPMIN window: redis-py's default
+                # equal to the window makes an idle runworker crash.
+                "hosts": [{"address": REDIS_URL, "socket_timeout": 10}],
+                "capacity": 1000,
+                "expiry": 60,
+                "prefix": env.str("CHANNELS_PREFIX", default="aiadmin"),
+            },
+        }
+    }
+else:
+    # channels-lite on its own SQLite file (alpha, single author: isolated so a
+    # fault there cannot touch business data).
+    DATABASES["channels"] = {
+        "ENGINE": "django.db.backends.sqlite3",
+        "NAME": str(VAR_DIR / "channels.sqlite3"),
+        "OPTIONS": {
+            "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+            "timeout": 30,
+        },
+        "TEST": {"NAME": str(VAR_DIR / "test-channels.sqlite3")},
+    }
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_lite.layers.core.SQLiteChannelLayer",
+            "CONFIG": {
+                "database": "channels",
+                "polling_interval": env.float("CHANNELS_POLL_INTERVAL", default=0.05),
+                "capacity": 1000,
+                "expiry": 60,
+            },
+        }
+    }
+DATABASE_ROUTERS = ["channels_lite.router.ChannelsRouter"]
+
+# --- Job queue (django-q2) -------------------------------------------------
+# ORM broker (default): enqueue is part of the transaction that stores the
+# message. Redis broker: enqueued on commit, with a sweeper for the crash window.
+Q_BROKER = env.str("Q_BROKER", default="orm")
+if Q_BROKER not in {"orm", "redis"}:
+    raise ImproperlyConfigured("Q_BROKER must be 'orm' or 'redis'.")
+if Q_BROKER == "redis" and not REDIS_URL:
+    raise ImproperlyConfigured("Q_BROKER=redis needs REDIS_URL.")
+Q_CLUSTER = {
+    "name": env.str("Q_CLUSTER_NAME", default="aiadmin"),
+    "workers": env.int("Q_WORKERS", default=2),
+    "timeout": 60,
+    "retry": 90,  # must be above timeout
+    "max_attempts": 3,  # 0 would retry forever
+    "ack_failures": True,
+    "catch_up": False,
+    "save_limit": 2000,
+    "poll": 0.1,
+    "label": "Jobs",
+}
+if Q_BROKER == "redis":
+    Q_CLUSTER["redis"] = REDIS_URL
+else:
+    Q_CLUSTER["orm"] = "default"
+
+# --- Auth, i18n, static ----------------------------------------------------
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+STATIC_URL = "static/"
+STATIC_ROOT = VAR_DIR / "static"
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+LOGIN_URL = "admin:login"
+
+# --- Security (production) -------------------------------------------------
+if not DEBUG:
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    SECURE_SSL_REDIRECT = env.bool("DJANGO_SECURE_SSL_REDIRECT", default=True)
+    SECURE_HSTS_SECONDS = env.int("DJANGO_HSTS_SECONDS", default=31536000)
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = True
+    SECURE_HSTS_PRELOAD = True
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+SECURE_CONTENT_TYPE_NOSNIFF = True
+X_FRAME_OPTIONS = "DENY"
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
+    "loggers": {"whatsmeow": {"level": "WARNING"}, "neonize": {"level": "WARNING"}},
+}
+
+# --- REST framework --------------------------------------------------------
+REST_FRAMEWORK = {
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "aiadmin API",
+    "DESCRIPTION": "WhatsApp sessions and messages per company.",
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+}
+
+# --- WhatsApp --------------------------------------------------------------
+WHATSAPP = {
+    # "neonize" (real WhatsApp) or "simulator" (the project's own stand-in).
+    "TRANSPORT": env.str("WHATSAPP_TRANSPORT", default="neonize"),
+    "SIMULATOR_URL": env.str("WHATSAPP_SIMULATOR_URL", default="ws://127.0.0.1:8765"),
+    # neonize device-key store: one SQLite file per company under this folder,
+    # or a postgres:// URL shared by all companies (production).
+    "STORE_DIR": env.str("WHATSAPP_STORE_DIR", default=str(VAR_DIR / "wa-store")),
+    "STORE_URL": env.str("WHATSAPP_STORE_URL", default=""),
+    "LEASE_TTL": env.float("WHATSAPP_LEASE_TTL", default=15.0),
+    "RECONCILE_INTERVAL": env.float("WHATSAPP_RECONCILE_INTERVAL", default=5.0),
+    "WATCHDOG_SILENCE": env.float("WHATSAPP_WATCHDOG_SILENCE", default=180.0),
+    "CONNECT_CONCURRENCY": env.int("WHATSAPP_CONNECT_CONCURRENCY", default=4),
+    "BACKOFF_BASE": env.float("WHATSAPP_BACKOFF_BASE", default=2.0),
+    "BACKOFF_CAP": env.float("WHATSAPP_BACKOFF_CAP", default=300.0),
+    "REPLACED_BACKOFF": env.float("WHATSAPP_REPLACED_BACKOFF", default=600.0),
+    "MAX_SESSIONS_PER_WORKER": env.int("WHATSAPP_MAX_SESSIONS_PER_WORKER", default=1000),
+    "SEND_MAX_ATTEMPTS": env.int("WHATSAPP_SEND_MAX_ATTEMPTS", default=5),
+    # Default processing handler for inbound messages (dotted path).
+    "INBOUND_HANDLER": env.str("WHATSAPP_INBOUND_HANDLER", default="whatsapp.handlers.auto_reply"),
+    "DEFAULT_COUNTRY": env.str("WHATSAPP_DEFAULT_COUNTRY", default=""),
+    "MAX_TEXT_LENGTH": 4096,
+    # A job not enqueued this long after its message was stored is re-enqueued.
+    "SWEEP_AFTER": env.float("WHATSAPP_SWEEP_AFTER", default=30.0),
+}

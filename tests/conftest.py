@@ -1,0 +1,24 @@
+"""Shared fixtures: three tenants (owner's company, another company, an
+outsider user), and builders for real neonize message events."""
+
+import pytest
+
+from tests.tenants import Tenants
+
+
+@pytest.fixture
+def tenants(db):
+    """Company A (owner + member), company B (its own owner), and an outsider."""
+    return Tenants.create()
+
+
+@pytest.fixture
+def company(tenants):
+    return tenants.a
+
+
+@pytest.fixture
+def is_postgres():
+    from django.db import connection
+
+    return connection.vendor == "postgresql"

@@ -1,0 +1,53 @@
+"""System checks for the WhatsApp configuration (run by `manage.py check`)."""
+
+from django.conf import settings
+from django.core.checks import Error, Warning, register
+from django.utils.module_loading import import_string
+
+TRANSPORTS = {"neonize", "simulator"}
+
+
+@register()
+def check_whatsapp_settings(app_configs, **kwargs):
+    errors = []
+    conf = settings.WHATSAPP
+    if conf["TRANSPORT"] not in TRANSPORTS:
+        errors.append(Error(
+            f"WHATSAPP_TRANSPORT={conf['TRANSPORT']!r} is not one of {sorted(TRANSPORTS)}.",
+            id="whatsapp.E001",
+        ))
+    if conf["LEASE_TTL"] < 3:
+        errors.append(Error("WHATSAPP_LEASE_TTL must be at least 3 seconds.", id="whatsapp.E002"))
+    if conf["RECONCILE_INTERVAL"] >= conf["LEASE_TTL"]:
+        errors.append(Error(
+            "WHATSAPP_RECONCILE_INTERVAL must be below WHATSAPP_LEASE_TTL, or leases lapse "
+            "between renewals.", id="whatsapp.E003",
+        ))
+    if conf["CONNECT_CONCURRENCY"] < 1:
+        errors.append(Error("WHATSAPP_CONNECT_CONCURRENCY must be >= 1.", id="whatsapp.E004"))
+    try:
+        import_string(conf["INBOUND_HANDLER"])
+    except ImportError as exc:
+        errors.append(Error(
+            f"WHATSAPP_INBOUND_HANDLER {conf['INBOUND_HANDLER']!r} cannot be imported: {exc}",
+            id="whatsapp.E005",
+        ))
+    if settings.Q_CLUSTER["timeout"] >= settings.Q_CLUSTER["retry"]:
+        errors.append(Error("Q_CLUSTER timeout must be below retry.", id="whatsapp.E006"))
+    return errors
+
+
+@register(deploy=True)
+def check_production_services(app_configs, **kwargs):
+    warnings = []
+    if "channels_redis" not in settings.CHANNEL_LAYERS["default"]["BACKEND"]:
+        warnings.append(Warning(
+            "The embedded SQLite channel layer serves one machine only; set REDIS_URL.",
+            id="whatsapp.W001",
+        ))
+    if settings.DATABASES["default"]["ENGINE"].endswith("sqlite3"):
+        warnings.append(Warning(
+            "SQLite is the embedded default; set DATABASE_URL to PostgreSQL in production.",
+            id="whatsapp.W002",
+        ))
+    return warnings

@@ -1,0 +1,22 @@
+"""Create the recurring jobs the application relies on (idempotent)."""
+
+from django.core.management.base import BaseCommand
+from django_q.models import Schedule
+
+SCHEDULES = [
+    # (name, func, minutes)
+    ("whatsapp: sweep unqueued jobs", "whatsapp.tasks.sweep_jobs", 1),
+]
+
+
+class Command(BaseCommand):
+    help = "Create the recurring django-q2 schedules (job sweeper, ...)."
+
+    def handle(self, *args, **options):
+        for name, func, minutes in SCHEDULES:
+            _, created = Schedule.objects.update_or_create(
+                name=name,
+                defaults={"func": func, "schedule_type": Schedule.MINUTES, "minutes": minutes,
+                          "repeats": -1},
+            )
+            self.stdout.write(f"{'created' if created else 'kept'} schedule: {name}")

@@ -1,0 +1,194 @@
+"""Messages in and out, and the processing job of each inbound message.
+
+The unique constraint on (company, wa_message_id) is the dedupe: whatever
+delivers a message and however often, only one row -- and so one job -- exists.
+"""
+
+from django.db import models
+from django.utils import timezone
+
+
+class MessageKind(models.TextChoices):
+    TEXT = "text", "Text"
+    IMAGE = "image", "Image"
+    VIDEO = "video", "Video"
+    AUDIO = "audio", "Audio"
+    DOCUMENT = "document", "Document"
+    STICKER = "sticker", "Sticker"
+    LOCATION = "location", "Location"
+    CONTACT = "contact", "Contact"
+    BUTTON_REPLY = "button_reply", "Button reply"
+    LIST_REPLY = "list_reply", "List reply"
+    POLL = "poll", "Poll"
+    REACTION = "reaction", "Reaction"
+    EDIT = "edit", "Edit"
+    REVOKE = "revoke", "Revoke"
+    PROTOCOL = "protocol", "Protocol"
+    STATUS = "status", "Status broadcast"
+    OTHER = "other", "Other"
+
+
+class InboundMessage(models.Model):
+    company = models.ForeignKey(
+        "companies.Company", on_delete=models.CASCADE, related_name="inbound_messages"
+    )
+    wa_message_id = models.CharField(max_length=128)
+    chat_jid = models.CharField(max_length=128)
+    sender_jid = models.CharField(max_length=128)
+    sender_phone = models.CharField(max_length=32, blank=True, db_index=True)
+    sender_lid = models.CharField(max_length=128, blank=True)
+    push_name = models.CharField(max_length=200, default="Client")
+    kind = models.CharField(max_length=16, choices=MessageKind.choices, default=MessageKind.TEXT)
+    text = models.TextField(blank=True)
+    is_group = models.BooleanField(default=False)
+    sent_at = models.DateTimeField(help_text="WhatsApp's timestamp of the message")
+    received_at = models.DateTimeField(default=timezone.now, db_index=True)
+    # Further deliveries of the same message, blocked by the unique constraint.
+    redeliveries = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        ordering = ["-received_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["company", "wa_message_id"], name="uniq_inbound_message_per_company"
+            ),
+        ]
+        indexes = [models.Index(fields=["company", "received_at"])]
+
+    def __str__(self):
+        return f"{self.wa_message_id} from {self.sender_phone or self.sender_jid}"
+
+    @property
+    def reply_jid(self):
+        """Where a reply goes: the group chat for groups, else the sender's chat."""
+        return self.chat_jid
+
+
+class ProcessingJob(models.Model):
+    """The one processing job of an inbound message."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending (stored, not yet enqueued)"
+        QUEUED = "queued", "Queued"
+        RUNNING = "running", "Running"
+        SUCCEEDED = "succeeded", "Succeeded"
+        FAILED = "failed", "Failed"
+
+    message = models.OneToOneField(InboundMessage, on_delete=models.CASCADE, related_name="job")
+    status = models.CharField(
+        max_length=16, choices=Status.choices, default=Status.PENDING, db_index=True
+    )
+    attempts = models.PositiveIntegerField(default=0)
+    enqueue_count = models.PositiveIntegerField(default=0)
+    task_id = models.CharField(max_length=64, blank=True)
+    handler = models.CharField(max_length=200, blank=True)
+    result = models.TextField(blank=True)
+    error = models.TextField(blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    enqueued_at = models.DateTimeField(null=True, blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self):
+        return f"job for {self.message_id} [{self.status}]"
+
+    @property
+    def is_finished(self):
+        return self.status in {self.Status.SUCCEEDED, self.Status.FAILED}
+
+    @property
+    def latency_seconds(self):
+        if self.finished_at and self.message_id:
+            return (self.finished_at - self.message.received_at).total_seconds()
+        return None
+
+
+class OutboundMessage(models.Model):
+    class Status(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        SENDING = "sending", "Sending"
+        SENT = "sent", "Sent"
+        DELIVERED = "delivered", "Delivered"
+        READ = "read", "Read"
+        FAILED = "failed", "Failed"
+
+    company = models.ForeignKey(
+        "companies.Company", on_delete=models.CASCADE, related_name="outbound_messages"
+    )
+    to_jid = models.CharField(max_length=128)
+    to_phone = models.CharField(max_length=32, blank=True)
+    text = models.TextField()
+    idempotency_key = models.CharField(max_length=128)
+    # At most one automatic reply per inbound message.
+    in_reply_to = models.OneToOneField(
+        InboundMessage, null=True, blank=True, on_delete=models.SET_NULL, related_name="reply"
+    )
+    status = models.CharField(
+        max_length=16, choices=Status.choices, default=Status.QUEUED, db_index=True
+    )
+    wa_message_id = models.CharField(max_length=128, blank=True)
+    attempts = models.PositiveIntegerField(default=0)
+    last_error = models.TextField(blank=True)
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    sent_at = models.DateTimeField(null=True, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["company", "idempotency_key"], name="uniq_outbound_idempotency_key"
+            ),
+        ]
+        indexes = [models.Index(fields=["company", "status", "next_attempt_at"])]
+
+    def __str__(self):
+        return f"to {self.to_phone or self.to_jid} [{self.status}]"
+
+    @property
+    def is_final(self):
+        return self.status in {self.Status.SENT, self.Status.DELIVERED, self.Status.READ,
+                               self.Status.FAILED}
+
+
+class AutoReplyRule(models.Model):
+    """Keyword rules of the default handler: the first active match replies."""
+
+    class Match(models.TextChoices):
+        CONTAINS = "contains", "Text contains the keyword"
+        EXACT = "exact", "Text equals the keyword"
+        ANY = "any", "Any message (fallback)"
+
+    company = models.ForeignKey(
+        "companies.Company", on_delete=models.CASCADE, related_name="auto_reply_rules"
+    )
+    match = models.CharField(max_length=16, choices=Match.choices, default=Match.CONTAINS)
+    keyword = models.CharField(max_length=200, blank=True)
+    reply_text = models.TextField()
+    priority = models.IntegerField(default=100, help_text="Lower runs first.")
+    is_active = models.BooleanField(default=True)
+    reply_in_groups = models.BooleanField(default=False)
+
+    class Meta:
+        ordering = ["company", "priority", "id"]
+
+    def __str__(self):
+        return f"{self.get_match_display()}: {self.keyword!r}"
+
+    def matches(self, text):
+        if not self.is_active:
+            return False
+        if self.match == self.Match.ANY:
+            return True
+        if not self.keyword:
+            return False
+        haystack = (text or "").casefold().strip()
+        needle = self.keyword.casefold().strip()
+        if self.match == self.Match.EXACT:
+            return haystack == needle
+        return needle in haystack
+
+    def render(self, message):
+        """The reply text; `{name}` becomes the sender's push name."""
+        return self.reply_text.replace("{name}", message.push_name or "Client")

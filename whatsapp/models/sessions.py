@@ -1,0 +1,235 @@
+"""The WhatsApp session of a company: desired state, current state, health.
+
+Health is stored on the row and written with `.filter(pk=...).update(...)` /
+F() expressions by the services; the admin and the API read rows, never the
+worker. Models compute (status, backoff, lease checks); they never act.
+"""
+
+import random
+from datetime import timedelta
+
+from django.db import models
+from django.utils import timezone
+
+
+class SessionState(models.TextChoices):
+    STOPPED = "stopped", "Stopped"
+    STARTING = "starting", "Starting"
+    AWAITING_PAIRING = "awaiting_pairing", "Awaiting QR / pairing code"
+    CONNECTED = "connected", "Connected"
+    RECONNECTING = "reconnecting", "Reconnecting"
+    REPLACED = "replaced", "Replaced (440 conflict)"
+    LOGGED_OUT = "logged_out", "Logged out"
+    BANNED = "banned", "Temporarily banned"
+    FAILED = "failed", "Failed"
+
+
+# States in which the session has a live (or starting) client in some worker.
+LIVE_STATES = {
+    SessionState.STARTING,
+    SessionState.AWAITING_PAIRING,
+    SessionState.CONNECTED,
+    SessionState.RECONNECTING,
+}
+# States the worker will not leave by itself: a person (or the ban expiry) must act.
+PARKED_STATES = {SessionState.REPLACED, SessionState.LOGGED_OUT, SessionState.BANNED}
+
+
+class DesiredState(models.TextChoices):
+    RUNNING = "running", "Running"
+    STOPPED = "stopped", "Stopped"
+
+
+class WhatsAppSession(models.Model):
+    company = models.OneToOneField(
+        "companies.Company", on_delete=models.CASCADE, related_name="whatsapp_session"
+    )
+    desired_state = models.CharField(
+        max_length=16, choices=DesiredState.choices, default=DesiredState.STOPPED
+    )
+    state = models.CharField(
+        max_length=24, choices=SessionState.choices, default=SessionState.STOPPED, db_index=True
+    )
+    state_changed_at = models.DateTimeField(default=timezone.now)
+
+    # Paired identity (persisted so a restarted worker resumes without pairing).
+    jid = models.CharField(max_length=128, blank=True)
+    phone = models.CharField(max_length=32, blank=True)
+    push_name = models.CharField(max_length=200, blank=True)
+
+    # Pairing material, rendered by the admin/API.
+    qr_code = models.TextField(blank=True)
+    qr_updated_at = models.DateTimeField(null=True, blank=True)
+    pairing_phone = models.CharField(max_length=32, blank=True)
+    pairing_code = models.CharField(max_length=16, blank=True)
+    pairing_code_at = models.DateTimeField(null=True, blank=True)
+
+    # Health timestamps.
+    connected_since = models.DateTimeField(null=True, blank=True)
+    disconnected_since = models.DateTimeField(null=True, blank=True)
+    last_event_at = models.DateTimeField(null=True, blank=True)
+    ban_expires_at = models.DateTimeField(null=True, blank=True)
+    last_error = models.TextField(blank=True)
+    last_error_at = models.DateTimeField(null=True, blank=True)
+
+    # Operator requests the worker carries out (the database is the truth:
+    # a lost channel hint is picked up at the next reconcile).
+    restart_requested_at = models.DateTimeField(null=True, blank=True)
+    logout_requested_at = models.DateTimeField(null=True, blank=True)
+    pairing_requested_at = models.DateTimeField(null=True, blank=True)
+
+    # Retry schedule for our own (re)connect attempts.
+    consecutive_failures = models.PositiveIntegerField(default=0)
+    next_connect_at = models.DateTimeField(null=True, blank=True)
+
+    # Counters (only ever incremented with F()).
+    reconnect_count = models.PositiveIntegerField(default=0)
+    conflict_count = models.PositiveIntegerField(default=0)
+    connect_failure_count = models.PositiveIntegerField(default=0)
+    messages_in = models.PositiveBigIntegerField(default=0)
+    messages_out = models.PositiveBigIntegerField(default=0)
+    duplicates_blocked = models.PositiveBigIntegerField(default=0)
+
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name = "WhatsApp session"
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(desired_state__in=DesiredState.values),
+                name="session_desired_state_valid",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(state__in=SessionState.values), name="session_state_valid"
+            ),
+        ]
+
+    def __str__(self):
+        return f"{self.company} [{self.state}]"
+
+    # --- calculations --------------------------------------------------
+    @property
+    def is_paired(self):
+        return bool(self.jid)
+
+    @property
+    def wants_running(self):
+        return self.desired_state == DesiredState.RUNNING
+
+    def is_parked(self, now=None):
+        """Parked sessions are not (re)connected by the worker on its own."""
+        now = now or timezone.now()
+        if self.state == SessionState.BANNED:
+            return self.ban_expires_at is None or self.ban_expires_at > now
+        return self.state in PARKED_STATES
+
+    def should_connect(self, now=None):
+        """Whether an owning worker should have a live client for this session."""
+        now = now or timezone.now()
+        if not self.wants_running or not self.company.is_active or self.is_parked(now):
+            return False
+        return True
+
+    def connect_due(self, now=None):
+        now = now or timezone.now()
+        return self.next_connect_at is None or self.next_connect_at <= now
+
+    def is_events_silent(self, silence_seconds, now=None):
+        """Connected but no event for too long: the 'socket open, nothing flowing' trap."""
+        if self.state != SessionState.CONNECTED or self.last_event_at is None:
+            return False
+        now = now or timezone.now()
+        return (now - self.last_event_at).total_seconds() > silence_seconds
+
+    def down_for(self, now=None):
+        """How long the session has wanted to run without being connected."""
+        if not self.wants_running or self.state == SessionState.CONNECTED:
+            return timedelta(0)
+        now = now or timezone.now()
+        return now - (self.disconnected_since or self.state_changed_at)
+
+    def health(self, silence_seconds=180, now=None):
+        """One word for dashboards: ok, warning, error or idle."""
+        now = now or timezone.now()
+        if not self.wants_running:
+            return "idle"
+        if self.state == SessionState.CONNECTED:
+            return "warning" if self.is_events_silent(silence_seconds, now) else "ok"
+        if self.state in {SessionState.STARTING, SessionState.AWAITING_PAIRING,
+                          SessionState.RECONNECTING}:
+            return "warning"
+        return "error"
+
+
+def backoff_delay(failures, base, cap, rng=random):
+    """Exponential backoff with full jitter (AWS architecture blog): the delay
+    before attempt `failures + 1` is uniform in [0, min(cap, base * 2**failures)].
+
+    Full jitter spreads the retries of many sessions that failed together
+    (after an outage) instead of synchronising them into a reconnect storm."""
+    ceiling = min(cap, base * (2 ** min(failures, 30)))
+    return rng.uniform(0, ceiling)
+
+
+class SessionLease(models.Model):
+    """Ownership of a company's live client across worker processes.
+
+    A worker may connect a company only while it holds the unexpired lease.
+    `epoch` increases on every takeover, so a worker that was paused past its
+    expiry can tell it lost the lease even if it happens to be re-granted."""
+
+    session = models.OneToOneField(WhatsAppSession, on_delete=models.CASCADE, related_name="lease")
+    owner = models.CharField(max_length=64, blank=True, db_index=True)
+    epoch = models.PositiveBigIntegerField(default=0)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    acquired_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self):
+        return f"lease {self.session_id} -> {self.owner or '-'} (epoch {self.epoch})"
+
+    def is_held(self, now=None):
+        now = now or timezone.now()
+        return bool(self.owner) and self.expires_at is not None and self.expires_at > now
+
+    def is_held_by(self, worker_id, now=None):
+        return self.owner == worker_id and self.is_held(now)
+
+
+class ConnectionEvent(models.Model):
+    """History of a session's connection: every transition and notable event."""
+
+    class Kind(models.TextChoices):
+        STARTING = "starting", "Starting"
+        CONNECTED = "connected", "Connected"
+        DISCONNECTED = "disconnected", "Disconnected (whatsmeow reconnects)"
+        RECONNECTED = "reconnected", "Reconnected"
+        CONNECT_FAILED = "connect_failed", "Connect failed"
+        REPLACED = "replaced", "Stream replaced (440)"
+        LOGGED_OUT = "logged_out", "Logged out"
+        BANNED = "banned", "Temporary ban"
+        QR = "qr", "QR code issued"
+        PAIRING_CODE = "pairing_code", "Pairing code issued"
+        PAIRED = "paired", "Paired"
+        KEEPALIVE_TIMEOUT = "keepalive_timeout", "Keep-alive timeout"
+        KEEPALIVE_RESTORED = "keepalive_restored", "Keep-alive restored"
+        SILENT = "silent", "No events (watchdog)"
+        STOPPED = "stopped", "Stopped"
+        LEASE_ACQUIRED = "lease_acquired", "Lease acquired"
+        LEASE_LOST = "lease_lost", "Lease lost"
+        ERROR = "error", "Error"
+
+    session = models.ForeignKey(WhatsAppSession, on_delete=models.CASCADE, related_name="events")
+    kind = models.CharField(max_length=24, choices=Kind.choices)
+    reason = models.CharField(max_length=500, blank=True)
+    state = models.CharField(max_length=24, choices=SessionState.choices, blank=True)
+    worker_id = models.CharField(max_length=64, blank=True)
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["session", "kind", "created_at"])]
+
+    def __str__(self):
+        return f"{self.kind} {self.reason}".strip()

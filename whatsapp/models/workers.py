@@ -1,0 +1,27 @@
+"""Worker processes (`manage.py runworker whatsapp`) and their heartbeats."""
+
+from django.db import models
+from django.utils import timezone
+
+
+class WorkerProcess(models.Model):
+    """One runworker process. Its channel is where commands for its sessions go."""
+
+    worker_id = models.CharField(max_length=64, unique=True)
+    channel_name = models.CharField(max_length=128)
+    hostname = models.CharField(max_length=200, blank=True)
+    pid = models.PositiveIntegerField(default=0)
+    started_at = models.DateTimeField(default=timezone.now)
+    heartbeat_at = models.DateTimeField(default=timezone.now, db_index=True)
+    stopped_at = models.DateTimeField(null=True, blank=True)
+    sessions_owned = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        ordering = ["-heartbeat_at"]
+
+    def __str__(self):
+        return f"{self.worker_id} ({self.hostname}:{self.pid})"
+
+    def is_alive(self, ttl_seconds, now=None):
+        now = now or timezone.now()
+        return self.stopped_at is None and (now - self.heartbeat_at).total_seconds() <= ttl_seconds

@@ -1,0 +1,83 @@
+"""Queueing outbound messages as rows; the owning worker sends them.
+
+A message is a row first (idempotency key unique per company), and a
+`message.send` hint to the owning worker second. The hint may be lost; the
+worker also picks up queued rows when it reconciles, so a message queued
+while no worker runs is sent once when one starts.
+"""
+
+import uuid
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+
+from whatsapp.models import OutboundMessage
+from whatsapp.transport.jids import InvalidPhoneNumber, recipient_jid
+
+from .commands import notify_owner
+
+
+class InvalidOutbound(ValueError):
+    """Bad recipient or text; the message says which."""
+
+
+class IdempotencyConflict(ValueError):
+    """The idempotency key was used before for a different message."""
+
+    def __init__(self, existing):
+        super().__init__("idempotency key already used for a different message")
+        self.existing = existing
+
+
+def validate_outbound(to, text, default_region=None):
+    """(jid, e164 or '', text) or raise InvalidOutbound."""
+    if not isinstance(text, str) or not text.strip():
+        raise InvalidOutbound("text is empty")
+    limit = settings.WHATSAPP["MAX_TEXT_LENGTH"]
+    if len(text) > limit:
+        raise InvalidOutbound(f"text is {len(text)} characters; the limit is {limit}")
+    try:
+        jid, phone = recipient_jid(to, default_region or settings.WHATSAPP["DEFAULT_COUNTRY"])
+    except (InvalidPhoneNumber, ValueError) as exc:
+        raise InvalidOutbound(f"invalid recipient: {exc}") from None
+    return jid, phone, text
+
+
+def queue_outbound_message(company_id, to, text, idempotency_key=None, in_reply_to=None):
+    """Store an outbound message once per (company, idempotency key).
+
+    Returns (message, created). Reusing a key for the same recipient and text
+    returns the first message; for different content raises IdempotencyConflict."""
+    jid, phone, text = validate_outbound(to, text)
+    key = idempotency_key or f"auto:{uuid.uuid4().hex}"
+    if len(key) > 128:
+        raise InvalidOutbound("idempotency key is longer than 128 characters")
+    with transaction.atomic():
+        try:
+            with transaction.atomic():
+                message = OutboundMessage.objects.create(
+                    company_id=company_id,
+                    to_jid=jid,
+                    to_phone=phone,
+                    text=text,
+                    idempotency_key=key,
+                    in_reply_to=in_reply_to,
+                )
+        except IntegrityError:
+            existing = _existing(company_id, key, in_reply_to)
+            if existing is None:
+                raise
+            if existing.to_jid != jid or existing.text != text:
+                raise IdempotencyConflict(existing) from None
+            return existing, False
+        transaction.on_commit(
+            lambda: notify_owner(company_id, "message.send", outbound_id=message.pk)
+        )
+    return message, True
+
+
+def _existing(company_id, key, in_reply_to):
+    found = OutboundMessage.objects.filter(company_id=company_id, idempotency_key=key).first()
+    if found is None and in_reply_to is not None:
+        found = OutboundMessage.objects.filter(in_reply_to=in_reply_to).first()
+    return found

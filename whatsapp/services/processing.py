@@ -1,0 +1,123 @@
+"""Running the processing job of an inbound message, exactly once.
+
+The job claims its row (pending/queued -> running) with one conditional
+UPDATE; a second delivery of the same task finds nothing to claim and does
+nothing. The handler runs outside any transaction (it may be slow: an AI
+call, a webhook); its reply and the job's success commit together, and the
+reply is unique per inbound message, so a re-run after a crash cannot send
+a second answer.
+"""
+
+import logging
+import traceback
+from dataclasses import dataclass
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import F, Q
+from django.utils import timezone
+from django.utils.module_loading import import_string
+
+from whatsapp.models import ProcessingJob
+
+from .outbound import queue_outbound_message
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class HandlerResult:
+    """What a handler returns: an optional reply, and a note for the job row."""
+
+    reply_text: str = ""
+    note: str = ""
+
+
+class HandlerError(Exception):
+    """A handler could not be loaded or returned something unusable."""
+
+
+def handler_path_for(company):
+    return company.inbound_handler or settings.WHATSAPP["INBOUND_HANDLER"]
+
+
+def load_handler(path):
+    try:
+        handler = import_string(path)
+    except ImportError as exc:
+        raise HandlerError(f"cannot import handler {path!r}: {exc}") from None
+    if not callable(handler):
+        raise HandlerError(f"handler {path!r} is not callable")
+    return handler
+
+
+def claim_job(job_id, now=None):
+    """Atomically take job `job_id` for running. False if done or running elsewhere."""
+    now = now or timezone.now()
+    stale = now - timedelta(seconds=settings.Q_CLUSTER["timeout"] + 30)
+    return bool(
+        ProcessingJob.objects.filter(pk=job_id)
+        .filter(
+            Q(status__in=[ProcessingJob.Status.PENDING, ProcessingJob.Status.QUEUED])
+            | Q(status=ProcessingJob.Status.RUNNING, started_at__lt=stale)
+        )
+        .update(status=ProcessingJob.Status.RUNNING, started_at=now, attempts=F("attempts") + 1)
+    )
+
+
+def run_processing_job(job_id):
+    """Run the handler of job `job_id` once; record the outcome on the row.
+
+    Returns the job's final status, or "skipped" when there was nothing to claim."""
+    if not claim_job(job_id):
+        return "skipped"
+    job = ProcessingJob.objects.select_related("message__company").get(pk=job_id)
+    message = job.message
+    path = handler_path_for(message.company)
+    try:
+        result = load_handler(path)(message)
+        if result is None:
+            result = HandlerResult()
+        if not isinstance(result, HandlerResult):
+            raise HandlerError(f"handler {path!r} returned {type(result).__name__}, "
+                               "not HandlerResult")
+        with transaction.atomic():
+            if result.reply_text:
+                queue_outbound_message(
+                    message.company_id,
+                    message.reply_jid,
+                    result.reply_text,
+                    idempotency_key=f"reply:{message.wa_message_id}",
+                    in_reply_to=message,
+                )
+            ProcessingJob.objects.filter(pk=job_id).update(
+                status=ProcessingJob.Status.SUCCEEDED,
+                handler=path,
+                result=result.note[:2000] or ("replied" if result.reply_text else "no reply"),
+                error="",
+                finished_at=timezone.now(),
+            )
+        return ProcessingJob.Status.SUCCEEDED
+    except Exception as exc:
+        logger.exception("processing job %s failed in handler %s", job_id, path)
+        ProcessingJob.objects.filter(pk=job_id).update(
+            status=ProcessingJob.Status.FAILED,
+            handler=path,
+            error=f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=8)}"[:8000],
+            finished_at=timezone.now(),
+        )
+        return ProcessingJob.Status.FAILED
+
+
+def retry_processing_job(job_id):
+    """Operator action: put a failed job back on the queue."""
+    from .jobs import enqueue_processing_job
+
+    with transaction.atomic():
+        updated = ProcessingJob.objects.filter(
+            pk=job_id, status=ProcessingJob.Status.FAILED
+        ).update(status=ProcessingJob.Status.PENDING, error="")
+        if updated:
+            enqueue_processing_job(job_id)
+    return bool(updated)
