@@ -1,0 +1,168 @@
+"""The boundary to WhatsApp: what a transport client does and the events it emits.
+
+The session worker drives clients only through this interface and sees only
+these events, so it cannot tell the real neonize transport from the
+project's WhatsApp simulator. Inbound messages stay real neonize `MessageEv`
+protobufs; `whatsapp.transport.normalize` turns them into plain values.
+"""
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from django.conf import settings
+from django.utils.module_loading import import_string
+
+
+class TransportError(Exception):
+    """Every failure of a transport. `permanent` failures are not retried."""
+
+    def __init__(self, message, *, permanent=False):
+        super().__init__(message)
+        self.permanent = permanent
+
+
+# --- events (what the worker's state machine consumes) --------------------
+@dataclass(frozen=True)
+class Connected:
+    jid: str = ""  # our own device JID, e.g. 4915...:12@s.whatsapp.net
+    push_name: str = ""
+
+
+@dataclass(frozen=True)
+class Disconnected:
+    """A remote drop; the library reconnects by itself (whatsmeow auto-reconnect)."""
+
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class StreamReplaced:
+    """440 "conflict: replaced": another connection with our credentials took over."""
+
+
+@dataclass(frozen=True)
+class LoggedOut:
+    reason: str = ""
+    on_connect: bool = False
+
+
+@dataclass(frozen=True)
+class ConnectFailure:
+    reason: str = ""
+    message: str = ""
+    permanent: bool = False
+
+
+@dataclass(frozen=True)
+class QRCode:
+    codes: tuple = ()  # the codes to show, in rotation order
+
+
+@dataclass(frozen=True)
+class PairSuccess:
+    jid: str
+    push_name: str = ""
+
+
+@dataclass(frozen=True)
+class KeepAliveTimeout:
+    error_count: int = 0
+
+
+@dataclass(frozen=True)
+class KeepAliveRestored:
+    pass
+
+
+@dataclass(frozen=True)
+class TemporaryBan:
+    code: str = ""
+    expires_in_seconds: int = 0
+
+
+@dataclass(frozen=True)
+class ClientOutdated:
+    pass
+
+
+@dataclass(frozen=True)
+class StreamError:
+    code: str = ""
+
+
+@dataclass(frozen=True)
+class InboundMessage:
+    event: object  # neonize.proto.Neonize_pb2.Message (MessageEv)
+
+
+@dataclass(frozen=True)
+class Receipt:
+    message_ids: tuple = ()
+    kind: str = "delivered"  # delivered | read | played
+    chat: str = ""
+
+
+@dataclass(frozen=True)
+class Closed:
+    """The client's connection loop ended (initial dial failed, or stopped)."""
+
+    error: str = ""
+    permanent: bool = False
+
+
+@dataclass(frozen=True)
+class ClientSpec:
+    """What a transport needs to build a client for one company."""
+
+    company_id: int
+    jid: str = ""  # paired device JID, "" for a fresh pairing
+    store: str = ""  # neonize store: SQLite path or postgres:// URL
+    extra: dict = field(default_factory=dict)
+
+
+EventSink = Callable[[object], Awaitable[None]]
+
+
+class Client(Protocol):
+    spec: ClientSpec
+
+    async def start(self) -> None:
+        """Begin connecting. Events flow to the sink; a failed dial ends in Closed."""
+
+    async def stop(self) -> None:
+        """Disconnect and release everything (threads, sockets). Idempotent."""
+
+    async def logout(self) -> None:
+        """Log the device out of WhatsApp (its keys become useless)."""
+
+    async def send_text(self, jid: str, text: str) -> str:
+        """Send a text; returns WhatsApp's message id. Raises TransportError."""
+
+    async def pair_phone(self, phone_e164: str) -> str:
+        """Request an 8-character pairing code for `phone_e164`."""
+
+    async def is_logged_in(self) -> bool:
+        """Whether the client is connected and authenticated right now."""
+
+
+class Transport(Protocol):
+    name: str
+
+    def new_client(self, spec: ClientSpec, on_event: EventSink) -> Client:
+        ...
+
+
+TRANSPORT_CLASSES = {
+    "neonize": "whatsapp.transport.neonize_client.NeonizeTransport",
+    "simulator": "whatsapp.transport.simulator_client.SimulatorTransport",
+}
+
+
+def get_transport(name=None) -> Transport:
+    name = name or settings.WHATSAPP["TRANSPORT"]
+    try:
+        path = TRANSPORT_CLASSES[name]
+    except KeyError:
+        raise TransportError(f"unknown WhatsApp transport {name!r}", permanent=True) from None
+    return import_string(path)()
