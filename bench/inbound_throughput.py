@@ -1,0 +1,88 @@
+"""Inbound throughput of one process: event bytes -> committed row + enqueued job.
+
+Prints messages/s of the full inbound path (parse the serialized neonize
+MessageEv, normalise, record_inbound_message: savepoint insert, job row,
+counters, django-q2 enqueue, commit) beside the raw INSERT rate of the same
+database in the same run: one INSERT of an equivalent row per transaction,
+the physical limit when every message must be durable before it is acked.
+
+    .venv/bin/python bench/inbound_throughput.py --db sqlite -n 3000
+    .venv/bin/python bench/inbound_throughput.py --db postgres -n 3000
+    .venv/bin/python bench/inbound_throughput.py --db postgres --broker redis -n 3000
+"""
+
+import time
+
+from _setup import configure, machine, parser
+
+
+def main():
+    p = parser(__doc__)
+    p.add_argument("-n", type=int, default=3000, help="messages per measurement")
+    p.add_argument("--profile", action="store_true", help="cProfile the inbound path")
+    args = p.parse_args()
+    label = configure(args.db, args.broker)
+
+    from django.db import connection, transaction
+    from django.utils import timezone
+
+    from companies.models import Company
+    from whatsapp.models import InboundMessage, WhatsAppSession
+    from whatsapp.services.inbound import record_inbound_message
+    from whatsapp.transport.build import message_event
+    from whatsapp.transport.normalize import normalize_message
+
+    company = Company.objects.create(name="Bench", slug="bench")
+    WhatsAppSession.objects.create(company=company)
+    n = args.n
+
+    # Raw INSERT rate: the same table, one committed INSERT per message.
+    table = InboundMessage._meta.db_table
+    sql = (
+        f"INSERT INTO {table} (company_id, wa_message_id, chat_jid, sender_jid, sender_phone, "
+        "sender_lid, push_name, kind, text, is_group, sent_at, received_at, redeliveries) "
+        "VALUES (%s, %s, %s, %s, %s, '', 'Client', 'text', %s, false, %s, %s, 0)"
+    )
+    now = timezone.now()
+    start = time.perf_counter()
+    for i in range(n):
+        with transaction.atomic(), connection.cursor() as cur:
+            cur.execute(sql, [company.pk, f"RAW{i:010d}", "491701234567@s.whatsapp.net",
+                              "491701234567@s.whatsapp.net", "+491701234567", f"raw {i}",
+                              now, now])
+    raw_rate = n / (time.perf_counter() - start)
+
+    events = [
+        message_event(f"3EB0{i:016X}", f"4917{i % 9000000 + 1000000:07d}@s.whatsapp.net",
+                      f"hello {i}", push_name="Bench").SerializeToString()
+        for i in range(n)
+    ]
+
+    def run():
+        for data in events:
+            record_inbound_message(company.pk, normalize_message(data))
+
+    start = time.perf_counter()
+    if args.profile:
+        import cProfile
+        import pstats
+
+        prof = cProfile.Profile()
+        prof.runcall(run)
+        elapsed = time.perf_counter() - start
+        pstats.Stats(prof).sort_stats("cumulative").print_stats(25)
+    else:
+        run()
+        elapsed = time.perf_counter() - start
+    rate = n / elapsed
+    assert InboundMessage.objects.filter(wa_message_id__startswith="3EB0").count() == n
+
+    print(f"machine: {machine()}")
+    print(f"database: {label}, {n} messages, one process")
+    print(f"raw INSERT (1 row/txn): {raw_rate:8.0f} rows/s")
+    share = rate / raw_rate
+    print(f"inbound path:           {rate:8.0f} msgs/s  ({share:.0%} of raw; target >= 50%)")
+
+
+if __name__ == "__main__":
+    main()
