@@ -278,4 +278,15 @@ WHATSAPP = {
     "MAX_TEXT_LENGTH": 4096,
     # A job not enqueued this long after its message was stored is re-enqueued.
     "SWEEP_AFTER": env.float("WHATSAPP_SWEEP_AFTER", default=30.0),
+    # Session worker (issue 3): a connect attempt that neither connects nor
+    # shows a QR within this many seconds is failed and retried with backoff.
+    "CONNECT_TIMEOUT": env.float("WHATSAPP_CONNECT_TIMEOUT", default=75.0),
+    "STOP_TIMEOUT": env.float("WHATSAPP_STOP_TIMEOUT", default=15.0),
+    # SIGTERM: a worker still running this long after the signal exits anyway.
+    "SHUTDOWN_GRACE": env.float("WHATSAPP_SHUTDOWN_GRACE", default=10.0),
+    "SEND_BATCH": env.int("WHATSAPP_SEND_BATCH", default=20),
+    # Workers share sessions evenly; a worker over its fair share hands back
+    # at most REBALANCE_BATCH sessions per reconcile round.
+    "REBALANCE": env.bool("WHATSAPP_REBALANCE", default=True),
+    "REBALANCE_BATCH": env.int("WHATSAPP_REBALANCE_BATCH", default=5),
 }

@@ -1,0 +1,239 @@
+"""Ownership of sessions across worker processes: leases and worker rows.
+
+A worker may hold a company's live client only while it holds that
+company's lease. Every write here is one conditional UPDATE, so the database
+decides races: two workers trying to take the same free lease at the same
+moment both run ``UPDATE ... WHERE owner = '' OR expires_at <= now()`` and
+exactly one of them gets a row count of 1 (PostgreSQL re-checks the WHERE
+clause on the row version the winner committed; SQLite has one writer).
+
+Times are the database's clock (``Now()``), so workers on hosts with skewed
+clocks still agree on when a lease expires. ``epoch`` increments on every
+acquisition; worker-side writes to a session carry (owner, epoch) as a
+fencing token (see whatsapp.services.sessions), so a worker that lost a lease
+without noticing cannot overwrite the new owner's state.
+"""
+
+import logging
+import math
+import os
+import socket
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+
+from django.conf import settings
+from django.db.models import F, Q
+from django.db.models.functions import Now
+from django.utils import timezone
+
+from whatsapp.models import (
+    ConnectionEvent,
+    DesiredState,
+    SessionLease,
+    WhatsAppSession,
+    WorkerProcess,
+)
+from whatsapp.models.sessions import LIVE_STATES
+from whatsapp.routing import WORKER_CHANNEL_PREFIX
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Held:
+    """A lease this worker holds: the fencing token for writes to its session."""
+
+    owner: str
+    session_id: int
+    company_id: int
+    epoch: int
+
+
+def _ttl():
+    return timedelta(seconds=settings.WHATSAPP["LEASE_TTL"])
+
+
+def _free_q():
+    """Leases nobody holds: no owner, or expired (by the database clock)."""
+    return Q(owner="") | Q(expires_at__isnull=True) | Q(expires_at__lte=Now())
+
+
+# --- worker processes --------------------------------------------------------
+def new_worker_id():
+    """`<host>.<pid>.<random>`: unique per process start, valid in a channel name."""
+    host = "".join(c if c.isalnum() or c == "-" else "-" for c in socket.gethostname())[:30]
+    return f"{host or 'host'}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
+
+
+def register_worker(worker_id, channel_name=None):
+    channel_name = channel_name or f"{WORKER_CHANNEL_PREFIX}{worker_id}"
+    worker, _ = WorkerProcess.objects.update_or_create(
+        worker_id=worker_id,
+        defaults={
+            "channel_name": channel_name,
+            "hostname": socket.gethostname()[:200],
+            "pid": os.getpid(),
+            "started_at": timezone.now(),
+            "heartbeat_at": timezone.now(),
+            "stopped_at": None,
+            "sessions_owned": 0,
+        },
+    )
+    return worker
+
+
+def heartbeat_worker(worker_id, sessions_owned):
+    """Refresh this worker's row; re-register it if an operator deleted it."""
+    updated = WorkerProcess.objects.filter(worker_id=worker_id).update(
+        heartbeat_at=timezone.now(), sessions_owned=sessions_owned, stopped_at=None
+    )
+    if not updated:
+        register_worker(worker_id)
+
+
+def mark_worker_stopped(worker_id):
+    WorkerProcess.objects.filter(worker_id=worker_id).update(
+        stopped_at=timezone.now(), sessions_owned=0
+    )
+
+
+def alive_worker_count(now=None):
+    now = now or timezone.now()
+    return WorkerProcess.objects.filter(
+        stopped_at__isnull=True, heartbeat_at__gt=now - _ttl()
+    ).count()
+
+
+def other_worker_channels(worker_id, now=None):
+    now = now or timezone.now()
+    return list(
+        WorkerProcess.objects.filter(stopped_at__isnull=True, heartbeat_at__gt=now - _ttl())
+        .exclude(worker_id=worker_id)
+        .values_list("channel_name", flat=True)
+    )
+
+
+# --- leases ------------------------------------------------------------------
+def _wanted_sessions():
+    """Sessions some worker should own: they want to run (and their company is
+    active), or their row claims a live client that nobody holds any more (a
+    dead worker's leftovers, which the new owner marks stopped)."""
+    return WhatsAppSession.objects.filter(
+        Q(desired_state=DesiredState.RUNNING, company__is_active=True)
+        | Q(state__in=LIVE_STATES)
+    )
+
+
+def ensure_lease_rows():
+    """Lease rows for sessions created without one (ensure_session makes both)."""
+    missing = WhatsAppSession.objects.filter(lease__isnull=True).values_list("pk", flat=True)
+    for session_id in missing[:1000]:
+        SessionLease.objects.get_or_create(session_id=session_id)
+
+
+def fair_share(wanted=None, workers=None):
+    """How many sessions one worker should hold so all live workers share the load."""
+    wanted = _wanted_sessions().count() if wanted is None else wanted
+    workers = max(1, alive_worker_count() if workers is None else workers)
+    return math.ceil(wanted / workers)
+
+
+def try_acquire(worker_id, session_id):
+    """Take one lease if it is free. Returns Held or None. One conditional UPDATE."""
+    won = SessionLease.objects.filter(_free_q(), session_id=session_id).update(
+        owner=worker_id,
+        epoch=F("epoch") + 1,
+        expires_at=Now() + _ttl(),
+        heartbeat_at=Now(),
+        acquired_at=Now(),
+    )
+    if not won:
+        return None
+    lease = SessionLease.objects.select_related("session").get(session_id=session_id)
+    if lease.owner != worker_id:  # taken over between our UPDATE and this read
+        return None
+    ConnectionEvent.objects.create(
+        session_id=session_id,
+        kind=ConnectionEvent.Kind.LEASE_ACQUIRED,
+        reason=f"epoch {lease.epoch}",
+        state=lease.session.state,
+        worker_id=worker_id,
+    )
+    return Held(worker_id, session_id, lease.session.company_id, lease.epoch)
+
+
+def acquire_leases(worker_id, limit, only_company_id=None):
+    """Acquire up to `limit` free leases of sessions that need an owner.
+
+    Candidates are tried in a per-worker shuffled order (workers started
+    together do not all fight for the same rows first); each try is atomic."""
+    if limit <= 0:
+        return []
+    ensure_lease_rows()
+    candidates = _wanted_sessions().filter(
+        Q(lease__owner="") | Q(lease__expires_at__isnull=True) | Q(lease__expires_at__lte=Now())
+    )
+    if only_company_id is not None:
+        candidates = candidates.filter(company_id=only_company_id)
+    ids = list(candidates.order_by("?").values_list("pk", flat=True)[: limit * 3 + 10])
+    won = []
+    for session_id in ids:
+        if len(won) >= limit:
+            break
+        held = try_acquire(worker_id, session_id)
+        if held is not None:
+            won.append(held)
+    return won
+
+
+def renew_leases(worker_id):
+    """Extend every unexpired lease this worker holds; return them (by session id).
+
+    An expired lease is NOT renewed even if nobody took it: the worker must
+    treat it as lost (stop the client) and acquire it again with a new epoch."""
+    SessionLease.objects.filter(owner=worker_id, expires_at__gt=Now()).update(
+        expires_at=Now() + _ttl(), heartbeat_at=Now()
+    )
+    rows = SessionLease.objects.filter(owner=worker_id, expires_at__gt=Now()).values_list(
+        "session_id", "session__company_id", "epoch"
+    )
+    return {sid: Held(worker_id, sid, cid, epoch) for sid, cid, epoch in rows}
+
+
+def holds_lease(held: Held):
+    """Whether `held` is still this worker's unexpired lease (checked before connecting)."""
+    return SessionLease.objects.filter(
+        session_id=held.session_id, owner=held.owner, epoch=held.epoch, expires_at__gt=Now()
+    ).exists()
+
+
+def release_lease(worker_id, session_id, reason="released"):
+    """Give a lease up at once (after the client is stopped). Returns whether we held it."""
+    released = SessionLease.objects.filter(session_id=session_id, owner=worker_id).update(
+        owner="", expires_at=None, heartbeat_at=Now()
+    )
+    if released:
+        state = WhatsAppSession.objects.filter(pk=session_id).values_list("state", flat=True)
+        ConnectionEvent.objects.create(
+            session_id=session_id,
+            kind=ConnectionEvent.Kind.LEASE_LOST,
+            reason=reason[:500],
+            state=state.first() or "",
+            worker_id=worker_id,
+        )
+    return bool(released)
+
+
+def release_all_leases(worker_id, reason="worker stopped", keep=()):
+    """Release every lease of `worker_id` except those in `keep` (session ids)."""
+    session_ids = list(
+        SessionLease.objects.filter(owner=worker_id)
+        .exclude(session_id__in=list(keep))
+        .values_list("session_id", flat=True)
+    )
+    return sum(release_lease(worker_id, sid, reason) for sid in session_ids)
+
+
+def owned_count(worker_id):
+    return SessionLease.objects.filter(owner=worker_id, expires_at__gt=Now()).count()

@@ -1,0 +1,364 @@
+"""The real transport: an adapter over neonize's asyncio client (whatsmeow).
+
+`NeonizeClient` implements `whatsapp.transport.base.Client` and turns
+neonize's protobuf events into the events of `base.py`. What it handles for
+the worker (see docs/whatsapp-quirks.md for the measurements):
+
+* neonize dispatches handlers with ``run_coroutine_threadsafe`` and never
+  looks at the result: an exception in a handler vanishes. Every handler here
+  is wrapped; failures are logged with their traceback and counted on the
+  client (``handler_errors``, ``last_handler_error``).
+* the loop neonize dispatches to is a module global, set once by the first
+  ``connect()`` of the process. We set it to the running loop on every start
+  (one loop per process in the worker; tests run several loops in sequence).
+* each live client blocks one thread of the loop's default executor in the
+  Go ``Neonize()`` call; the transport installs a default executor sized
+  2 x WHATSAPP["MAX_SESSIONS_PER_WORKER"] + 16 so dials do not starve.
+* the Python client has a GC finalizer that calls Go ``Stop(uuid)``; the uuid
+  of a paired device is its phone number, so a collected old client would
+  stop a newer client of the same company. We detach it after stopping.
+* one SQLite store file per company under WHATSAPP["STORE_DIR"] (or the
+  shared ``postgres://`` WHATSAPP["STORE_URL"]); a paired device resumes with
+  ``jid=``, a fresh pairing uses ``new_device=True`` so it can never resume
+  another company's device from a shared store.
+"""
+
+import asyncio
+import logging
+import threading
+import weakref
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from pathlib import Path
+
+from django.conf import settings
+
+from . import base
+from .build import jid_proto
+
+logger = logging.getLogger(__name__)
+
+STOP_TIMEOUT = 10.0  # Go Stop() + the connect loop's exit
+CALL_TIMEOUT = 30.0  # any other FFI call (send, pair, logout)
+
+# whatsmeow ConnectFailureReason names that retrying cannot fix.
+PERMANENT_CONNECT_FAILURES = {"CLIENT_OUTDATED", "BAD_USER_AGENT", "MAIN_DEVICE_GONE"}
+PERMANENT_SEND_ERRORS = ("unknown server", "invalid jid", "jid must", "too large",
+                         "not on whatsapp", "message is empty")
+
+
+def _neonize():
+    """Import neonize lazily: it runs `uname -a` and probes ffmpeg at import."""
+    from neonize.aioze import client as aclient
+    from neonize.aioze import events as aevents
+    from neonize.exc import NeonizeError
+
+    return aclient, aevents, NeonizeError
+
+
+def jid_text(jid):
+    """neonize JID proto -> `user[:device]@server` ('' for an empty JID)."""
+    if jid is None or not jid.Server:
+        return ""
+    device = f":{jid.Device}" if jid.Device else ""
+    return f"{jid.User}{device}@{jid.Server}"
+
+
+def _enum_name(message, field):
+    try:
+        descriptor = message.DESCRIPTOR.fields_by_name[field].enum_type
+        return descriptor.values_by_number[getattr(message, field)].name
+    except (KeyError, AttributeError):
+        return str(getattr(message, field, ""))
+
+
+RECEIPT_KINDS = {"DELIVERED": "delivered", "READ": "read", "PLAYED": "played"}
+
+
+def translate(event):
+    """A neonize event protobuf -> a base.py event (None: not interesting to the worker)."""
+    name = type(event).__name__
+    if name == "Connected":
+        return base.Connected()
+    if name == "Disconnected":
+        return base.Disconnected()
+    if name == "StreamReplaced":
+        return base.StreamReplaced()
+    if name == "LoggedOut":
+        return base.LoggedOut(reason=_enum_name(event, "Reason"), on_connect=event.OnConnect)
+    if name == "ConnectFailure":
+        reason = _enum_name(event, "Reason")
+        return base.ConnectFailure(reason=reason, message=event.Message,
+                                   permanent=reason in PERMANENT_CONNECT_FAILURES)
+    if name == "PairStatus":
+        if _enum_name(event, "Status") == "SUCCESS":
+            return base.PairSuccess(jid=jid_text(event.ID), push_name=event.BusinessName)
+        return base.ConnectFailure(reason="PAIR_ERROR", message=event.Error)
+    if name == "KeepAliveTimeout":
+        return base.KeepAliveTimeout(error_count=event.ErrorCount)
+    if name == "KeepAliveRestored":
+        return base.KeepAliveRestored()
+    if name == "TemporaryBan":
+        return base.TemporaryBan(code=_enum_name(event, "Code"),
+                                 expires_in_seconds=int(event.Expire))
+    if name == "ClientOutdated":
+        return base.ClientOutdated()
+    if name == "StreamError":
+        return base.StreamError(code=event.Code)
+    if name == "Message":
+        return base.InboundMessage(event=event)
+    if name == "Receipt":
+        kind = RECEIPT_KINDS.get(_enum_name(event, "Type"))
+        if kind is None:
+            return None
+        return base.Receipt(message_ids=tuple(event.MessageIDs), kind=kind,
+                            chat=jid_text(event.MessageSource.Chat))
+    return None
+
+
+def _event_types():
+    _, ev, _ = _neonize()
+    return (ev.ConnectedEv, ev.DisconnectedEv, ev.StreamReplacedEv, ev.LoggedOutEv,
+            ev.ConnectFailureEv, ev.PairStatusEv, ev.KeepAliveTimeoutEv,
+            ev.KeepAliveRestoredEv, ev.TemporaryBanEv, ev.ClientOutdatedEv, ev.StreamErrorEv,
+            ev.MessageEv, ev.ReceiptEv)
+
+
+class NeonizeTransport:
+    name = "neonize"
+
+    def __init__(self):
+        self._executors = weakref.WeakKeyDictionary()  # loop -> executor
+
+    def store_for(self, company_id):
+        url = settings.WHATSAPP.get("STORE_URL") or ""
+        if url:
+            return url
+        folder = Path(settings.WHATSAPP["STORE_DIR"])
+        folder.mkdir(parents=True, exist_ok=True)
+        return str(folder / f"company-{int(company_id)}.sqlite3")
+
+    def executor_for(self, loop):
+        """The sized default executor of `loop` (installed on first use)."""
+        executor = self._executors.get(loop)
+        if executor is None:
+            size = 2 * settings.WHATSAPP["MAX_SESSIONS_PER_WORKER"] + 16
+            executor = ThreadPoolExecutor(max_workers=size, thread_name_prefix="neonize")
+            loop.set_default_executor(executor)
+            self._executors[loop] = executor
+        return executor
+
+    def new_client(self, spec, on_event):
+        self.executor_for(asyncio.get_running_loop())
+        store = spec.store or self.store_for(spec.company_id)
+        return NeonizeClient(replace(spec, store=store), on_event)
+
+    def forget_device(self, spec):
+        """After a logout: delete the company's own SQLite store (a shared
+        postgres store is cleaned by whatsmeow itself on LoggedOut)."""
+        store = spec.store or self.store_for(spec.company_id)
+        if store.startswith(("postgres://", "postgresql://")):
+            return False
+        removed = False
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            path = Path(store + suffix)
+            if path.exists():
+                path.unlink()
+                removed = True
+        return removed
+
+    async def aclose(self):
+        """Shut the executors down (after every client is stopped)."""
+        executors = list(self._executors.values())
+        self._executors.clear()
+        loop = asyncio.get_running_loop()
+        for executor in executors:
+            # Not asyncio.to_thread: that would run on (and join) this very executor.
+            done = asyncio.Event()
+
+            def shut(executor=executor, done=done):
+                executor.shutdown(wait=True)
+                loop.call_soon_threadsafe(done.set)
+
+            threading.Thread(target=shut, name="neonize-executor-shutdown", daemon=True).start()
+            await done.wait()
+
+
+class NeonizeClient:
+    def __init__(self, spec: base.ClientSpec, on_event: base.EventSink):
+        self.spec = spec
+        self._sink = on_event
+        self._client = None
+        self._task = None
+        self._stopping = False
+        self._stopped = False
+        self.handler_errors = 0
+        self.last_handler_error = ""
+        self._pending = set()
+
+    def __repr__(self):
+        return f"<NeonizeClient company={self.spec.company_id} jid={self.spec.jid or '-'}>"
+
+    # --- lifecycle ---------------------------------------------------------
+    async def start(self):
+        if self._client is not None or self._stopped:
+            raise base.TransportError("a NeonizeClient starts once; create a new one")
+        aclient, aevents, neonize_error = _neonize()
+        loop = asyncio.get_running_loop()
+        aevents.event_global_loop = loop  # neonize sets it only once per process
+        jid = jid_proto(self.spec.jid) if self.spec.jid else None
+        client = aclient.NewAClient(
+            self.spec.store,
+            jid=jid,
+            uuid=None if jid else f"company-{self.spec.company_id}",
+            new_device=jid is None,
+        )
+        for event_type in _event_types():
+            client.event(event_type)(self._handle)
+        client.qr(self._handle_qr)
+        self._client = client
+        try:
+            self._task = await client.connect()
+        except neonize_error as exc:
+            raise base.TransportError(f"neonize connect failed: {exc}") from exc
+        self._task.add_done_callback(self._connect_loop_ended)
+
+    def _connect_loop_ended(self, task):
+        if self._stopping or task.cancelled():
+            return
+        exc = task.exception()
+        error = f"{exc}" if exc else "connection loop ended"
+        self._spawn(self._emit(base.Closed(error=error, permanent=False)))
+
+    async def stop(self):
+        if self._stopped:
+            return
+        self._stopping = True
+        self._stopped = True
+        client, task = self._client, self._task
+        if client is None:
+            return
+        # The finalizer would call Go Stop(uuid) whenever this object is collected,
+        # and the uuid (a paired phone number) is shared with the next client.
+        client._stop_finalizer.detach()
+        try:
+            await asyncio.wait_for(client.stop(), STOP_TIMEOUT)
+        except Exception as exc:  # TimeoutError included: logged, we go on
+            logger.warning("company %s: neonize stop failed: %r", self.spec.company_id, exc)
+        if task is not None and not task.done():
+            try:
+                await asyncio.wait_for(asyncio.shield(task), STOP_TIMEOUT)
+            except TimeoutError:
+                logger.warning("company %s: neonize connect loop still running %.0fs after "
+                               "stop; its thread ends when the dial gives up",
+                               self.spec.company_id, STOP_TIMEOUT)
+            except Exception:  # the dial error, already reported as Closed
+                pass
+        client.event.list_func.clear()
+        for pending in list(self._pending):
+            pending.cancel()
+        self._client = None
+
+    # --- operations ----------------------------------------------------------
+    def _require(self):
+        if self._client is None or self._stopping:
+            raise base.TransportError("the client is not running")
+        return self._client
+
+    async def logout(self):
+        client = self._require()
+        try:
+            await asyncio.wait_for(client.logout(), CALL_TIMEOUT)
+        except Exception as exc:
+            raise base.TransportError(f"logout failed: {exc}") from exc
+
+    async def send_text(self, jid, text):
+        from neonize.proto.waE2E.WAWebProtobufsE2E_pb2 import Message as WAMessage
+
+        client = self._require()
+        if not await self.is_logged_in():
+            raise base.TransportError("not logged in to WhatsApp right now")
+        try:
+            to = jid_proto(jid)
+        except ValueError as exc:
+            raise base.TransportError(f"invalid recipient {jid!r}: {exc}", permanent=True) from exc
+        try:
+            # A Message proto, not a str: neonize parses @mentions out of str
+            # texts (and may look groups up) before sending.
+            response = await asyncio.wait_for(
+                client.send_message(to, WAMessage(conversation=text)), CALL_TIMEOUT
+            )
+        except TimeoutError as exc:
+            raise base.TransportError(f"send timed out after {CALL_TIMEOUT:.0f}s") from exc
+        except Exception as exc:
+            message = str(exc)
+            permanent = any(p in message.lower() for p in PERMANENT_SEND_ERRORS)
+            raise base.TransportError(f"send failed: {message}", permanent=permanent) from exc
+        if not response.ID:
+            raise base.TransportError("WhatsApp returned no message id")
+        return response.ID
+
+    async def pair_phone(self, phone_e164):
+        client = self._require()
+        digits = "".join(ch for ch in str(phone_e164) if ch.isdigit())
+        try:
+            return await asyncio.wait_for(client.PairPhone(digits, True), CALL_TIMEOUT)
+        except Exception as exc:
+            raise base.TransportError(f"pairing code request failed: {exc}") from exc
+
+    async def is_logged_in(self):
+        if self._client is None or self._stopping:
+            return False
+        try:
+            # A property returning a coroutine: bool(client.is_logged_in) is always True.
+            return bool(await self._client.is_logged_in)
+        except Exception:
+            return False
+
+    # --- events ---------------------------------------------------------------
+    async def _handle(self, _client, event):
+        if self._stopping:
+            return
+        try:
+            translated = translate(event)
+            if isinstance(translated, base.Connected):
+                translated = await self._connected_event()
+            if translated is not None:
+                await self._sink(translated)
+        except Exception as exc:
+            self._handler_failed(type(event).__name__, exc)
+
+    async def _connected_event(self):
+        jid = push_name = ""
+        try:
+            me = await asyncio.wait_for(self._client.get_me(), CALL_TIMEOUT)
+            jid, push_name = jid_text(me.JID), me.PushName
+        except Exception as exc:  # the connection still counts
+            logger.info("company %s: get_me after connect failed: %r", self.spec.company_id, exc)
+        return base.Connected(jid=jid, push_name=push_name)
+
+    async def _handle_qr(self, _client, data):
+        if self._stopping:
+            return
+        try:
+            code = data.decode() if isinstance(data, (bytes, bytearray)) else str(data)
+            await self._sink(base.QRCode(codes=(code,)))
+        except Exception as exc:
+            self._handler_failed("QR", exc)
+
+    async def _emit(self, event):
+        try:
+            await self._sink(event)
+        except Exception as exc:
+            self._handler_failed(type(event).__name__, exc)
+
+    def _spawn(self, coro):
+        task = asyncio.get_running_loop().create_task(coro)
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    def _handler_failed(self, what, exc):
+        self.handler_errors += 1
+        self.last_handler_error = f"{what}: {exc!r}"
+        logger.error("company %s: handler for %s failed", self.spec.company_id, what,
+                     exc_info=exc)

@@ -1,0 +1,419 @@
+"""One company's live client inside a worker: its state machine and its sends.
+
+A ManagedSession exists only while this worker holds the company's lease.
+It owns at most one client at a time and always stops the old client before
+it creates a new one (close before create). Everything it learns goes onto
+the session row through whatsapp.services.sessions, fenced by the lease.
+"""
+
+import asyncio
+import functools
+import logging
+import time
+
+from channels.db import database_sync_to_async as db
+from django.utils import timezone
+
+from whatsapp.models import SessionState
+from whatsapp.services import sending
+from whatsapp.services import sessions as svc
+from whatsapp.services.inbound import record_inbound_message
+from whatsapp.services.leases import holds_lease
+from whatsapp.transport import base
+from whatsapp.transport.normalize import MalformedEvent, normalize_message
+
+logger = logging.getLogger(__name__)
+Kind = svc.Kind
+UNPARK_STATES = {SessionState.REPLACED, SessionState.LOGGED_OUT, SessionState.FAILED,
+                 SessionState.BANNED}
+
+
+class ManagedSession:
+    def __init__(self, supervisor, held):
+        self.sup = supervisor
+        self.held = held
+        self.company_id = held.company_id
+        self.session_id = held.session_id
+        self.lock = asyncio.Lock()
+        self.client = None
+        self.token = None  # identifies the current client's events
+        self.clients_created = 0
+        self.connected = False
+        self.awaiting_pairing = False
+        self.was_connected = False  # a Connected after a drop is a reconnect
+        self.outcome = None
+        self.connecting = False
+        self.pairing = False
+        self.qr_recorded = False
+        self.last_event = time.monotonic()
+        self.last_touch = 0.0
+        self.retry_handle = None
+        self.tasks = set()
+        self.closed = False
+
+    def __repr__(self):
+        return f"<ManagedSession company={self.company_id} epoch={self.held.epoch}>"
+
+    # --- helpers -----------------------------------------------------------
+    def spawn(self, coro, name):
+        task = asyncio.get_running_loop().create_task(coro, name=f"{name}:{self.company_id}")
+        self.tasks.add(task)
+        self.sup.track(task)
+        task.add_done_callback(self.tasks.discard)
+        return task
+
+    def busy(self, prefix):
+        return any(t.get_name().startswith(prefix) and not t.done() for t in self.tasks)
+
+    async def _stop_client(self, reason):
+        """Stop the current client (lock held). Records the end of its life."""
+        client, number = self.client, self.clients_created
+        if client is None:
+            return
+        self.client = self.token = None
+        self.connected = self.awaiting_pairing = False
+        try:
+            await asyncio.wait_for(client.stop(), self.sup.stop_timeout)
+        except Exception as exc:
+            logger.warning("company %s: stopping client failed: %r", self.company_id, exc)
+        await db(svc.record_event)(self.held, Kind.STOPPED, f"client {number} stopped: {reason}")
+        if self.outcome is not None:
+            self.outcome.set()
+
+    async def _failed(self, error, permanent=False):
+        delay = await db(svc.mark_connect_failed)(self.held, error, permanent)
+        if delay is None:
+            await self.sup.lease_lost(self, "lease gone while recording a failure")
+            return
+        logger.info("company %s: connect failed (%s); retry in %.1fs", self.company_id, error,
+                    delay)
+        self._retry_in(delay)
+
+    def _retry_in(self, delay):
+        if self.retry_handle is not None:
+            self.retry_handle.cancel()
+        loop = asyncio.get_running_loop()
+        self.retry_handle = loop.call_later(delay + 0.05, self.sup.nudge_company,
+                                            self.company_id)
+
+    # --- reconcile: make the live client match the row ----------------------
+    async def reconcile(self, row):
+        async with self.lock:
+            if self.closed:
+                return
+            await self._reconcile(row)
+
+    async def _reconcile(self, row):
+        now = timezone.now()
+        if row is None:
+            await self._stop_client("session deleted")
+            await self.sup.release(self, "session deleted")
+            return
+        if row.logout_requested_at:
+            await self._logout(row)
+            return
+        if row.restart_requested_at:
+            await self._stop_client("restart requested")
+            await db(svc.unpark)(self.held, "restarting (close before create)")
+            await db(svc.clear_request)(self.held, "restart_requested_at",
+                                        row.restart_requested_at)
+            row = await db(svc.load_session)(self.session_id)
+            if row is None:
+                return
+        if row.pairing_requested_at and row.state in UNPARK_STATES - {SessionState.BANNED}:
+            await db(svc.unpark)(self.held, "pairing requested")
+            row = await db(svc.load_session)(self.session_id)
+        if (row.state == SessionState.REPLACED and row.next_connect_at
+                and row.next_connect_at <= now and row.wants_running):
+            await db(svc.unpark)(self.held, "replaced backoff elapsed: one new attempt")
+            row = await db(svc.load_session)(self.session_id)
+        if not row.should_connect(now):
+            await self._stop_client(self._why_not(row, now))
+            if not row.wants_running or not row.company.is_active:
+                if row.state != SessionState.STOPPED and not row.is_parked(now):
+                    await db(svc.mark_stopped)(self.held, self._why_not(row, now))
+                await self.sup.release(self, self._why_not(row, now))
+            return
+        if self.client is None:
+            if row.connect_due(now) and not self.connecting:
+                self.connecting = True
+                self.spawn(self._connect(), "connect")
+            return
+        if row.pairing_requested_at and self.awaiting_pairing and not self.pairing:
+            self.pairing = True
+            self.spawn(self._pair(row.pairing_phone, row.pairing_requested_at), "pair")
+        if self.connected:
+            await self._watchdog()
+
+    @staticmethod
+    def _why_not(row, now):
+        if not row.wants_running:
+            return "stop requested"
+        if not row.company.is_active:
+            return "company inactive"
+        if row.is_parked(now):
+            return f"parked ({row.state})"
+        return "not wanted"
+
+    async def _watchdog(self):
+        silence = time.monotonic() - self.last_event
+        if silence <= self.sup.watchdog_silence:
+            return
+        if await self.client.is_logged_in():
+            self.last_event = time.monotonic()  # quiet account, live connection
+            await db(svc.touch)(self.held)
+            return
+        await db(svc.record_event)(self.held, Kind.SILENT,
+                                   f"no events for {silence:.0f}s and not logged in: restarting")
+        await self._stop_client("watchdog: no events, not logged in")
+        if not self.connecting:
+            self.connecting = True
+            self.spawn(self._connect(), "connect")
+
+    # --- connecting ------------------------------------------------------------
+    async def _connect(self):
+        try:
+            async with self.sup.connect_slots:  # bounded concurrent connect attempts
+                outcome = await self._start_client()
+                if outcome is None:
+                    return
+                try:
+                    await asyncio.wait_for(outcome.wait(), self.sup.connect_timeout)
+                except TimeoutError:
+                    async with self.lock:
+                        if self.outcome is outcome and self.client is not None:
+                            await self._stop_client("connect timed out")
+                            await self._failed(
+                                f"no connection after {self.sup.connect_timeout:.0f}s")
+        finally:
+            self.connecting = False
+
+    async def _start_client(self):
+        async with self.lock:
+            if self.client is not None or self.closed or self.sup.closing:
+                return None
+            if not await db(holds_lease)(self.held):
+                await self.sup.lease_lost(self, "lease gone before connecting")
+                return None
+            row = await db(svc.load_session)(self.session_id)
+            if row is None or not row.should_connect():
+                return None
+            number = self.clients_created + 1
+            if not await db(svc.mark_starting)(self.held, f"client {number} connecting"):
+                await self.sup.lease_lost(self, "lease gone before connecting")
+                return None
+            self.outcome = outcome = asyncio.Event()
+            token = object()
+            spec = base.ClientSpec(company_id=self.company_id, jid=row.jid)
+            async with self.sup.start_lock:  # neonize's Go side: one start at a time
+                try:
+                    client = self.sup.transport.new_client(
+                        spec, functools.partial(self.on_event, token))
+                except Exception as exc:
+                    await db(svc.record_event)(self.held, Kind.STOPPED,
+                                               f"client {number} not created: {exc}")
+                    await self._failed(f"could not create client: {exc}",
+                                       getattr(exc, "permanent", False))
+                    return None
+                self.clients_created = number
+                self.client, self.token = client, token
+                self.qr_recorded = False
+                self.last_event = time.monotonic()
+                try:
+                    await client.start()
+                except Exception as exc:
+                    await self._stop_client(f"start failed: {exc}")
+                    await self._failed(str(exc), getattr(exc, "permanent", False))
+                    return None
+            return outcome
+
+    # --- events from the client ------------------------------------------------
+    async def on_event(self, token, event):
+        if token is not self.token or self.closed:
+            return  # a stopped client's late event
+        self.last_event = time.monotonic()
+        try:
+            await self._dispatch(token, event)
+        except Exception as exc:
+            logger.exception("company %s: handling %s failed", self.company_id,
+                             type(event).__name__)
+            await db(svc.record_error)(self.held, f"handling {type(event).__name__} failed: "
+                                                  f"{exc!r}")
+
+    async def _dispatch(self, token, event):
+        if isinstance(event, base.InboundMessage):
+            await self._inbound(event)
+        elif isinstance(event, base.Receipt):
+            await db(sending.record_receipt)(self.company_id, event.message_ids, event.kind)
+            await self._touch()
+        elif isinstance(event, base.Connected):
+            async with self.lock:
+                if token is self.token:
+                    await self._connected(event)
+        elif isinstance(event, base.QRCode):
+            async with self.lock:
+                if token is self.token:
+                    await self._qr(event)
+        elif isinstance(event, base.PairSuccess):
+            await db(svc.mark_paired)(self.held, event.jid, event.push_name)
+        elif isinstance(event, base.Disconnected):
+            async with self.lock:
+                if token is self.token and self.connected:
+                    self.connected = False
+                    await db(svc.mark_reconnecting)(
+                        self.held, event.reason or "connection dropped; whatsmeow reconnects")
+        elif isinstance(event, (base.KeepAliveTimeout, base.KeepAliveRestored,
+                                base.StreamError)):
+            await self._note(event)
+        else:
+            async with self.lock:
+                if token is self.token:
+                    await self._terminal(event)
+
+    async def _note(self, event):
+        if isinstance(event, base.KeepAliveTimeout):
+            await db(svc.record_event)(self.held, Kind.KEEPALIVE_TIMEOUT,
+                                       f"{event.error_count} keep-alive(s) failed")
+        elif isinstance(event, base.KeepAliveRestored):
+            await db(svc.record_event)(self.held, Kind.KEEPALIVE_RESTORED, "")
+        else:
+            await db(svc.record_error)(self.held, f"stream error {event.code}")
+
+    async def _connected(self, event):
+        reconnected = self.was_connected and not self.connected
+        self.connected = self.was_connected = True
+        self.awaiting_pairing = False
+        await db(svc.mark_connected)(self.held, event.jid, event.push_name, reconnected)
+        if self.outcome is not None:
+            self.outcome.set()
+        self.sup.wants_drain(self)
+
+    async def _qr(self, event):
+        self.awaiting_pairing = True
+        code = event.codes[0] if event.codes else ""
+        await db(svc.mark_awaiting_pairing)(self.held, code, record=not self.qr_recorded)
+        self.qr_recorded = True
+        if self.outcome is not None:
+            self.outcome.set()
+        self.sup.nudge_company(self.company_id)  # a pending phone pairing can go now
+
+    async def _terminal(self, event):
+        """Events after which this client is finished."""
+        if isinstance(event, base.StreamReplaced):
+            await self._stop_client("stream replaced (440)")
+            if not await db(holds_lease)(self.held):
+                await self.sup.lease_lost(self, "stream replaced and lease gone")
+                return
+            await db(svc.mark_replaced)(self.held)
+        elif isinstance(event, base.LoggedOut):
+            await self._stop_client(f"logged out ({event.reason})")
+            await self._forget_device()
+            await db(svc.mark_logged_out)(self.held, event.reason or "logged out by WhatsApp")
+        elif isinstance(event, base.TemporaryBan):
+            await self._stop_client(f"temporary ban {event.code}")
+            await db(svc.mark_banned)(self.held, event.code, event.expires_in_seconds)
+            self._retry_in(max(event.expires_in_seconds, 60))
+        elif isinstance(event, base.ClientOutdated):
+            await self._stop_client("client outdated")
+            await self._failed("WhatsApp says this client version is outdated: upgrade neonize",
+                               permanent=True)
+        elif isinstance(event, base.ConnectFailure):
+            await self._stop_client(f"connect failure {event.reason}")
+            await self._failed(f"connect failure {event.reason}: {event.message}".strip(": "),
+                               event.permanent)
+        elif isinstance(event, base.Closed):
+            await self._stop_client(f"connection ended: {event.error}")
+            await self._failed(event.error or "connection ended", event.permanent)
+        else:
+            logger.warning("company %s: ignoring unknown event %r", self.company_id, event)
+
+    async def _inbound(self, event):
+        try:
+            message = normalize_message(event.event)
+        except MalformedEvent as exc:
+            await db(svc.record_error)(self.held, f"malformed message event: {exc}")
+            return
+        await db(record_inbound_message)(self.company_id, message)
+
+    async def _touch(self):
+        now = time.monotonic()
+        if now - self.last_touch > 10:
+            self.last_touch = now
+            await db(svc.touch)(self.held)
+
+    async def _forget_device(self):
+        forget = getattr(self.sup.transport, "forget_device", None)
+        if forget is None:
+            return
+        try:
+            forget(base.ClientSpec(company_id=self.company_id))
+        except Exception as exc:
+            await db(svc.record_error)(self.held, f"could not delete the device store: {exc}")
+
+    # --- operator requests -------------------------------------------------------
+    async def _logout(self, row):
+        note = ""
+        client = self.client
+        if client is not None and await client.is_logged_in():
+            try:
+                await client.logout()
+                note = "logged out of WhatsApp"
+            except base.TransportError as exc:
+                note = f"WhatsApp logout failed ({exc}); device forgotten locally"
+        else:
+            note = ("not connected: device forgotten locally; remove it on the phone "
+                    "under Linked devices")
+        await self._stop_client("logout requested")
+        await self._forget_device()
+        await db(svc.mark_logged_out)(self.held, f"logout requested: {note}")
+        await db(svc.clear_request)(self.held, "logout_requested_at", row.logout_requested_at)
+
+    async def _pair(self, phone, requested_at):
+        try:
+            client = self.client
+            if client is None or not phone:
+                await db(svc.fail_pairing_request)(self.held, "no phone number or no client")
+                return
+            try:
+                code = await client.pair_phone(phone)
+            except base.TransportError as exc:
+                await db(svc.fail_pairing_request)(self.held, str(exc))
+                return
+            await db(svc.store_pairing_code)(self.held, code)
+        finally:
+            self.pairing = False
+
+    # --- outbound -------------------------------------------------------------
+    async def drain(self):
+        """Send this company's due queued messages through the current client."""
+        while not self.closed and self.connected and self.client is not None:
+            batch = await db(sending.claim_outbound)(self.held, self.sup.send_batch)
+            if not batch:
+                return
+            for item in batch:
+                client = self.client
+                if client is None or not self.connected or self.closed:
+                    await db(sending.release_claimed)(item.pk, "client went away before sending")
+                    continue
+                try:
+                    wa_id = await client.send_text(item.to_jid, item.text)
+                except base.TransportError as exc:
+                    await db(sending.mark_outbound_failed)(item.pk, str(exc), exc.permanent)
+                except Exception as exc:
+                    logger.exception("company %s: send crashed", self.company_id)
+                    await db(sending.mark_outbound_failed)(item.pk, f"unexpected: {exc!r}")
+                else:
+                    await db(sending.mark_outbound_sent)(item.pk, wa_id)
+
+    # --- end of ownership ----------------------------------------------------
+    async def close(self, reason):
+        """Stop the client for good (lease lost, released, or worker stopping)."""
+        if self.retry_handle is not None:
+            self.retry_handle.cancel()
+        current = asyncio.current_task()
+        for task in list(self.tasks):
+            if task is not current:
+                task.cancel()
+        async with self.lock:
+            self.closed = True
+            await self._stop_client(reason)
