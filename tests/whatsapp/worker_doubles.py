@@ -1,0 +1,183 @@
+"""A scripted transport for session-worker tests: the double sits exactly at the
+boundary to WhatsApp (base.Transport / base.Client) and nowhere else.
+
+Every client call is logged in order, and the transport checks the promise
+the worker makes to WhatsApp: never two live clients for one company.
+"""
+
+import asyncio
+import time
+
+from asgiref.sync import async_to_sync
+
+from whatsapp.transport import base
+
+
+class ScriptedTransport:
+    name = "scripted"
+
+    def __init__(self, behaviour="connect", jid="491700000001:7@s.whatsapp.net"):
+        self.default = behaviour
+        self.behaviour = {}  # company_id -> behaviour for its next clients
+        self.jid = jid
+        self.log = []  # (action, company_id, client number)
+        self.clients = []
+        self.violations = []
+        self.forgotten = []
+        self.start_overlaps = 0
+        self._starting = 0
+        self.max_concurrent_attempts = 0
+
+    def new_client(self, spec, on_event):
+        live = [c for c in self.clients if c.spec.company_id == spec.company_id and c.live]
+        if live:
+            self.violations.append(f"company {spec.company_id}: new client while {live} live")
+        client = ScriptedClient(self, spec, on_event, len(self.clients) + 1)
+        self.clients.append(client)
+        self.log.append(("new", spec.company_id, client.number))
+        return client
+
+    def forget_device(self, spec):
+        self.forgotten.append(spec.company_id)
+
+    def clients_of(self, company_id):
+        return [c for c in self.clients if c.spec.company_id == company_id]
+
+    def live_of(self, company_id):
+        return [c for c in self.clients_of(company_id) if c.live]
+
+    def attempts_in_flight(self):
+        return sum(1 for c in self.clients if c.live and c.behaviour == "hang")
+
+
+class ScriptedClient:
+    """Behaviours: connect (Connected soon), qr (a QR code), fail (dial error ->
+    Closed), raise (start raises), hang (nothing ever happens)."""
+
+    def __init__(self, transport, spec, sink, number):
+        self.transport = transport
+        self.spec = spec
+        self.sink = sink
+        self.number = number
+        self.behaviour = transport.behaviour.get(spec.company_id, transport.default)
+        self.started = self.stopped = False
+        self.logged_in = False
+        self.logged_out = False
+        self.sent = []
+        self.send_errors = []  # TransportErrors to raise on the next sends
+        self.pair_requests = []
+
+    def __repr__(self):
+        return f"<client {self.number} of company {self.spec.company_id}>"
+
+    @property
+    def live(self):
+        return self.started and not self.stopped
+
+    async def start(self):
+        t = self.transport
+        t._starting += 1
+        if t._starting > 1:
+            t.start_overlaps += 1
+        try:
+            await asyncio.sleep(0.01)  # give a concurrent start the chance to overlap
+            t.log.append(("start", self.spec.company_id, self.number))
+            if self.behaviour == "raise":
+                raise base.TransportError("scripted start failure")
+            self.started = True
+            in_flight = t.attempts_in_flight()
+            t.max_concurrent_attempts = max(t.max_concurrent_attempts, in_flight)
+        finally:
+            t._starting -= 1
+        loop = asyncio.get_running_loop()
+        if self.behaviour == "connect":
+            loop.call_soon(lambda: asyncio.ensure_future(self._connect()))
+        elif self.behaviour == "qr":
+            loop.call_soon(lambda: asyncio.ensure_future(
+                self.emit(base.QRCode(codes=("2@scripted-qr-code",)))))
+        elif self.behaviour == "fail":
+            loop.call_soon(lambda: asyncio.ensure_future(
+                self.emit(base.Closed(error="scripted dial failure"))))
+
+    async def _connect(self):
+        self.logged_in = True
+        await self.emit(base.Connected(jid=self.spec.jid or self.transport.jid,
+                                       push_name="Salon"))
+
+    async def emit(self, event):
+        if self.live:
+            await self.sink(event)
+
+    async def stop(self):
+        if not self.stopped:
+            self.stopped = True
+            self.logged_in = False
+            self.transport.log.append(("stop", self.spec.company_id, self.number))
+
+    async def logout(self):
+        self.logged_out = True
+        self.transport.log.append(("logout", self.spec.company_id, self.number))
+
+    async def send_text(self, jid, text):
+        if not self.live:
+            raise base.TransportError("client stopped")
+        if self.send_errors:
+            raise self.send_errors.pop(0)
+        self.sent.append((jid, text))
+        self.transport.log.append(("send", self.spec.company_id, self.number))
+        return f"3EB0{self.number:04d}{len(self.sent):04d}"
+
+    async def pair_phone(self, phone_e164):
+        self.pair_requests.append(phone_e164)
+        return "ABCD-1234"
+
+    async def is_logged_in(self):
+        return self.live and self.logged_in
+
+
+def run(coro_factory, timeout=30):
+    """Run an async test body on a fresh loop (DB calls inside go through
+    database_sync_to_async, so tests use django_db(transaction=True))."""
+
+    async def body():
+        return await asyncio.wait_for(coro_factory(), timeout)
+
+    return async_to_sync(body)()
+
+
+async def wait_until(predicate, timeout=10.0, interval=0.02, what="condition"):
+    """Poll `predicate` (sync, may touch the DB) until true; fail after `timeout`."""
+    from channels.db import database_sync_to_async
+
+    check = database_sync_to_async(predicate)
+    deadline = time.monotonic() + timeout
+    while True:
+        result = await check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(interval)
+
+
+FAST = {
+    "LEASE_TTL": 3.0,
+    "RECONCILE_INTERVAL": 0.2,
+    "BACKOFF_BASE": 0.2,
+    "BACKOFF_CAP": 1.0,
+    "CONNECT_TIMEOUT": 5.0,
+    "STOP_TIMEOUT": 5.0,
+    "REBALANCE": True,
+}
+
+
+def fast_settings(settings, tmp_path, **overrides):
+    """Short timings for in-process worker tests (pytest-django `settings`)."""
+    settings.WHATSAPP = {
+        **settings.WHATSAPP,
+        **FAST,
+        "STORE_DIR": str(tmp_path / "wa-store"),
+        "STORE_URL": "",
+        **overrides,
+    }
+    return settings.WHATSAPP
