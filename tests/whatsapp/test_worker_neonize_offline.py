@@ -19,7 +19,7 @@ from whatsapp.transport.build import jid_proto, message_event
 from whatsapp.transport.neonize_client import NeonizeClient, NeonizeTransport, translate
 from whatsapp.worker.supervisor import SessionSupervisor
 
-from .worker_doubles import fast_settings, run, wait_until
+from .worker_doubles import company_fixture, fast_settings, run, wait_until  # noqa: F401
 
 # "__all__": the control services' channel hints reach the SQLite channel layer's own DB.
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")

@@ -8,6 +8,7 @@ the worker makes to WhatsApp: never two live clients for one company.
 import asyncio
 import time
 
+import pytest
 from asgiref.sync import async_to_sync
 
 from whatsapp.transport import base
@@ -181,3 +182,12 @@ def fast_settings(settings, tmp_path, **overrides):
         **overrides,
     }
     return settings.WHATSAPP
+
+
+@pytest.fixture(name="company")
+def company_fixture(db):
+    """One company, without the three-tenant users (password hashing is slow and
+    these tests are about sessions, not access)."""
+    from companies.models import Company
+
+    return Company.objects.create(name="Salon Worker", slug="salon-worker")
