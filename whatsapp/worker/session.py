@@ -50,6 +50,7 @@ class ManagedSession:
         self.retry_handle = None
         self.tasks = set()
         self.closed = False
+        self.adopted_at = time.monotonic()
 
     def __repr__(self):
         return f"<ManagedSession company={self.company_id} epoch={self.held.epoch}>"

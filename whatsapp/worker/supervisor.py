@@ -35,6 +35,7 @@ from .commands import describe
 from .session import ManagedSession
 
 logger = logging.getLogger(__name__)
+LOOPS = {"lease-loop", "reconcile-loop", "fence-loop"}
 
 
 class SessionSupervisor:
@@ -78,6 +79,7 @@ class SessionSupervisor:
         self._wake = asyncio.Event()
         await db(leases.register_worker)(self.worker_id, self.channel_name)
         self._lease_deadline = time.monotonic() + self.lease_ttl - self.fence_margin
+        self.spawn(self._lease_loop(), "lease-loop")
         self.spawn(self._reconcile_loop(), "reconcile-loop")
         self.spawn(self._fence_loop(), "fence-loop")
         logger.info("worker %s started on %s (transport %s)", self.worker_id, self.channel_name,
@@ -95,7 +97,7 @@ class SessionSupervisor:
         budget = self.stop_timeout if budget is None else budget
         current = asyncio.current_task()
         for task in list(self._tasks):
-            if task is not current and task.get_name() in {"reconcile-loop", "fence-loop"}:
+            if task is not current and task.get_name() in LOOPS:
                 task.cancel()
         owned = list(self.sessions.values())
         self.sessions.clear()
@@ -164,7 +166,7 @@ class SessionSupervisor:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             busy = [t for t in self._tasks if not t.done()
-                    and t.get_name() not in {"reconcile-loop", "fence-loop"}]
+                    and t.get_name() not in LOOPS]
             if not busy:
                 return True
             await asyncio.wait(busy, timeout=max(0.01, deadline - time.monotonic()))
@@ -278,6 +280,19 @@ class SessionSupervisor:
         await db(leases.release_lease)(self.worker_id, ms.session_id, reason)
 
     # --- the loops ------------------------------------------------------------------
+    async def _lease_loop(self):
+        """Renew leases twice per reconcile interval, apart from the (longer)
+        reconcile work, so a slow round can never let a lease lapse."""
+        while not self.closing:
+            began = time.monotonic()
+            try:
+                await self.renew_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("worker %s: renewing leases failed", self.worker_id)
+            await asyncio.sleep(max(0.05, self.interval / 2 - (time.monotonic() - began)))
+
     async def _reconcile_loop(self):
         while not self.closing:
             try:
@@ -302,19 +317,26 @@ class SessionSupervisor:
                 for ms in list(self.sessions.values()):
                     await self.lease_lost(ms, "lease renewal overdue (database unreachable?)")
 
-    async def reconcile_once(self):
-        self._round += 1
+    async def renew_once(self):
+        """Extend our leases; stop at once the client of every lease we lost."""
         began = time.monotonic()
         held = await db(leases.renew_leases)(self.worker_id)
         self._lease_deadline = began + self.lease_ttl - self.fence_margin
         for ms in list(self.sessions.values()):
+            if ms.adopted_at > began:  # acquired after our snapshot was taken
+                continue
             current = held.get(ms.session_id)
             if current is None or current.epoch != ms.held.epoch:
                 await self.lease_lost(ms, "lease expired or taken over")
         for h in held.values():
-            if h.company_id not in self.sessions:
-                await self._adopt(h)
+            if h.company_id not in self.sessions and not self.closing:
+                await self._adopt(h)  # acquired, but its adoption was interrupted
         await db(leases.heartbeat_worker)(self.worker_id, len(self.sessions))
+
+    async def reconcile_once(self):
+        """Share the load, acquire free leases, and make every owned session's
+        client match its row."""
+        self._round += 1
         target = self.max_sessions
         if self.rebalance:
             target = min(target, await db(leases.fair_share)())

@@ -1,0 +1,332 @@
+"""Real `manage.py runworker whatsapp` processes contending for real companies.
+
+Each worker runs the real neonize transport: offline, every dial fails on DNS
+within milliseconds, so clients are created, fail, are stopped and retried
+with backoff all the time -- the busiest possible lease traffic. What is
+proved, from the database the workers write:
+
+* at every sampled moment each company has at most one unexpired owner, and
+  ownership only ever changes hands with a higher epoch;
+* no company ever had two live clients: every client's life (from "client N
+  connecting" to "client N stopped", written by the worker itself) is an
+  interval, and the intervals of one company never overlap, across workers;
+* SIGKILL of a worker: its companies are owned again once its leases expire
+  (TTL) plus one reconcile round;
+* SIGTERM: the worker stops its clients, releases its leases at once (handed
+  over within about one reconcile interval, far below the TTL) and exits
+  within seconds.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from django.db import connection
+from django.utils import timezone
+
+from companies.models import Company
+from whatsapp.models import (
+    ConnectionEvent,
+    DesiredState,
+    SessionLease,
+    WhatsAppSession,
+    WorkerProcess,
+)
+
+pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True, databases="__all__")]
+
+TTL = 3.0
+INTERVAL = 1.0
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def needs_postgres():
+    if connection.vendor != "postgresql":
+        pytest.skip("PostgreSQL + Redis production path: runs in the PostgreSQL pass")
+
+
+class Workers:
+    """Worker processes started with the test database and the test's isolation env."""
+
+    def __init__(self, tmp_path):
+        self.tmp = tmp_path
+        self.procs = {}  # name -> Popen
+        self.ids = {}  # name -> worker id
+        self.env = self._env()
+
+    def _env(self):
+        env = dict(os.environ)
+        db = connection.settings_dict
+        if connection.vendor == "postgresql":
+            user = db["USER"] or "postgres"
+            auth = f"{user}:{db['PASSWORD']}@" if db["PASSWORD"] else f"{user}@"
+            env["DATABASE_URL"] = (f"postgres://{auth}{db['HOST'] or '127.0.0.1'}:"
+                                   f"{db['PORT'] or 5432}/{db['NAME']}")
+        else:
+            env["DATABASE_URL"] = f"sqlite:///{db['NAME']}"
+            var = self.tmp / "var"
+            var.mkdir(exist_ok=True)
+            env["AIADMIN_VAR_DIR"] = str(var)  # its own SQLite channel layer file
+        env.update({
+            "DJANGO_SETTINGS_MODULE": "tests.settings",
+            "WHATSAPP_TRANSPORT": "neonize",
+            "WHATSAPP_STORE_DIR": str(self.tmp / "store"),
+            "WHATSAPP_STORE_URL": "",
+            "WHATSAPP_LEASE_TTL": str(TTL),
+            "WHATSAPP_RECONCILE_INTERVAL": str(INTERVAL),
+            "WHATSAPP_BACKOFF_BASE": "1",
+            "WHATSAPP_BACKOFF_CAP": "6",
+            "WHATSAPP_REBALANCE_BATCH": "50",
+            "WHATSAPP_SHUTDOWN_GRACE": "8",
+            "PYTHONUNBUFFERED": "1",
+        })
+        if connection.vendor != "postgresql":
+            subprocess.run([sys.executable, "manage.py", "migrate", "--database", "channels",
+                            "-v0"], cwd=ROOT, env=env, check=True, timeout=120)
+        return env
+
+    def start(self, *names):
+        for name in names:
+            log = open(self.tmp / f"{name}.log", "wb")  # noqa: SIM115 (closed by the process end)
+            self.procs[name] = subprocess.Popen(
+                [sys.executable, "manage.py", "runworker", "whatsapp",
+                 "--worker-id", f"{name}.{os.getpid()}"],
+                cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+            )
+            self.ids[name] = f"{name}.{os.getpid()}"
+
+    def alive(self):
+        return [n for n, p in self.procs.items() if p.poll() is None]
+
+    def signal(self, name, signum):
+        proc = self.procs[name]
+        proc.send_signal(signum)
+        started = time.monotonic()
+        code = proc.wait(timeout=20)
+        return code, time.monotonic() - started
+
+    def stop_all(self):
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.procs.values():
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=5)
+
+    def logs(self):
+        return "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in self.tmp.glob("*.log"))
+
+
+@pytest.fixture
+def workers(tmp_path):
+    group = Workers(tmp_path)
+    yield group
+    group.stop_all()
+
+
+def make_companies(count):
+    companies = Company.objects.bulk_create(
+        Company(name=f"Company {i}", slug=f"lease-{i}") for i in range(count))
+    sessions = WhatsAppSession.objects.bulk_create(
+        WhatsAppSession(company=c, desired_state=DesiredState.RUNNING) for c in companies)
+    SessionLease.objects.bulk_create(SessionLease(session=s) for s in sessions)
+    return [c.pk for c in companies]
+
+
+class Sampler:
+    """Samples the lease table; checks single ownership and epoch monotonicity."""
+
+    def __init__(self):
+        self.last = {}  # session_id -> (owner, epoch)
+        self.samples = 0
+        self.errors = []
+
+    def owners(self):
+        now = timezone.now()
+        rows = SessionLease.objects.values_list("session__company_id", "owner", "epoch",
+                                                "expires_at")
+        current = defaultdict(set)
+        for company_id, owner, epoch, expires in rows:
+            seen = self.last.get(company_id)
+            if seen is not None:
+                if epoch < seen[1]:
+                    self.errors.append(f"company {company_id}: epoch went back {seen}->{epoch}")
+                if owner and seen[0] and owner != seen[0] and epoch <= seen[1]:
+                    self.errors.append(f"company {company_id}: {seen[0]} -> {owner} without "
+                                       f"a new epoch")
+            self.last[company_id] = (owner or (seen[0] if seen else ""), epoch)
+            if owner and expires and expires > now:
+                current[company_id].add(owner)
+        self.samples += 1
+        for company_id, held_by in current.items():
+            if len(held_by) > 1:
+                self.errors.append(f"company {company_id} owned by {held_by}")
+        return {cid: next(iter(o)) for cid, o in current.items()}
+
+    def wait_for(self, predicate, timeout, what):
+        deadline = time.monotonic() + timeout
+        while True:
+            owners = self.owners()
+            if predicate(owners):
+                return owners
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out after {timeout}s: {what}; owners: "
+                                     f"{count_by_owner(owners)}")
+            time.sleep(0.1)
+
+
+def count_by_owner(owners):
+    counts = defaultdict(int)
+    for owner in owners.values():
+        counts[owner] += 1
+    return dict(counts)
+
+
+def client_intervals(ended_at):
+    """Per company: [(start, end, worker)] of every client, from the workers' own rows.
+    A worker killed with SIGKILL never wrote its last stops: `ended_at[worker]`."""
+    rows = (ConnectionEvent.objects.exclude(worker_id="")
+            .filter(kind__in=["starting", "stopped"], reason__startswith="client ")
+            .order_by("created_at", "id")
+            .values_list("session__company_id", "worker_id", "kind", "created_at", "reason"))
+    open_ = {}
+    intervals = defaultdict(list)
+    for company_id, worker, kind, at, _reason in rows:
+        key = (company_id, worker)
+        if kind == "starting":
+            assert key not in open_, f"{worker} started a 2nd client of company {company_id}"
+            open_[key] = at
+        else:
+            start = open_.pop(key, None)
+            if start is not None:
+                intervals[company_id].append((start, at, worker))
+    for (company_id, worker), start in open_.items():
+        end = ended_at.get(worker, timezone.now())
+        intervals[company_id].append((start, end, worker))
+    return intervals
+
+
+def assert_no_overlap(intervals):
+    count = 0
+    for company_id, spans in intervals.items():
+        spans.sort()
+        for (_s1, e1, w1), (s2, _e2, w2) in zip(spans, spans[1:], strict=False):
+            assert s2 >= e1, (f"company {company_id}: client of {w2} from {s2} while the "
+                              f"client of {w1} lived until {e1}")
+        count += len(spans)
+    return count
+
+
+def run_contention(workers, n_workers, n_companies):
+    companies = make_companies(n_companies)
+    names = [f"w{i}" for i in range(1, n_workers + 1)]
+    workers.start(*names)  # all at the same moment
+    sampler = Sampler()
+    ids = [workers.ids[n] for n in names]
+    share = -(-n_companies // n_workers)
+    try:
+        owners = sampler.wait_for(
+            lambda o: len(o) == n_companies and set(o.values()) == set(ids)
+            and max(count_by_owner(o).values()) <= share + 1,
+            timeout=40, what="every company owned, shared by all workers")
+    except AssertionError:
+        print(workers.logs())
+        raise
+    assert set(owners) == set(companies)
+    print(f"{n_workers} workers own {n_companies} companies: {count_by_owner(owners)}")
+    return sampler, names
+
+
+def kill_and_check_takeover(workers, sampler, victim, n_companies):
+    victim_id = workers.ids[victim]
+    victims = {c for c, o in sampler.owners().items() if o == victim_id}
+    assert victims, f"{victim} owned nothing"
+    workers.procs[victim].send_signal(signal.SIGKILL)
+    workers.procs[victim].wait(timeout=10)
+    killed_at = timezone.now()
+    t0 = time.monotonic()
+    owners = sampler.wait_for(
+        lambda o: all(c in o and o[c] != victim_id for c in victims),
+        timeout=TTL + 4 * INTERVAL + 4, what=f"{victim}'s companies owned again")
+    took = time.monotonic() - t0
+    print(f"SIGKILL {victim}: {len(victims)} companies owned again after {took:.2f}s")
+    # Its leases expire TTL after its last renewal; one reconcile round later
+    # they are owned again. Never sooner than the expiry: nobody steals a lease.
+    assert took <= TTL + 2 * INTERVAL + 1.5, f"takeover took {took:.1f}s"
+    assert len(owners) == n_companies
+    return killed_at
+
+
+def terminate_and_check_handover(workers, sampler, leaver, n_companies):
+    leaver_id = workers.ids[leaver]
+    leaving = {c for c, o in sampler.owners().items() if o == leaver_id}
+    assert leaving, f"{leaver} owned nothing"
+    code, took_to_exit = workers.signal(leaver, signal.SIGTERM)
+    assert code == 0, workers.logs()
+    assert took_to_exit < 8, f"exit took {took_to_exit:.1f}s"
+    t0 = time.monotonic()
+    # Released at once: no lease of the leaver survives its exit ...
+    assert not SessionLease.objects.filter(owner=leaver_id).exists()
+    assert WorkerProcess.objects.get(worker_id=leaver_id).stopped_at is not None
+    # ... and the others own its companies well before a TTL could have passed.
+    sampler.wait_for(lambda o: all(c in o and o[c] != leaver_id for c in leaving),
+                     timeout=TTL + 4, what=f"{leaver}'s companies handed over")
+    handed = time.monotonic() - t0
+    print(f"SIGTERM {leaver}: exited in {took_to_exit:.2f}s, {len(leaving)} companies "
+          f"handed over {handed:.2f}s later")
+    assert handed < TTL, f"handover took {handed:.1f}s (a TTL would be {TTL}s)"
+
+
+@pytest.mark.postgres
+def test_three_workers_share_50_companies_survive_sigkill_and_hand_over_on_sigterm(workers):
+    needs_postgres()
+    sampler, _ = run_contention(workers, 3, 50)
+    killed_at = kill_and_check_takeover(workers, sampler, "w1", 50)
+    terminate_and_check_handover(workers, sampler, "w2", 50)
+    sampler.wait_for(lambda o: len(o) == 50 and set(o.values()) == {workers.ids["w3"]},
+                     timeout=10, what="w3 owns everything")
+    workers.stop_all()
+    assert not sampler.errors, sampler.errors[:5]
+    assert sampler.samples > 50
+    spans = assert_no_overlap(client_intervals({workers.ids["w1"]: killed_at}))
+    assert spans > 100  # real clients were started, failed and stopped all along
+    assert not SessionLease.objects.exclude(owner="").exists()  # all released at the end
+
+
+@pytest.mark.postgres
+def test_two_workers_started_together_never_both_own_a_company(workers):
+    needs_postgres()
+    sampler, _ = run_contention(workers, 2, 50)
+    terminate_and_check_handover(workers, sampler, "w1", 50)
+    workers.start("w3")
+    sampler.wait_for(lambda o: len(o) == 50 and workers.ids["w3"] in set(o.values()),
+                     timeout=15, what="w3 takes its share")
+    killed_at = kill_and_check_takeover(workers, sampler, "w2", 50)
+    workers.stop_all()
+    assert not sampler.errors, sampler.errors[:5]
+    assert_no_overlap(client_intervals({workers.ids["w2"]: killed_at}))
+
+
+def test_two_workers_share_companies_survive_sigkill_and_stop_cleanly(workers):
+    """Runs in both passes: on the embedded default (SQLite + the SQLite channel
+    layer) and on PostgreSQL + Redis."""
+    sampler, _ = run_contention(workers, 2, 12)
+    killed_at = kill_and_check_takeover(workers, sampler, "w1", 12)
+    code, took = workers.signal("w2", signal.SIGTERM)
+    assert code == 0 and took < 8, workers.logs()
+    assert not SessionLease.objects.exclude(owner="").exists()
+    assert not sampler.errors, sampler.errors[:5]
+    spans = assert_no_overlap(client_intervals({workers.ids["w1"]: killed_at}))
+    print(f"{spans} client lifetimes, none overlapping; {sampler.samples} lease samples")
+    assert spans > 12
+    stopped = WorkerProcess.objects.get(worker_id=workers.ids["w2"]).stopped_at
+    assert stopped is not None and timezone.now() - stopped < timedelta(seconds=30)
