@@ -193,6 +193,8 @@ class ManagedSession:
         async with self.lock:
             if self.client is not None or self.closed or self.sup.closing:
                 return None
+            if not self.sup.leases_fresh():  # renewals failing: do not start anything
+                return None
             if not await db(holds_lease)(self.held):
                 await self.sup.lease_lost(self, "lease gone before connecting")
                 return None

@@ -317,6 +317,10 @@ class SessionSupervisor:
                 for ms in list(self.sessions.values()):
                     await self.lease_lost(ms, "lease renewal overdue (database unreachable?)")
 
+    def leases_fresh(self):
+        """Whether our last renewal is recent enough to act on our leases."""
+        return self._lease_deadline is not None and time.monotonic() < self._lease_deadline
+
     async def renew_once(self):
         """Extend our leases; stop at once the client of every lease we lost."""
         began = time.monotonic()
@@ -342,7 +346,7 @@ class SessionSupervisor:
             target = min(target, await db(leases.fair_share)())
             await self._shed(len(self.sessions) - target)
         room = target - len(self.sessions)
-        if room > 0 and not self.closing:
+        if room > 0 and not self.closing and self.leases_fresh():
             for h in await db(leases.acquire_leases)(self.worker_id, room):
                 await self._adopt(h)
         await self._reconcile_owned()
