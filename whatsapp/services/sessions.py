@@ -20,6 +20,7 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from whatsapp.models import ConnectionEvent, SessionState, WhatsAppSession, backoff_delay
+from whatsapp.models.sessions import LIVE_STATES
 from whatsapp.transport.jids import InvalidPhoneNumber, Jid, jid_phone
 
 from .leases import Held
@@ -66,8 +67,9 @@ def record_event(held: Held, kind, reason="", state=None):
     )
 
 
-def transition(held: Held, state=None, kind=None, reason="", **fields):
-    """Set `state` (and `fields`) if the lease still fences us; record `kind`."""
+def transition(held: Held, state=None, kind=None, reason="", from_states=None, **fields):
+    """Set `state` (and `fields`) if the lease still fences us (and the current
+    state is one of `from_states`, when given); record `kind`."""
     now = timezone.now()
     updates = dict(fields)
     if state is not None:
@@ -76,8 +78,11 @@ def transition(held: Held, state=None, kind=None, reason="", **fields):
         updates["state_changed_at"] = Case(
             When(state=state, then=F("state_changed_at")), default=Value(now)
         )
+    rows = _fenced(held)
+    if from_states is not None:
+        rows = rows.filter(state__in=list(from_states))
     with transaction.atomic():
-        applied = _fenced(held).update(**updates) if updates else _fenced(held).exists()
+        applied = rows.update(**updates) if updates else rows.exists()
         if applied and kind:
             record_event(held, kind, reason, state=state)
     if not applied:
@@ -269,12 +274,15 @@ def mark_banned(held, code, expires_in_seconds):
     )
 
 
-def mark_stopped(held, reason="stopped"):
+def mark_stopped(held, reason="stopped", only_live=False):
+    """No client any more. `only_live`: leave parked and failed states as they are
+    (a worker handing a session over must not erase `logged_out` or a retry plan)."""
     return transition(
         held,
         SessionState.STOPPED,
         Kind.STOPPED,
         reason,
+        from_states=LIVE_STATES if only_live else None,
         connected_since=None,
         disconnected_since=None,
         qr_code="",

@@ -185,7 +185,7 @@ class ManagedSession:
                         if self.outcome is outcome and self.client is not None:
                             await self._stop_client("connect timed out")
                             await self._failed(
-                                f"no connection after {self.sup.connect_timeout:.0f}s")
+                                f"no connection after {self.sup.connect_timeout:g}s")
         finally:
             self.connecting = False
 

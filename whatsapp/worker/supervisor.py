@@ -134,7 +134,8 @@ class SessionSupervisor:
 
     async def _hand_over(self, ms, reason):
         await ms.close(reason)
-        await db(svc.mark_stopped)(ms.held, f"{reason}; another worker takes over")
+        await db(svc.mark_stopped)(ms.held, f"{reason}; another worker takes over",
+                                   only_live=True)
 
     async def _wake_others(self, channels):
         layer = get_channel_layer()
@@ -359,7 +360,8 @@ class SessionSupervisor:
         for ms in ranked[: min(excess - 1, self.rebalance_batch)]:
             del self.sessions[ms.company_id]
             await ms.close("rebalancing to another worker")
-            await db(svc.mark_stopped)(ms.held, "handed to another worker (rebalancing)")
+            await db(svc.mark_stopped)(ms.held, "handed to another worker (rebalancing)",
+                                       only_live=True)
             await db(leases.release_lease)(self.worker_id, ms.session_id, "rebalancing")
 
     async def _reconcile_owned(self):
