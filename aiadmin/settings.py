@@ -199,7 +199,9 @@ Q_CLUSTER = {
     "ack_failures": True,
     "catch_up": False,
     "save_limit": 2000,
-    "poll": 0.1,
+    # ORM broker: an idle cluster looks for new tasks every `poll` seconds
+    # (bench/latency.py measures what this costs in latency).
+    "poll": env.float("Q_POLL", default=0.1),
     "label": "Jobs",
 }
 if Q_BROKER == "redis":
