@@ -5,6 +5,7 @@ import zoneinfo
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import models
+from rest_framework_api_key.models import AbstractAPIKey
 
 
 def validate_timezone(value):
@@ -77,3 +78,18 @@ class Membership(models.Model):
     @property
     def can_manage(self):
         return self.role in {self.Role.OWNER, self.Role.ADMIN}
+
+
+class CompanyAPIKey(AbstractAPIKey):
+    """A company's key for the REST API, stored hashed (shown once, when created).
+
+    A key acts for its company only; revoking it cannot be undone."""
+
+    company = models.ForeignKey(Company, on_delete=models.CASCADE, related_name="api_keys")
+
+    class Meta(AbstractAPIKey.Meta):
+        verbose_name = "company API key"
+        verbose_name_plural = "company API keys"
+
+    def __str__(self):
+        return f"{self.name} ({self.company})"
