@@ -12,6 +12,7 @@ from companies.models import Company
 from whatsapp.models import ConnectionEvent, DesiredState, SessionLease, WhatsAppSession
 from whatsapp.transport.jids import InvalidPhoneNumber, phone_to_e164
 
+from . import live
 from .commands import notify_owner
 
 
@@ -30,6 +31,7 @@ def ensure_session(company_id):
 
 def _record(session, kind, reason):
     ConnectionEvent.objects.create(session=session, kind=kind, reason=reason, state=session.state)
+    live.session_changed(session.company_id, session.state)
 
 
 def start_session(company_id, actor=""):

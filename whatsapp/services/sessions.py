@@ -23,6 +23,7 @@ from whatsapp.models import ConnectionEvent, SessionState, WhatsAppSession, back
 from whatsapp.models.sessions import LIVE_STATES
 from whatsapp.transport.jids import InvalidPhoneNumber, Jid, jid_phone
 
+from . import live
 from .leases import Held
 
 logger = logging.getLogger(__name__)
@@ -65,6 +66,7 @@ def record_event(held: Held, kind, reason="", state=None):
         state=state,
         worker_id=held.owner,
     )
+    live.session_changed(held.company_id, state)
 
 
 def transition(held: Held, state=None, kind=None, reason="", from_states=None, **fields):
@@ -84,7 +86,9 @@ def transition(held: Held, state=None, kind=None, reason="", from_states=None, *
     with transaction.atomic():
         applied = rows.update(**updates) if updates else rows.exists()
         if applied and kind:
-            record_event(held, kind, reason, state=state)
+            record_event(held, kind, reason, state=state)  # publishes the change
+        elif applied:
+            live.session_changed(held.company_id, state)  # e.g. a rotated QR code
     if not applied:
         logger.info(
             "session %s: %s not applied, lease epoch %s of %s is gone",

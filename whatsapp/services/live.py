@@ -1,0 +1,52 @@
+"""Live hints to staff browsers: "this company's session changed".
+
+Published on commit to the channel-layer groups the admin WebSocket consumer
+(`whatsapp.admin_pages.consumer`) joins: one group per company, and one for
+superusers that sees every company. A hint carries no data beyond the company
+and the new state; the browser re-reads the page, which checks access again.
+Like every channel message these hints are lossy (the admin pages also poll
+while their WebSocket is down), so publishing never fails the caller.
+"""
+
+import logging
+
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
+from django.db import transaction
+
+logger = logging.getLogger(__name__)
+
+ALL_COMPANIES_GROUP = "whatsapp-admin.all"
+EVENT_TYPE = "session.changed"
+
+
+def company_group(company_id):
+    return f"whatsapp-admin.company.{int(company_id)}"
+
+
+def groups_for(company_id):
+    """Every group a hint about `company_id` goes to."""
+    return [company_group(company_id), ALL_COMPANIES_GROUP]
+
+
+def session_changed(company_id, state=None):
+    """Tell staff browsers, once the current transaction commits, that the
+    session of `company_id` changed (`state`: the new state, if known)."""
+    transaction.on_commit(lambda: publish_now(company_id, state))
+
+
+def publish_now(company_id, state=None):
+    state = str(getattr(state, "value", state) or "")
+    message = {"type": EVENT_TYPE, "company_id": int(company_id), "state": state}
+    try:
+        layer = get_channel_layer()
+        if layer is None:
+            return False
+        send = async_to_sync(layer.group_send)
+        for group in groups_for(company_id):
+            send(group, message)
+        return True
+    except Exception:  # layer down or full: the pages' polling covers it
+        logger.warning("could not publish %s for company %s", EVENT_TYPE, company_id,
+                       exc_info=True)
+        return False
