@@ -47,6 +47,5 @@ def publish_now(company_id, state=None):
             send(group, message)
         return True
     except Exception:  # layer down or full: the pages' polling covers it
-        logger.warning("could not publish %s for company %s", EVENT_TYPE, company_id,
-                       exc_info=True)
+        logger.warning("could not publish %s for company %s", EVENT_TYPE, company_id, exc_info=True)
         return False
