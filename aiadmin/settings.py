@@ -300,4 +300,12 @@ WHATSAPP = {
     # at most REBALANCE_BATCH sessions per reconcile round.
     "REBALANCE": env.bool("WHATSAPP_REBALANCE", default=True),
     "REBALANCE_BATCH": env.int("WHATSAPP_REBALANCE_BATCH", default=5),
+    # Health (admin dashboard): a session is flapping with FLAP_RECONNECTS or more
+    # reconnections within FLAP_WINDOW_MINUTES, and "down too long" when it wants to
+    # run but has not been connected for DOWN_THRESHOLD_MINUTES.
+    "FLAP_RECONNECTS": env.int("WHATSAPP_FLAP_RECONNECTS", default=5),
+    "FLAP_WINDOW_MINUTES": env.int("WHATSAPP_FLAP_WINDOW_MINUTES", default=15),
+    "DOWN_THRESHOLD_MINUTES": env.int("WHATSAPP_DOWN_THRESHOLD_MINUTES", default=10),
+    # Admin pages poll for changes this often while their WebSocket is down.
+    "ADMIN_POLL_SECONDS": env.float("WHATSAPP_ADMIN_POLL_SECONDS", default=5.0),
 }
