@@ -1,3 +1,4 @@
+from .alerts import Incident, IncidentKind
 from .messages import AutoReplyRule, InboundMessage, MessageKind, OutboundMessage, ProcessingJob
 from .sessions import (
     ConnectionEvent,
@@ -7,18 +8,25 @@ from .sessions import (
     WhatsAppSession,
     backoff_delay,
 )
+from .webhooks import WebhookAttempt, WebhookDelivery, WebhookEndpoint, WebhookEvent
 from .workers import WorkerProcess
 
 __all__ = [
     "AutoReplyRule",
     "ConnectionEvent",
     "DesiredState",
+    "Incident",
+    "IncidentKind",
     "InboundMessage",
     "MessageKind",
     "OutboundMessage",
     "ProcessingJob",
     "SessionLease",
     "SessionState",
+    "WebhookAttempt",
+    "WebhookDelivery",
+    "WebhookEndpoint",
+    "WebhookEvent",
     "WhatsAppSession",
     "WorkerProcess",
     "backoff_delay",

@@ -1,0 +1,74 @@
+"""Incidents: connection problems the alert check found, one row per open incident.
+
+The partial unique constraint on (subject, kind) while unresolved is what
+prevents an alert storm: however often -- and however concurrently -- the
+check runs, only the run whose INSERT wins opens the incident and sends its
+one alert; only the run whose conditional UPDATE resolves it sends the one
+recovery notice.
+"""
+
+from django.db import models
+from django.utils import timezone
+
+
+class IncidentKind(models.TextChoices):
+    CONNECTION_LOST = "connection_lost", "Connection lost"
+    FLAPPING = "flapping", "Connection flapping"
+    CONFLICT = "conflict", "440 conflict (replaced)"
+    LOGGED_OUT = "logged_out", "Logged out"
+    BANNED = "banned", "Temporarily banned"
+    WORKER_DEAD = "worker_dead", "Worker stopped heartbeating"
+
+
+class Incident(models.Model):
+    company = models.ForeignKey(
+        "companies.Company",
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="incidents",
+    )
+    worker_id = models.CharField(max_length=64, blank=True)
+    # "company:<pk>" or "worker:<worker_id>": what the incident is about.
+    subject = models.CharField(max_length=100)
+    kind = models.CharField(max_length=24, choices=IncidentKind.choices)
+    summary = models.CharField(max_length=300)
+    details = models.TextField(blank=True)
+    opened_at = models.DateTimeField(default=timezone.now, db_index=True)
+    last_seen_at = models.DateTimeField(default=timezone.now)
+    resolved_at = models.DateTimeField(null=True, blank=True, db_index=True)
+    # Notification bookkeeping: set when claimed for sending, cleared if sending failed
+    # (the next check retries), so each notice goes out once.
+    alert_sent_at = models.DateTimeField(null=True, blank=True)
+    recovery_sent_at = models.DateTimeField(null=True, blank=True)
+    notify_error = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["-opened_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["subject", "kind"],
+                condition=models.Q(resolved_at__isnull=True),
+                name="uniq_open_incident_per_subject_kind",
+            ),
+        ]
+
+    def __str__(self):
+        return f"{self.get_kind_display()}: {self.summary}"
+
+    @property
+    def is_open(self):
+        return self.resolved_at is None
+
+    def duration(self, now=None):
+        end = self.resolved_at or now or timezone.now()
+        return end - self.opened_at
+
+    def alert_text(self):
+        return f"[aiadmin] OPEN {self.get_kind_display()}: {self.summary}"
+
+    def recovery_text(self, now=None):
+        minutes = int(self.duration(now).total_seconds() // 60)
+        return (
+            f"[aiadmin] RESOLVED {self.get_kind_display()}: {self.summary} (lasted {minutes} min)"
+        )
