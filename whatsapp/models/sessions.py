@@ -8,7 +8,9 @@ worker. Models compute (status, backoff, lease checks); they never act.
 import random
 from datetime import timedelta
 
+from django.conf import settings
 from django.db import models
+from django.db.models import Case, Count, F, IntegerField, Q, Value, When
 from django.utils import timezone
 
 
@@ -38,6 +40,69 @@ PARKED_STATES = {SessionState.REPLACED, SessionState.LOGGED_OUT, SessionState.BA
 class DesiredState(models.TextChoices):
     RUNNING = "running", "Running"
     STOPPED = "stopped", "Stopped"
+
+
+# Health ranks (worst is highest), computed in SQL for sorting and in Python by health().
+HEALTH_RANK = {"idle": 0, "ok": 1, "warning": 2, "error": 3}
+WAITING_STATES = {SessionState.STARTING, SessionState.AWAITING_PAIRING, SessionState.RECONNECTING}
+
+
+class WhatsAppSessionQuerySet(models.QuerySet):
+    def visible_to(self, user):
+        """Sessions of the companies `user` may see (all for superusers)."""
+        from companies.models import Company
+
+        return self.filter(company__in=Company.objects.visible_to(user))
+
+    def with_health(self, now=None, silence_seconds=None):
+        """Annotate reconnection counts (last hour, last 24 h, the flapping window)
+        and `health_rank` in one query: no per-row queries in lists.
+
+        A reconnection is a `reconnected` ConnectionEvent: the same thing
+        `reconnect_count` counts in total."""
+        now = now or timezone.now()
+        conf = settings.WHATSAPP
+        if silence_seconds is None:
+            silence_seconds = conf["WATCHDOG_SILENCE"]
+        flap_window = timedelta(minutes=conf["FLAP_WINDOW_MINUTES"])
+
+        def reconnects_since(moment):
+            return Count(
+                "events",
+                filter=Q(events__kind="reconnected", events__created_at__gte=moment),
+            )
+
+        return self.annotate(
+            reconnects_1h=reconnects_since(now - timedelta(hours=1)),
+            reconnects_24h=reconnects_since(now - timedelta(hours=24)),
+            reconnects_flap_window=reconnects_since(now - flap_window),
+            health_rank=Case(
+                When(desired_state=DesiredState.STOPPED, then=Value(HEALTH_RANK["idle"])),
+                When(
+                    Q(state=SessionState.CONNECTED)
+                    & (
+                        Q(last_event_at__isnull=True)
+                        | Q(last_event_at__gte=now - timedelta(seconds=silence_seconds))
+                    ),
+                    then=Value(HEALTH_RANK["ok"]),
+                ),
+                When(
+                    state__in=[SessionState.CONNECTED, *WAITING_STATES],
+                    then=Value(HEALTH_RANK["warning"]),
+                ),
+                default=Value(HEALTH_RANK["error"]),
+                output_field=IntegerField(),
+            ),
+        )
+
+    def worst_first(self):
+        """Needs with_health(): errors first, then flapping, then down longest."""
+        return self.order_by(
+            "-health_rank",
+            "-reconnects_flap_window",
+            F("disconnected_since").asc(nulls_last=True),
+            "company__name",
+        )
 
 
 class WhatsAppSession(models.Model):
@@ -92,6 +157,8 @@ class WhatsAppSession(models.Model):
 
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
+
+    objects = WhatsAppSessionQuerySet.as_manager()
 
     class Meta:
         verbose_name = "WhatsApp session"
@@ -156,10 +223,46 @@ class WhatsAppSession(models.Model):
             return "idle"
         if self.state == SessionState.CONNECTED:
             return "warning" if self.is_events_silent(silence_seconds, now) else "ok"
-        if self.state in {SessionState.STARTING, SessionState.AWAITING_PAIRING,
-                          SessionState.RECONNECTING}:
+        if self.state in WAITING_STATES:
             return "warning"
         return "error"
+
+    @property
+    def down_since(self):
+        """Since when a session that wants to run has not been connected, or None."""
+        if not self.wants_running or self.state == SessionState.CONNECTED:
+            return None
+        return self.disconnected_since or self.state_changed_at
+
+    def is_flapping(self, reconnects=None):
+        """Too many reconnections within the flapping window (needs with_health())."""
+        if reconnects is None:
+            reconnects = settings.WHATSAPP["FLAP_RECONNECTS"]
+        return getattr(self, "reconnects_flap_window", 0) >= reconnects
+
+    def is_down_too_long(self, minutes=None, now=None):
+        if minutes is None:
+            minutes = settings.WHATSAPP["DOWN_THRESHOLD_MINUTES"]
+        return self.down_for(now) > timedelta(minutes=minutes)
+
+    def problems(self, now=None):
+        """Short reasons for a dashboard, worst first (needs with_health())."""
+        found = []
+        if self.state == SessionState.REPLACED:
+            found.append("replaced (440 conflict)")
+        if self.state == SessionState.LOGGED_OUT:
+            found.append("logged out: pair again")
+        if self.state == SessionState.BANNED:
+            found.append("temporarily banned")
+        if self.is_flapping():
+            found.append(f"flapping: {self.reconnects_flap_window} reconnections in "
+                         f"{settings.WHATSAPP['FLAP_WINDOW_MINUTES']} min")
+        if self.is_down_too_long(now=now):
+            minutes = int(self.down_for(now).total_seconds() // 60)
+            found.append(f"down for {minutes} min")
+        if self.is_events_silent(settings.WHATSAPP["WATCHDOG_SILENCE"], now):
+            found.append("connected but no events")
+        return found
 
 
 def backoff_delay(failures, base, cap, rng=random):
