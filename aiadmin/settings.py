@@ -309,3 +309,35 @@ WHATSAPP = {
     # Admin pages poll for changes this often while their WebSocket is down.
     "ADMIN_POLL_SECONDS": env.float("WHATSAPP_ADMIN_POLL_SECONDS", default=5.0),
 }
+
+# --- Webhooks, alerts, metrics ---------------------------------------------
+WHATSAPP_WEBHOOKS = {
+    # Seconds per HTTP request of a delivery; must stay below Q_CLUSTER["timeout"].
+    "TIMEOUT": env.float("WEBHOOK_TIMEOUT", default=10.0),
+    # A delivery is dead-lettered after this many failed attempts (replay from the admin).
+    "MAX_ATTEMPTS": env.int("WEBHOOK_MAX_ATTEMPTS", default=8),
+    # Exponential backoff with full jitter between attempts: uniform in
+    # [0, min(CAP, BASE * 2**(n-1))] seconds; the dispatcher runs every minute.
+    "BACKOFF_BASE": env.float("WEBHOOK_BACKOFF_BASE", default=30.0),
+    "BACKOFF_CAP": env.float("WEBHOOK_BACKOFF_CAP", default=3600.0),
+    # Private, loopback, link-local (and other non-global) addresses are refused
+    # as webhook targets unless this is set (a receiver on the same network).
+    "ALLOW_PRIVATE": env.bool("WEBHOOK_ALLOW_PRIVATE", default=False),
+    # The webhook_reply message handler waits this long for the reply.
+    "HANDLER_TIMEOUT": env.float("WEBHOOK_HANDLER_TIMEOUT", default=20.0),
+}
+WHATSAPP_ALERTS = {
+    # A worker whose heartbeat is older than this while it still owns leases is dead.
+    # (Connection-lost grace and flapping use WHATSAPP DOWN_THRESHOLD_MINUTES / FLAP_*.)
+    "WORKER_STALE_SECONDS": env.float("ALERT_WORKER_STALE_SECONDS", default=60.0),
+    # Optional Slack-compatible incoming webhook ({"text": ...}) besides mail to ADMINS.
+    "CHAT_WEBHOOK_URL": env.str("ALERT_CHAT_WEBHOOK_URL", default=""),
+    "CHAT_TIMEOUT": env.float("ALERT_CHAT_TIMEOUT", default=10.0),
+}
+# Alerts go to ADMINS by mail: DJANGO_ADMINS=ops@example.com,oncall@example.com
+ADMINS = [(email, email) for email in env.list("DJANGO_ADMINS", default=[])]
+SERVER_EMAIL = env.str("DJANGO_SERVER_EMAIL", default="aiadmin@localhost")
+# EMAIL_URL=smtp+tls://user:password@smtp.example.com:587 (default: print to the console).
+vars().update(env.email_url("EMAIL_URL", default="consolemail://"))
+# /metrics answers only requests with "Authorization: Bearer <METRICS_TOKEN>" when set.
+METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
