@@ -22,6 +22,16 @@ class CompanyQuerySet(models.QuerySet):
             return self
         return self.filter(memberships__user=user).distinct()
 
+    def managed_by(self, user):
+        """Companies whose WhatsApp session `user` may control (start, stop, pair...):
+        all for superusers, else those where they are owner or admin."""
+        if not user or not user.is_authenticated:
+            return self.none()
+        if user.is_superuser:
+            return self
+        roles = [Membership.Role.OWNER, Membership.Role.ADMIN]
+        return self.filter(memberships__user=user, memberships__role__in=roles).distinct()
+
 
 class Company(models.Model):
     """The tenant. Its primary key is what the API and URLs use."""
