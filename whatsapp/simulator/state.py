@@ -1,0 +1,482 @@
+"""What the simulator knows: credentials, live connections, queues, counters.
+
+No I/O here except through `Connection` objects (the server wraps a websocket
+in one) and the optional state file. Everything runs on one asyncio loop, so
+plain dicts are enough: no locks.
+
+Delivery is at-least-once, as WhatsApp's: every inbound message sits in its
+credential's outbox until the client acknowledges it. Whatever is in the
+outbox when a connection (re)starts is sent again -- a message the previous
+connection already received but never acknowledged counts as *redelivered*.
+"""
+
+import json
+import logging
+import os
+import secrets
+import time
+from collections import Counter, OrderedDict, defaultdict
+from pathlib import Path
+
+from . import protocol as p
+
+logger = logging.getLogger(__name__)
+
+CREDENTIAL_COUNTERS = (
+    "connections",
+    "conflicts",
+    "delivered",
+    "redelivered",
+    "acked",
+    "sends",
+    "drops",
+    "keepalive_mutes",
+    "logouts",
+    "bans",
+)
+
+
+class Connection:
+    """One client connection; the server supplies how to write and close it."""
+
+    def __init__(self, send, close, abort, agent="", company=""):
+        self._send, self._close, self._abort = send, close, abort
+        self.id = secrets.token_hex(4)
+        self.agent = agent
+        self.company = company
+        self.credential = None
+        self.ref = ""  # QR reference while unpaired
+        self.alive = True
+        self.sent = set()  # message ids written on this connection
+        self.pumping = False
+        self.muted_until = 0.0  # keep-alive pongs withheld until then
+        self.pair_phones = {}  # pairing code -> phone
+
+    async def send(self, frame):
+        if self.alive:
+            await self._send(frame)
+
+    async def end(self, frame=None, code=1000):
+        """Say why (frame), then close; nothing from this client counts any more."""
+        if not self.alive:
+            return
+        if frame is not None:
+            try:
+                await self._send(frame)
+            except Exception:  # the peer is gone already
+                pass
+        self.alive = False
+        await self._close(code)
+
+    def drop(self):
+        """A network drop: no close frame; frames already written still arrive."""
+        self.alive = False
+        self._abort()
+
+
+class Credential:
+    def __init__(self, token, jid, phone, company, push_name, banned_until=0.0, ban_code=""):
+        self.token, self.jid, self.phone = token, jid, phone
+        self.company, self.push_name = str(company), push_name
+        self.banned_until, self.ban_code = banned_until, ban_code
+        self.conn = None
+        self.outbox = OrderedDict()  # message id -> frame, until acknowledged
+        self.handed_out = set()  # ids written to some connection at least once
+        self.counts = Counter()
+
+    def as_saved(self):
+        return {
+            "token": self.token,
+            "jid": self.jid,
+            "phone": self.phone,
+            "company": self.company,
+            "push_name": self.push_name,
+            "banned_until": self.banned_until,
+            "ban_code": self.ban_code,
+        }
+
+    def summary(self):
+        return {
+            "jid": self.jid,
+            "company": self.company,
+            "live": self.conn is not None,
+            "queued": len(self.outbox),
+            "agent": self.conn.agent if self.conn else "",
+            "banned_until": self.banned_until or None,
+            **{k: self.counts[k] for k in CREDENTIAL_COUNTERS},
+        }
+
+
+class SimulatorState:
+    def __init__(
+        self,
+        state_file=None,
+        keepalive=20.0,
+        keepalive_max_fail=180.0,
+        auto_pair=None,
+        receipts=True,
+    ):
+        self.state_file = Path(state_file) if state_file else None
+        self.keepalive = keepalive
+        self.keepalive_max_fail = keepalive_max_fail
+        self.auto_pair = auto_pair  # seconds after a QR until it is "scanned", or None
+        self.receipts = receipts
+        self.reset()
+        self._load()
+
+    def reset(self):
+        self.credentials = {}  # token -> Credential
+        self.by_company = {}  # company label -> token of its current credential
+        self.pending = {}  # QR ref -> Connection
+        self.sends = []
+        self.sends_by_phone = defaultdict(list)
+        self.conflicts = []
+        self.totals = Counter()
+        self.lids = {}  # LID user -> phone, of every phone that wrote (WhatsApp's mapping)
+        self.revoked = {}  # token -> Credential logged out (kept for the counters)
+
+    # --- persistence ---------------------------------------------------------
+    def _load(self):
+        if self.state_file is None or not self.state_file.exists():
+            return
+        try:
+            saved = json.loads(self.state_file.read_text())
+            for item in saved.get("credentials", []):
+                cred = Credential(**item)
+                self.credentials[cred.token] = cred
+                self.by_company[cred.company] = cred.token
+        except (ValueError, TypeError, KeyError) as exc:
+            raise SystemExit(f"cannot read simulator state file {self.state_file}: {exc}") from None
+
+    def save(self):
+        if self.state_file is None:
+            return
+        data = {"version": 1, "credentials": [c.as_saved() for c in self.credentials.values()]}
+        self.state_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.state_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data, indent=1))
+        os.replace(tmp, self.state_file)
+
+    # --- lookups -----------------------------------------------------------
+    def credential_for(self, company=None, jid=None):
+        if jid:
+            for cred in self.credentials.values():
+                if cred.jid == jid:
+                    return cred
+            raise LookupError(f"no paired device {jid}")
+        token = self.by_company.get(str(company))
+        if token is None:
+            raise LookupError(f"company {company} has no paired device")
+        return self.credentials[token]
+
+    def pending_for(self, company=None, ref=None):
+        if ref:
+            conn = self.pending.get(ref)
+            if conn is None:
+                raise LookupError(f"no connection waits for QR {ref}")
+            return conn
+        for conn in reversed(self.pending.values()):
+            if conn.company == str(company):
+                return conn
+        raise LookupError(f"no connection of company {company} waits for pairing")
+
+    # --- connections -----------------------------------------------------------
+    async def hello(self, conn, frame):
+        """The first frame of a connection: resume a credential or start pairing."""
+        conn.agent = str(frame.get("agent") or "")[:200]
+        conn.company = str(frame.get("company") or "")[:100]
+        token = frame.get("credential")
+        self.totals["hellos"] += 1
+        if not token:
+            conn.ref = secrets.token_urlsafe(12)
+            self.pending[conn.ref] = conn
+            self.totals["qr_issued"] += 1
+            await conn.send({"type": "qr", "ref": conn.ref, "codes": p.qr_codes(conn.ref)})
+            return "pairing"
+        cred = self.credentials.get(token)
+        if cred is None:
+            self.totals["unknown_credentials"] += 1
+            await conn.end(
+                {"type": "logged_out", "reason": "device removed", "on_connect": True},
+                p.CLOSE_LOGGED_OUT,
+            )
+            return "logged_out"
+        if cred.banned_until > time.time():
+            await conn.end(
+                {
+                    "type": "temporary_ban",
+                    "code": cred.ban_code,
+                    "expires_in": int(cred.banned_until - time.time()) + 1,
+                },
+                p.CLOSE_BANNED,
+            )
+            return "banned"
+        await self._attach(cred, conn)
+        return "connected"
+
+    async def _attach(self, cred, conn):
+        old = cred.conn
+        cred.conn, conn.credential = conn, cred
+        if old is not None and old.alive:
+            cred.counts["conflicts"] += 1
+            self.totals["conflicts"] += 1
+            self.conflicts.append(
+                {
+                    "at": time.time(),
+                    "jid": cred.jid,
+                    "company": cred.company,
+                    "replaced_agent": old.agent,
+                    "by_agent": conn.agent,
+                }
+            )
+            await old.end({"type": "stream_replaced"}, p.CLOSE_REPLACED)
+        cred.counts["connections"] += 1
+        self.totals["connections"] += 1
+        await conn.send(
+            {
+                "type": "connected",
+                "jid": cred.jid,
+                "push_name": cred.push_name,
+                "keepalive": self.keepalive,
+                "keepalive_max_fail": self.keepalive_max_fail,
+            }
+        )
+        await self.pump(cred)
+
+    def closed(self, conn):
+        """The socket of `conn` ended, however it ended."""
+        conn.alive = False
+        self.pending.pop(conn.ref, None)
+        cred = conn.credential
+        if cred is not None and cred.conn is conn:
+            cred.conn = None
+
+    # --- pairing ------------------------------------------------------------------
+    async def pair(self, conn, phone=None, push_name="", how="qr"):
+        """The phone scanned this connection's QR (or entered its code)."""
+        if not conn.alive or conn.ref not in self.pending:
+            raise LookupError("that connection no longer waits for pairing")
+        phone = p.digits(phone) if phone else p.company_phone(conn.company or conn.ref)
+        device = secrets.randbelow(60) + 2
+        jid = f"{phone}:{device}@s.whatsapp.net"
+        cred = Credential(
+            secrets.token_urlsafe(24),
+            jid,
+            phone,
+            conn.company,
+            push_name or f"Company {conn.company or phone}",
+        )
+        previous = self.by_company.get(cred.company)
+        if previous is not None and previous in self.credentials:
+            self.by_company.pop(cred.company)  # the older device stays known by its token
+        self.credentials[cred.token] = cred
+        self.by_company[cred.company] = cred.token
+        self.pending.pop(conn.ref, None)
+        self.totals[f"paired_by_{how}"] += 1
+        self.save()
+        await conn.send(
+            {
+                "type": "pair_success",
+                "jid": jid,
+                "push_name": cred.push_name,
+                "credential": cred.token,
+            }
+        )
+        await conn.end({"type": "restart"}, p.CLOSE_RESTART)
+        return cred
+
+    async def pair_phone(self, conn, frame):
+        if conn.ref not in self.pending:
+            raise p.FrameError("pairing codes are only for a connection that is not paired")
+        phone = p.digits(frame.get("phone"))
+        code = p.pairing_code()
+        conn.pair_phones[p.normalize_code(code)] = phone
+        self.totals["pairing_codes"] += 1
+        await conn.send({"type": "pair_code", "req": frame.get("req"), "code": code})
+
+    async def enter_code(self, code):
+        wanted = p.normalize_code(code)
+        for conn in list(self.pending.values()):
+            phone = conn.pair_phones.get(wanted)
+            if phone:
+                return await self.pair(conn, phone, how="code")
+        raise LookupError(f"no connection waits for pairing code {code!r}")
+
+    # --- inbound messages ------------------------------------------------------------
+    async def inject(self, cred, frames):
+        """Messages from phones: queued for the device, delivered if it is online."""
+        for frame in frames:
+            sender, alt = frame.get("sender", ""), frame.get("sender_alt", "")
+            if sender.endswith("@lid") and alt.endswith("@s.whatsapp.net"):
+                self.lids[sender.split("@")[0]] = alt.split("@")[0]
+            elif alt.endswith("@lid"):
+                self.lids[alt.split("@")[0]] = sender.split("@")[0].split(":")[0]
+            if frame["id"] in cred.outbox:
+                continue  # WhatsApp would not queue the same id twice
+            cred.outbox[frame["id"]] = frame
+        self.totals["injected"] += len(frames)
+        await self.pump(cred)
+
+    async def pump(self, cred):
+        """Write every queued message this connection has not seen yet, in order."""
+        conn = cred.conn
+        if conn is None or conn.pumping:
+            return
+        conn.pumping = True
+        try:
+            while conn.alive and cred.conn is conn:
+                due = [f for mid, f in cred.outbox.items() if mid not in conn.sent]
+                if not due:
+                    break
+                for frame in due:
+                    if not conn.alive or cred.conn is not conn:
+                        break
+                    mid = frame["id"]
+                    if mid not in cred.outbox or mid in conn.sent:
+                        continue
+                    conn.sent.add(mid)
+                    kind = "redelivered" if mid in cred.handed_out else "delivered"
+                    cred.handed_out.add(mid)
+                    cred.counts[kind] += 1
+                    self.totals[kind] += 1
+                    await conn.send(frame)
+        finally:
+            conn.pumping = False
+
+    def ack(self, conn, frame):
+        cred = conn.credential
+        mid = frame.get("id")
+        if cred is None or cred.conn is not conn or not conn.alive:
+            self.totals["acks_lost"] += 1  # the connection is gone: as if never received
+            return
+        if cred.outbox.pop(mid, None) is not None:
+            cred.handed_out.discard(mid)
+            cred.counts["acked"] += 1
+            self.totals["acked"] += 1
+
+    # --- sends ------------------------------------------------------------------------
+    async def send(self, conn, frame):
+        cred = conn.credential
+        req = frame.get("req")
+        to, text = frame.get("to"), frame.get("text")
+        try:
+            if cred is None:
+                raise p.FrameError("not logged in")
+            user, _device, server = p.parse_jid(to)
+            if not isinstance(text, str) or not text.strip():
+                raise p.FrameError("message is empty")
+        except p.FrameError as exc:
+            self.totals["send_errors"] += 1
+            await conn.send(
+                {"type": "send_error", "req": req, "error": str(exc), "permanent": cred is not None}
+            )
+            return
+        message_id = p.web_message_id()
+        phone = user if server == "s.whatsapp.net" else self.phone_of_lid(user, server)
+        record = {
+            "id": message_id,
+            "company": cred.company,
+            "from": cred.jid,
+            "to": to,
+            "phone": phone,
+            "text": text,
+            "at": time.time(),
+        }
+        self.sends.append(record)
+        if phone:
+            self.sends_by_phone[phone].append(record)
+        cred.counts["sends"] += 1
+        self.totals["sends"] += 1
+        await conn.send({"type": "send_ack", "req": req, "id": message_id})
+        if self.receipts:
+            await conn.send(
+                {"type": "receipt", "ids": [message_id], "kind": "delivered", "chat": to}
+            )
+
+    def phone_of_lid(self, user, server):
+        return self.lids.get(user, "") if server == "lid" else ""
+
+    # --- logout, ban, drop, keep-alive --------------------------------------------------
+    async def client_logout(self, conn, frame):
+        cred = conn.credential
+        if cred is not None:
+            self._forget(cred)
+            cred.counts["logouts"] += 1
+        await conn.send({"type": "logout_ok", "req": frame.get("req")})
+        await conn.end(None, p.CLOSE_LOGGED_OUT)
+
+    async def phone_logout(self, cred, reason="removed from the phone"):
+        self._forget(cred)
+        cred.counts["logouts"] += 1
+        self.totals["logouts"] += 1
+        conn = cred.conn
+        if conn is not None:
+            await conn.end(
+                {"type": "logged_out", "reason": reason, "on_connect": False}, p.CLOSE_LOGGED_OUT
+            )
+        return conn is not None
+
+    def _forget(self, cred):
+        self.credentials.pop(cred.token, None)
+        self.revoked[cred.token] = cred
+        if self.by_company.get(cred.company) == cred.token:
+            del self.by_company[cred.company]
+        self.save()
+
+    async def ban(self, cred, seconds, code="101"):
+        cred.banned_until = time.time() + float(seconds)
+        cred.ban_code = str(code)
+        cred.counts["bans"] += 1
+        self.totals["bans"] += 1
+        self.save()
+        conn = cred.conn
+        if conn is not None:
+            await conn.end(
+                {"type": "temporary_ban", "code": cred.ban_code, "expires_in": int(float(seconds))},
+                p.CLOSE_BANNED,
+            )
+        return conn is not None
+
+    def drop(self, cred):
+        conn = cred.conn
+        if conn is None:
+            return False
+        cred.conn = None
+        cred.counts["drops"] += 1
+        self.totals["drops"] += 1
+        conn.drop()
+        return True
+
+    def mute(self, cred, seconds):
+        conn = cred.conn
+        if conn is None:
+            return False
+        conn.muted_until = time.monotonic() + float(seconds)
+        cred.counts["keepalive_mutes"] += 1
+        return True
+
+    async def ping(self, conn, frame):
+        if time.monotonic() < conn.muted_until:
+            self.totals["pings_ignored"] += 1
+            return
+        await conn.send({"type": "pong", "n": frame.get("n")})
+
+    # --- reports ----------------------------------------------------------------------
+    def stats(self):
+        companies = defaultdict(Counter)
+        for cred in [*self.credentials.values(), *self.revoked.values()]:
+            row = companies[cred.company]
+            row.update({k: cred.counts[k] for k in CREDENTIAL_COUNTERS})
+            if cred.token in self.credentials:
+                row["live"] += 1 if cred.conn is not None else 0
+                row["queued"] += len(cred.outbox)
+        for conn in self.pending.values():
+            companies[conn.company]["pending"] += 1
+        return {
+            "totals": dict(self.totals),
+            "pending": len(self.pending),
+            "live": sum(1 for c in self.credentials.values() if c.conn is not None),
+            "companies": {k: dict(v) for k, v in companies.items()},
+            "credentials": [c.summary() for c in self.credentials.values()],
+            "conflicts": self.conflicts[-100:],
+        }

@@ -1,0 +1,450 @@
+"""The transport that talks to the project's WhatsApp simulator.
+
+`SimulatorClient` implements `whatsapp.transport.base.Client` over one
+websocket to `manage.py whatsapp_simulator` and emits the same events as the
+neonize adapter, in the same situations, so the session worker cannot tell
+them apart:
+
+* no stored credential: QRCode, then (after a scan or a pairing code)
+  PairSuccess and, after the simulator's restart, Connected;
+* a stored credential: Connected, or LoggedOut(on_connect=True) for a device
+  the simulator does not know, or TemporaryBan while banned;
+* a remote drop of a paired connection: Disconnected, then whatsmeow's
+  auto-reconnect (attempt n waits n x 2 s) ending in Connected again; a failed
+  first dial ends in Closed, like neonize (which does not retry it either);
+* StreamReplaced (440), LoggedOut and TemporaryBan end the client: no reconnect;
+* keep-alive pings every `keepalive` seconds (the simulator says how often):
+  each unanswered one emits KeepAliveTimeout, an answer after that
+  KeepAliveRestored; failing longer than `keepalive_max_fail` forces a reconnect;
+* inbound messages arrive as real neonize MessageEv protobufs
+  (`whatsapp.transport.build`) and are acknowledged only after the event
+  handler returned, so a message whose handling was cut short is redelivered.
+
+The credential ("store") of a company is a small JSON file where neonize
+keeps its SQLite store (WHATSAPP["STORE_DIR"]), so a restarted worker resumes
+without pairing.
+"""
+
+import asyncio
+import itertools
+import json
+import logging
+import os
+import socket
+import weakref
+from dataclasses import replace
+from pathlib import Path
+
+import aiohttp
+from django.conf import settings
+
+from . import base
+from .build import message_event
+
+logger = logging.getLogger(__name__)
+
+CALL_TIMEOUT = 30.0
+DIAL_TIMEOUT = 10.0
+RECONNECT_STEP = 2.0  # whatsmeow: attempt n waits n x 2 s
+RECONNECT_CAP = 60.0
+TERMINAL = {"stream_replaced", "logged_out", "temporary_ban"}
+
+
+class SimulatorTransport:
+    name = "simulator"
+
+    def __init__(self, url=None, reconnect_step=RECONNECT_STEP, store_dir=None):
+        self.url = (url or settings.WHATSAPP["SIMULATOR_URL"]).rstrip("/")
+        if not self.url.endswith("/ws"):
+            self.url += "/ws"
+        self.reconnect_step = reconnect_step
+        self.store_dir = Path(store_dir or settings.WHATSAPP["STORE_DIR"])
+        self.agent = f"{socket.gethostname()}:{os.getpid()}"
+        self._sessions = weakref.WeakKeyDictionary()  # loop -> aiohttp.ClientSession
+
+    def store_for(self, company_id):
+        return str(self.store_dir / f"company-{int(company_id)}.simulator.json")
+
+    def http(self):
+        """The loop's one HTTP session (no connection limit: one socket per client)."""
+        loop = asyncio.get_running_loop()
+        session = self._sessions.get(loop)
+        if session is None or session.closed:
+            session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0),
+                timeout=aiohttp.ClientTimeout(
+                    total=None, connect=DIAL_TIMEOUT, sock_connect=DIAL_TIMEOUT
+                ),
+            )
+            self._sessions[loop] = session
+        return session
+
+    def new_client(self, spec, on_event):
+        store = spec.store or self.store_for(spec.company_id)
+        return SimulatorClient(replace(spec, store=store), on_event, self)
+
+    def forget_device(self, spec):
+        """After a logout: delete the company's stored credential."""
+        path = Path(spec.store or self.store_for(spec.company_id))
+        if path.exists():
+            path.unlink()
+            return True
+        return False
+
+    async def aclose(self):
+        sessions = list(self._sessions.values())
+        self._sessions.clear()
+        for session in sessions:
+            await session.close()
+
+
+class SimulatorClient:
+    def __init__(self, spec: base.ClientSpec, on_event: base.EventSink, transport):
+        self.spec = spec
+        self._sink = on_event
+        self._transport = transport
+        self._ws = None
+        self._task = None
+        self._keepalive = None
+        self._started = self._stopping = False
+        self._logged_in = False
+        self._reqs = itertools.count(1)
+        self._waiting = {}  # req -> future
+        self._outcome = ""
+        self._outcome_connected = False  # the current connection got `connected`
+        self._ever_connected = False
+        self._attempt = 0  # failed reconnects in a row (whatsmeow's AutoReconnectErrors)
+        self._ka_failures = 0
+        self._ka_answered = True
+        self.handler_errors = 0
+        self.last_handler_error = ""
+        self.reconnects = 0
+
+    def __repr__(self):
+        return f"<SimulatorClient company={self.spec.company_id} jid={self.spec.jid or '-'}>"
+
+    # --- the stored credential -------------------------------------------------------
+    def _credential(self):
+        try:
+            return json.loads(Path(self.spec.store).read_text()).get("credential", "")
+        except (OSError, ValueError, AttributeError):
+            return ""
+
+    def _save_credential(self, credential, jid):
+        path = Path(self.spec.store)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(
+            json.dumps({"credential": credential, "jid": jid, "simulator": self._transport.url})
+        )
+        os.replace(tmp, path)
+
+    # --- lifecycle ----------------------------------------------------------------------
+    async def start(self):
+        if self._started:
+            raise base.TransportError("a SimulatorClient starts once; create a new one")
+        self._started = True
+        self._task = asyncio.get_running_loop().create_task(
+            self._run(), name=f"simulator-client:{self.spec.company_id}"
+        )
+
+    async def stop(self):
+        if self._stopping:
+            return
+        self._stopping = True
+        self._logged_in = False
+        self._fail_waiting("the client was stopped")
+        await self._close_ws()
+        current = asyncio.current_task()
+        for task in (self._keepalive, self._task):
+            if task is not None and task is not current and not task.done():
+                task.cancel()
+                try:
+                    await asyncio.wait_for(task, 5)
+                except (asyncio.CancelledError, TimeoutError, Exception):
+                    pass
+
+    async def _close_ws(self):
+        ws, self._ws = self._ws, None
+        if ws is not None and not ws.closed:
+            try:
+                await asyncio.wait_for(ws.close(), 2)
+            except (TimeoutError, Exception):
+                pass
+
+    async def _run(self):
+        while not self._stopping:
+            try:
+                self._ws = await self._transport.http().ws_connect(
+                    self._transport.url,
+                    timeout=aiohttp.ClientWSTimeout(ws_close=5),
+                    max_msg_size=4 * 1024 * 1024,
+                    autoping=True,
+                )
+            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+                if not self._ever_connected:  # neonize does not retry a failed first dial
+                    await self._emit(
+                        base.Closed(
+                            error=f"cannot reach the simulator at {self._transport.url}: {exc}"
+                        )
+                    )
+                    return
+                await self._reconnect_pause()
+                continue
+            outcome = await self._connection()
+            if self._stopping or outcome in TERMINAL or outcome == "logged_out_by_us":
+                return
+            if outcome == "restart":  # just paired: reconnect at once with the credential
+                continue
+            if outcome == "dropped" and self._ever_connected and self._credential():
+                if self._outcome_connected:
+                    self.reconnects += 1
+                    await self._emit(
+                        base.Disconnected(reason="connection to WhatsApp lost; reconnecting")
+                    )
+                await self._reconnect_pause()
+                continue
+            await self._emit(
+                base.Closed(error=f"connection ended ({outcome}) before it was logged in")
+            )
+            return
+
+    async def _reconnect_pause(self):
+        self._attempt += 1
+        await asyncio.sleep(min(self._attempt * self._transport.reconnect_step, RECONNECT_CAP))
+
+    async def _connection(self):
+        """Serve one websocket until it ends; returns why it ended."""
+        ws = self._ws
+        self._outcome = "dropped"
+        self._outcome_connected = False
+        try:
+            await ws.send_json(
+                {
+                    "type": "hello",
+                    "credential": self._credential() or None,
+                    "company": str(self.spec.company_id),
+                    "agent": self._transport.agent,
+                }
+            )
+            async for message in ws:
+                if message.type != aiohttp.WSMsgType.TEXT:
+                    continue
+                try:
+                    frame = json.loads(message.data)
+                except ValueError:
+                    continue
+                await self._frame(ws, frame)
+                if self._outcome != "dropped":
+                    break
+        except (aiohttp.ClientError, ConnectionResetError, RuntimeError):
+            pass
+        finally:
+            self._logged_in = False
+            if self._keepalive is not None:
+                if self._keepalive is not asyncio.current_task():
+                    self._keepalive.cancel()
+                self._keepalive = None
+            self._fail_waiting("the connection to the simulator ended")
+            if self._ws is ws:
+                self._ws = None
+            if not ws.closed:
+                try:
+                    await asyncio.wait_for(ws.close(), 2)
+                except (TimeoutError, Exception):
+                    pass
+        return self._outcome
+
+    # --- frames from the simulator ---------------------------------------------------
+    async def _frame(self, ws, frame):
+        kind = frame.get("type")
+        if kind == "message":
+            await self._message(ws, frame)
+        elif kind in {"send_ack", "send_error", "pair_code", "logout_ok", "error"}:
+            future = self._waiting.pop(frame.get("req"), None)
+            if future is not None and not future.done():
+                future.set_result(frame)
+            if kind == "logout_ok":
+                self._outcome = "logged_out_by_us"
+        elif kind == "pong":
+            await self._pong()
+        elif kind == "receipt":
+            await self._emit(
+                base.Receipt(
+                    message_ids=tuple(frame.get("ids") or ()),
+                    kind=frame.get("kind", "delivered"),
+                    chat=frame.get("chat", ""),
+                )
+            )
+        elif kind == "connected":
+            self._logged_in = True
+            self._outcome_connected = self._ever_connected = True
+            self._attempt = 0
+            self._start_keepalive(ws, frame)
+            await self._emit(
+                base.Connected(jid=frame.get("jid", ""), push_name=frame.get("push_name", ""))
+            )
+        elif kind == "qr":
+            await self._emit(base.QRCode(codes=tuple(frame.get("codes") or ())))
+        elif kind == "pair_success":
+            self._save_credential(frame["credential"], frame["jid"])
+            await self._emit(
+                base.PairSuccess(jid=frame["jid"], push_name=frame.get("push_name", ""))
+            )
+        elif kind == "restart":
+            self._outcome = "restart"
+        elif kind == "stream_replaced":
+            self._outcome = kind
+            self._logged_in = False
+            await self._emit(base.StreamReplaced())
+        elif kind == "logged_out":
+            self._outcome = kind
+            self._logged_in = False
+            await self._emit(
+                base.LoggedOut(
+                    reason=frame.get("reason", ""), on_connect=bool(frame.get("on_connect"))
+                )
+            )
+        elif kind == "temporary_ban":
+            self._outcome = kind
+            self._logged_in = False
+            await self._emit(
+                base.TemporaryBan(
+                    code=str(frame.get("code", "")),
+                    expires_in_seconds=int(frame.get("expires_in") or 0),
+                )
+            )
+
+    async def _message(self, ws, frame):
+        try:
+            event = message_event(
+                str(frame["id"]),
+                frame["chat"],
+                frame.get("text", ""),
+                sender=frame.get("sender") or None,
+                sender_alt=frame.get("sender_alt") or "",
+                push_name=frame.get("push_name", ""),
+                is_group=bool(frame.get("is_group")),
+                timestamp=frame.get("timestamp"),
+            )
+        except (KeyError, ValueError, TypeError) as exc:
+            # A message nobody can read would come back forever: drop it, loudly.
+            self._handler_failed("message frame", exc)
+        else:
+            if not await self._emit(base.InboundMessage(event=event)):
+                return  # not handled: no ack, the simulator redelivers it
+        if self._stopping or ws.closed:
+            return
+        try:
+            await ws.send_json({"type": "ack", "id": frame.get("id")})
+        except (aiohttp.ClientError, ConnectionResetError, RuntimeError):
+            pass  # lost with the connection: the message comes again
+
+    # --- keep-alive ----------------------------------------------------------------------
+    def _start_keepalive(self, ws, frame):
+        interval = float(frame.get("keepalive") or 20.0)
+        max_fail = float(frame.get("keepalive_max_fail") or 180.0)
+        if self._keepalive is not None:
+            self._keepalive.cancel()
+        self._ka_failures = 0
+        self._ka_answered = True
+        self._keepalive = asyncio.get_running_loop().create_task(
+            self._keepalive_loop(ws, interval, max_fail)
+        )
+
+    async def _keepalive_loop(self, ws, interval, max_fail):
+        n = 0
+        while not ws.closed and not self._stopping:
+            n += 1
+            self._ka_answered = False
+            try:
+                await ws.send_json({"type": "ping", "n": n})
+            except (aiohttp.ClientError, ConnectionResetError, RuntimeError):
+                return
+            await asyncio.sleep(interval)
+            if self._ka_answered:
+                continue
+            self._ka_failures += 1
+            await self._emit(base.KeepAliveTimeout(error_count=self._ka_failures))
+            if self._ka_failures * interval >= max_fail and not ws.closed:
+                # whatsmeow gives up on a silent socket and reconnects
+                await ws.close()
+                return
+
+    async def _pong(self):
+        self._ka_answered = True
+        if self._ka_failures:
+            self._ka_failures = 0
+            await self._emit(base.KeepAliveRestored())
+
+    # --- operations -----------------------------------------------------------------------
+    async def _call(self, frame, what):
+        ws = self._ws
+        if ws is None or ws.closed or self._stopping:
+            raise base.TransportError(f"{what}: not connected to the simulator")
+        req = next(self._reqs)
+        future = asyncio.get_running_loop().create_future()
+        self._waiting[req] = future
+        try:
+            await ws.send_json({**frame, "req": req})
+            return await asyncio.wait_for(future, CALL_TIMEOUT)
+        except TimeoutError as exc:
+            raise base.TransportError(f"{what} timed out after {CALL_TIMEOUT:.0f}s") from exc
+        except (aiohttp.ClientError, ConnectionResetError, RuntimeError) as exc:
+            raise base.TransportError(f"{what} failed: {exc}") from exc
+        finally:
+            self._waiting.pop(req, None)
+
+    def _fail_waiting(self, why):
+        waiting, self._waiting = self._waiting, {}
+        for future in waiting.values():
+            if not future.done():
+                future.set_exception(base.TransportError(why))
+
+    async def send_text(self, jid, text):
+        if not self._logged_in:
+            raise base.TransportError("not logged in to WhatsApp right now")
+        reply = await self._call({"type": "send", "to": jid, "text": text}, "send")
+        if reply.get("type") != "send_ack":
+            raise base.TransportError(
+                f"send failed: {reply.get('error', reply)}", permanent=bool(reply.get("permanent"))
+            )
+        if not reply.get("id"):
+            raise base.TransportError("WhatsApp returned no message id")
+        return reply["id"]
+
+    async def pair_phone(self, phone_e164):
+        digits = "".join(ch for ch in str(phone_e164) if ch.isdigit())
+        reply = await self._call({"type": "pair_phone", "phone": digits}, "pairing code request")
+        if reply.get("type") != "pair_code":
+            raise base.TransportError(f"pairing code request failed: {reply.get('error', reply)}")
+        return reply["code"]
+
+    async def logout(self):
+        reply = await self._call({"type": "logout"}, "logout")
+        if reply.get("type") != "logout_ok":
+            raise base.TransportError(f"logout failed: {reply.get('error', reply)}")
+        self._logged_in = False
+        self._transport.forget_device(self.spec)
+
+    async def is_logged_in(self):
+        return (
+            self._logged_in and not self._stopping and self._ws is not None and not self._ws.closed
+        )
+
+    # --- events -------------------------------------------------------------------------
+    async def _emit(self, event):
+        """Hand `event` to the worker; False if the handler failed."""
+        if self._stopping:
+            return False
+        try:
+            await self._sink(event)
+            return True
+        except Exception as exc:
+            self._handler_failed(type(event).__name__, exc)
+            return False
+
+    def _handler_failed(self, what, exc):
+        self.handler_errors += 1
+        self.last_handler_error = f"{what}: {exc!r}"
+        logger.error("company %s: handler for %s failed", self.spec.company_id, what, exc_info=exc)
