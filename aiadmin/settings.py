@@ -64,6 +64,7 @@ INSTALLED_APPS = [
     "rest_framework",
     "rest_framework_api_key",
     "drf_spectacular",
+    "drf_spectacular_sidecar",  # Swagger UI assets served locally, no CDN
 ]
 
 MIDDLEWARE = [
@@ -237,6 +238,8 @@ LOGIN_URL = "admin:login"
 if not DEBUG:
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
     SECURE_SSL_REDIRECT = env.bool("DJANGO_SECURE_SSL_REDIRECT", default=True)
+    # Load balancers probe the health endpoint over plain HTTP.
+    SECURE_REDIRECT_EXEMPT = [r"^api/v1/health$"]
     SECURE_HSTS_SECONDS = env.int("DJANGO_HSTS_SECONDS", default=31536000)
     SECURE_HSTS_INCLUDE_SUBDOMAINS = True
     SECURE_HSTS_PRELOAD = True
@@ -255,14 +258,39 @@ LOGGING = {
 }
 
 # --- REST framework --------------------------------------------------------
+# Company API keys (`Authorization: Api-Key <key>`) or a staff login; tenant
+# scoping in companies/api/tenancy.py; one JSON error shape (aiadmin/api/errors.py).
 REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "companies.api.authentication.CompanyAPIKeyAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["companies.api.permissions.IsTenantCaller"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": ["aiadmin.api.parsers.LimitedJSONParser"],
+    "DEFAULT_THROTTLE_CLASSES": ["aiadmin.api.throttles.TenantRateThrottle"],
+    # Per API key (per user for staff sessions). "send" is for sending messages.
+    "DEFAULT_THROTTLE_RATES": {
+        "api": env.str("API_RATE_LIMIT", default="600/min"),
+        "send": env.str("API_SEND_RATE_LIMIT", default="60/min"),
+    },
+    "EXCEPTION_HANDLER": "aiadmin.api.errors.api_exception_handler",
+    "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
 }
+# Largest API request body (DRF reads the stream itself, so Django's
+# DATA_UPLOAD_MAX_MEMORY_SIZE does not apply to it): 413 above this.
+API_MAX_BODY_BYTES = env.int("API_MAX_BODY_BYTES", default=128 * 1024)
 SPECTACULAR_SETTINGS = {
     "TITLE": "aiadmin API",
-    "DESCRIPTION": "WhatsApp sessions and messages per company.",
+    "DESCRIPTION": "WhatsApp sessions and messages per company. Authenticate with a "
+    "company API key (`Authorization: Api-Key <key>`, created in the admin) or a staff login.",
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    "COMPONENT_SPLIT_REQUEST": True,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
 }
 
 # --- WhatsApp --------------------------------------------------------------

@@ -1,6 +1,12 @@
-from django.contrib import admin
+from django.contrib import admin, messages
+from rest_framework_api_key.admin import APIKeyModelAdmin
+from rest_framework_api_key.models import APIKey
 
-from .models import Company, Membership
+from .models import Company, CompanyAPIKey, Membership
+
+# The library's company-less APIKey would authenticate nobody here: hide it.
+if admin.site.is_registered(APIKey):
+    admin.site.unregister(APIKey)
 
 
 class MembershipInline(admin.TabularInline):
@@ -24,3 +30,24 @@ class MembershipAdmin(admin.ModelAdmin):
     list_filter = ["role"]
     search_fields = ["user__username", "company__name"]
     autocomplete_fields = ["user", "company"]
+
+
+@admin.register(CompanyAPIKey)
+class CompanyAPIKeyAdmin(APIKeyModelAdmin):
+    """Create a key (shown once, in the message after saving) or revoke keys."""
+
+    list_display = ["prefix", "name", "company", "created", "expiry_date", "revoked"]
+    list_filter = ["revoked", "company"]
+    search_fields = ["name", "prefix", "company__name"]
+    autocomplete_fields = ["company"]
+    actions = ["revoke_keys"]
+
+    def get_readonly_fields(self, request, obj=None):
+        fields = tuple(super().get_readonly_fields(request, obj))
+        # A key never moves to another company.
+        return fields + ("company",) if obj is not None else fields
+
+    @admin.action(description="Revoke selected keys (cannot be undone)")
+    def revoke_keys(self, request, queryset):
+        count = queryset.filter(revoked=False).update(revoked=True)
+        self.message_user(request, f"Revoked {count} key(s).", messages.SUCCESS)

@@ -1,0 +1,19 @@
+"""Everything under /api/v1/: health, the OpenAPI schema and Swagger UI, and
+the companies and WhatsApp endpoints. Unknown paths answer with a JSON 404."""
+
+from django.urls import include, path, re_path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+
+from .errors import api_not_found
+from .health import HealthView
+
+app_name = "api"
+
+urlpatterns = [
+    path("health", HealthView.as_view(), name="health"),
+    path("schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("docs/", SpectacularSwaggerView.as_view(url_name="api:schema"), name="docs"),
+    path("", include("companies.api.urls")),
+    path("", include("whatsapp.api.urls")),
+    re_path(r"^", api_not_found),
+]

@@ -1,0 +1,72 @@
+"""Who is calling: a company's API key, or a logged-in staff user (Django session).
+
+    Authorization: Api-Key <prefix>.<secret>
+
+A key acts for its company only. A present but unknown, revoked or expired
+key is refused with 401 (never silently treated as anonymous).
+"""
+
+from dataclasses import dataclass
+
+from drf_spectacular.extensions import OpenApiAuthenticationExtension
+from rest_framework import exceptions
+from rest_framework.authentication import BaseAuthentication
+from rest_framework_api_key.permissions import KeyParser
+
+from companies.models import CompanyAPIKey
+
+
+@dataclass(frozen=True)
+class CompanyKeyPrincipal:
+    """`request.user` for a request made with a company API key."""
+
+    api_key: CompanyAPIKey
+    is_authenticated = True
+    is_anonymous = False
+    is_active = True
+    is_staff = False
+    is_superuser = False
+    pk = None
+
+    @property
+    def company_id(self):
+        return self.api_key.company_id
+
+    def __str__(self):
+        return f"api-key {self.api_key.prefix} ({self.api_key.company_id})"
+
+
+class CompanyAPIKeyAuthentication(BaseAuthentication):
+    keyword = KeyParser.keyword
+
+    def authenticate(self, request):
+        raw = KeyParser().get_from_authorization(request)
+        if raw is None:
+            return None  # no key: let session authentication try
+        prefix, dot, _ = raw.strip().partition(".")
+        api_key = None
+        if dot and prefix:
+            api_key = CompanyAPIKey.objects.select_related("company").filter(prefix=prefix).first()
+        if api_key is None or not api_key.is_valid(raw.strip()):
+            raise exceptions.AuthenticationFailed("Invalid API key.")
+        if api_key.revoked:
+            raise exceptions.AuthenticationFailed("This API key has been revoked.")
+        if api_key.has_expired:
+            raise exceptions.AuthenticationFailed("This API key has expired.")
+        return CompanyKeyPrincipal(api_key), api_key
+
+    def authenticate_header(self, request):
+        return self.keyword  # makes "not authenticated" a 401, not a 403
+
+
+class CompanyAPIKeyScheme(OpenApiAuthenticationExtension):
+    target_class = "companies.api.authentication.CompanyAPIKeyAuthentication"
+    name = "CompanyApiKey"
+
+    def get_security_definition(self, auto_schema):
+        return {
+            "type": "apiKey",
+            "in": "header",
+            "name": "Authorization",
+            "description": "A company's API key, created in the admin: `Api-Key <key>`.",
+        }

@@ -1,0 +1,18 @@
+"""Who may use the API at all (kept apart from the views: DRF imports its
+default permission classes while its own views module is being imported)."""
+
+from rest_framework.permissions import BasePermission
+
+from companies.models import CompanyAPIKey
+
+
+class IsTenantCaller(BasePermission):
+    """A valid company API key, or a logged-in active staff user."""
+
+    message = "Only staff users (or company API keys) may use the API."
+
+    def has_permission(self, request, view):
+        if isinstance(request.auth, CompanyAPIKey):
+            return True
+        user = request.user
+        return bool(user and user.is_authenticated and user.is_active and user.is_staff)

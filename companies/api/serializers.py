@@ -1,0 +1,31 @@
+from rest_framework import serializers
+
+from companies.models import Company
+
+
+class CompanySerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Company
+        fields = [
+            "id",
+            "name",
+            "slug",
+            "is_active",
+            "timezone",
+            "contact_name",
+            "contact_email",
+            "contact_phone",
+            "created_at",
+        ]
+        read_only_fields = ["id", "created_at"]
+        extra_kwargs = {"timezone": {"help_text": "IANA time zone, e.g. Europe/Berlin."}}
+
+    def validate_contact_phone(self, value):
+        from whatsapp.transport.jids import InvalidPhoneNumber, phone_to_e164
+
+        if not value:
+            return value
+        try:
+            return phone_to_e164(value)
+        except InvalidPhoneNumber as exc:
+            raise serializers.ValidationError(str(exc)) from None

@@ -1,0 +1,36 @@
+from django.urls import path
+
+from . import messages, sessions
+
+S = "whatsapp/sessions/<int:company_id>/"
+
+urlpatterns = [
+    path("whatsapp/sessions/", sessions.SessionListView.as_view(), name="session-list"),
+    path(S, sessions.SessionDetailView.as_view(), name="session-detail"),
+    # The Node system's GET /api/whatsapp/sessions/{company_id}/status, versioned.
+    path(S + "status", sessions.SessionDetailView.as_view(), name="session-status"),
+    path(S + "start", sessions.SessionStartView.as_view(), name="session-start"),
+    path(S + "stop", sessions.SessionStopView.as_view(), name="session-stop"),
+    path(S + "restart", sessions.SessionRestartView.as_view(), name="session-restart"),
+    path(S + "logout", sessions.SessionLogoutView.as_view(), name="session-logout"),
+    path(S + "qr", sessions.QRCodeView.as_view(), name="session-qr"),
+    path(S + "qr.svg", sessions.QRCodeSVGView.as_view(), name="session-qr-svg"),
+    path(S + "qr.png", sessions.QRCodePNGView.as_view(), name="session-qr-png"),
+    path(S + "pairing-code", sessions.PairingCodeView.as_view(), name="session-pairing-code"),
+    path(S + "events", sessions.ConnectionEventListView.as_view(), name="session-events"),
+    path(S + "outbound/", messages.OutboundListView.as_view(), name="outbound-list"),
+    path(
+        S + "outbound/<int:message_id>/",
+        messages.OutboundDetailView.as_view(),
+        name="outbound-detail",
+    ),
+    path(S + "inbound/", messages.InboundListView.as_view(), name="inbound-list"),
+    path(
+        S + "inbound/<int:message_id>/", messages.InboundDetailView.as_view(), name="inbound-detail"
+    ),
+    path(
+        S + "inbound/<int:message_id>/processing",
+        messages.ProcessingStatusView.as_view(),
+        name="inbound-processing",
+    ),
+]
