@@ -130,6 +130,7 @@ def test_logged_out_forgets_the_device_and_waits_for_a_new_pairing(started):
     session = row(company)
     assert session.jid == "" and "LOGGED_OUT" in session.last_error
     assert transport.forgotten == [company.pk]
+    assert transport.forgotten_jids == [transport.jid]  # the device that was logged out
     assert session.is_parked()
 
 

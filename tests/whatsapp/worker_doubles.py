@@ -25,6 +25,7 @@ class ScriptedTransport:
         self.clients = []
         self.violations = []
         self.forgotten = []
+        self.forgotten_jids = []  # the device each forget_device call named
         self.start_overlaps = 0
         self._starting = 0
         self.max_concurrent_attempts = 0
@@ -40,6 +41,7 @@ class ScriptedTransport:
 
     def forget_device(self, spec):
         self.forgotten.append(spec.company_id)
+        self.forgotten_jids.append(spec.jid)
 
     def clients_of(self, company_id):
         return [c for c in self.clients if c.spec.company_id == company_id]

@@ -30,6 +30,7 @@ import weakref
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from django.conf import settings
 
@@ -124,6 +125,39 @@ def _event_types():
             ev.MessageEv, ev.ReceiptEv)
 
 
+def is_postgres_store(store):
+    return store.startswith(("postgres://", "postgresql://"))
+
+
+def store_url(url):
+    """A postgres store URL as whatsmeow's driver (lib/pq) needs it.
+
+    lib/pq defaults to sslmode=require where libpq/psycopg (and so Django)
+    default to prefer: the DATABASE_URL of a server without TLS works for
+    Django and fails in neonize with "SSL is not enabled on the server"."""
+    if not is_postgres_store(url):
+        return url
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    if not any(key == "sslmode" for key, _ in query):
+        query.append(("sslmode", "prefer"))
+    return urlunsplit(parts._replace(query=urlencode(query)))
+
+
+def forget_postgres_device(store, jid):
+    """Delete the device row of `jid` from a whatsmeow postgres store."""
+    if not jid:
+        return False
+    import psycopg
+
+    with psycopg.connect(store, connect_timeout=10) as conn:
+        exists = conn.execute("SELECT to_regclass('whatsmeow_device')").fetchone()[0]
+        if exists is None:
+            return False
+        deleted = conn.execute("DELETE FROM whatsmeow_device WHERE jid = %s", [jid]).rowcount
+    return bool(deleted)
+
+
 class NeonizeTransport:
     name = "neonize"
 
@@ -133,7 +167,7 @@ class NeonizeTransport:
     def store_for(self, company_id):
         url = settings.WHATSAPP.get("STORE_URL") or ""
         if url:
-            return url
+            return store_url(url)
         folder = Path(settings.WHATSAPP["STORE_DIR"])
         folder.mkdir(parents=True, exist_ok=True)
         return str(folder / f"company-{int(company_id)}.sqlite3")
@@ -154,11 +188,14 @@ class NeonizeTransport:
         return NeonizeClient(replace(spec, store=store), on_event)
 
     def forget_device(self, spec):
-        """After a logout: delete the company's own SQLite store (a shared
-        postgres store is cleaned by whatsmeow itself on LoggedOut)."""
+        """After a logout: delete the company's device keys. Its own SQLite
+        store file goes; in a shared postgres store, the device row of
+        `spec.jid` goes (with every whatsmeow row that references it: ON DELETE
+        CASCADE). whatsmeow deletes it itself on a LoggedOut it receives, but
+        not when we forget a device while disconnected."""
         store = spec.store or self.store_for(spec.company_id)
-        if store.startswith(("postgres://", "postgresql://")):
-            return False
+        if is_postgres_store(store):
+            return forget_postgres_device(store, spec.jid)
         removed = False
         for suffix in ("", "-wal", "-shm", "-journal"):
             path = Path(store + suffix)

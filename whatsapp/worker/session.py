@@ -310,7 +310,8 @@ class ManagedSession:
             await db(svc.mark_replaced)(self.held)
         elif isinstance(event, base.LoggedOut):
             await self._stop_client(f"logged out ({event.reason})")
-            await self._forget_device()
+            row = await db(svc.load_session)(self.session_id)
+            await self._forget_device(row.jid if row is not None else "")
             await db(svc.mark_logged_out)(self.held, event.reason or "logged out by WhatsApp")
         elif isinstance(event, base.TemporaryBan):
             await self._stop_client(f"temporary ban {event.code}")
@@ -344,12 +345,14 @@ class ManagedSession:
             self.last_touch = now
             await db(svc.touch)(self.held)
 
-    async def _forget_device(self):
+    async def _forget_device(self, jid):
+        """Delete the device keys from the transport's store (before the row's
+        JID is cleared): the next client pairs as a new device."""
         forget = getattr(self.sup.transport, "forget_device", None)
         if forget is None:
             return
         try:
-            forget(base.ClientSpec(company_id=self.company_id))
+            await asyncio.to_thread(forget, base.ClientSpec(company_id=self.company_id, jid=jid))
         except Exception as exc:
             await db(svc.record_error)(self.held, f"could not delete the device store: {exc}")
 
@@ -367,7 +370,7 @@ class ManagedSession:
             note = ("not connected: device forgotten locally; remove it on the phone "
                     "under Linked devices")
         await self._stop_client("logout requested")
-        await self._forget_device()
+        await self._forget_device(row.jid)
         await db(svc.mark_logged_out)(self.held, f"logout requested: {note}")
         await db(svc.clear_request)(self.held, "logout_requested_at", row.logout_requested_at)
 

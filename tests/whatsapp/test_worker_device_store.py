@@ -1,0 +1,275 @@
+"""Where a company's device keys live, and that a paired session survives restarts.
+
+neonize keeps the device keys in its own store: one SQLite file per company on
+the embedded default, whatsmeow's tables in a shared PostgreSQL database in
+production. Our row keeps the paired JID. A restarted worker resumes the
+device from both without a new pairing; a logout deletes the keys, so the
+next client pairs as a new device.
+"""
+
+import asyncio
+import os
+
+import pytest
+from django.db import connection
+
+from whatsapp.models import ConnectionEvent, SessionState, WhatsAppSession
+from whatsapp.services.control import start_session
+from whatsapp.transport import base
+from whatsapp.transport.neonize_client import NeonizeTransport, store_url
+from whatsapp.worker.supervisor import SessionSupervisor
+
+from .worker_doubles import (  # noqa: F401  (company_fixture is the `company` fixture)
+    ScriptedTransport,
+    company_fixture,
+    fast_settings,
+    run,
+    wait_until,
+)
+
+pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
+
+JID = "491701112223:5@s.whatsapp.net"
+
+
+def session_of(company):
+    return WhatsAppSession.objects.get(company=company)
+
+
+async def run_real_client(transport, company_id, jid=""):
+    """Start a real neonize client (its offline dial fails at once), then stop it."""
+    seen = []
+
+    async def sink(event):
+        seen.append(event)
+
+    client = transport.new_client(base.ClientSpec(company_id=company_id, jid=jid), sink)
+    await client.start()
+    for _ in range(500):
+        if seen:
+            break
+        await asyncio.sleep(0.01)
+    await client.stop()
+    assert seen and isinstance(seen[0], base.Closed), seen
+    return client.spec.store
+
+
+def test_each_company_has_its_own_sqlite_store_that_outlives_the_client(settings, tmp_path):
+    fast_settings(settings, tmp_path)
+    transport = NeonizeTransport()
+
+    async def scenario():
+        first = await run_real_client(transport, 101)
+        second = await run_real_client(transport, 102)
+        await transport.aclose()
+        return first, second
+
+    first, second = run(scenario)
+    assert first != second
+    assert first == str(tmp_path / "wa-store" / "company-101.sqlite3")
+    # whatsmeow created its schema in each file, and stopping kept it: the keys
+    # of a paired device are still there for the next client.
+    for store in (first, second):
+        assert os.path.getsize(store) > 0
+    # A restarted worker (a new transport) finds the same file for the company.
+    assert NeonizeTransport().store_for(101) == first
+
+
+def test_forgetting_a_device_deletes_only_that_companys_store(settings, tmp_path):
+    fast_settings(settings, tmp_path)
+    transport = NeonizeTransport()
+
+    async def scenario():
+        await run_real_client(transport, 201)
+        await run_real_client(transport, 202)
+        await transport.aclose()
+
+    run(scenario)
+    folder = tmp_path / "wa-store"
+    assert transport.forget_device(base.ClientSpec(company_id=201, jid=JID)) is True
+    assert not list(folder.glob("company-201.sqlite3*"))
+    assert (folder / "company-202.sqlite3").exists()
+    assert transport.forget_device(base.ClientSpec(company_id=201)) is False  # nothing left
+
+
+def test_a_postgres_store_url_is_given_the_sslmode_django_would_use():
+    # lib/pq (whatsmeow) defaults to sslmode=require, psycopg to prefer.
+    assert store_url("postgres://u@db:5432/app") == "postgres://u@db:5432/app?sslmode=prefer"
+    assert (
+        store_url("postgresql://u@db/app?sslmode=disable&x=1")
+        == "postgresql://u@db/app?sslmode=disable&x=1"
+    )
+    assert store_url("/var/wa/company-1.sqlite3") == "/var/wa/company-1.sqlite3"
+
+
+def test_the_production_store_defaults_to_the_postgres_database(monkeypatch):
+    import subprocess
+    import sys
+
+    env = {
+        **os.environ,
+        "DATABASE_URL": "postgres://app@db.internal:5432/aiadmin",
+        "DJANGO_SETTINGS_MODULE": "tests.settings",
+    }
+    env.pop("WHATSAPP_STORE_URL", None)
+    code = (
+        "import django; django.setup(); from django.conf import settings; "
+        "print(settings.WHATSAPP['STORE_URL'])"
+    )
+    out = (
+        subprocess.run(
+            [sys.executable, "-c", code],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        .stdout.strip()
+        .splitlines()[-1]
+    )
+    assert out == "postgres://app@db.internal:5432/aiadmin"
+    env["WHATSAPP_STORE_URL"] = ""  # explicitly empty: per-company SQLite files
+    out = (
+        subprocess.run(
+            [sys.executable, "-c", code],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        .stdout.strip()
+        .splitlines()
+    )
+    assert out[-1:] in ([], [""])
+
+
+def test_a_restarted_worker_resumes_the_paired_device_without_pairing(company, settings, tmp_path):
+    fast_settings(settings, tmp_path)
+    start_session(company.pk)
+    first = ScriptedTransport(behaviour="qr")
+
+    async def pair_then_stop():
+        sup = SessionSupervisor(worker_id="w-before", transport=first)
+        await sup.start()
+        await wait_until(
+            lambda: session_of(company).state == SessionState.AWAITING_PAIRING, what="a QR to scan"
+        )
+        client = first.clients[0]
+        await client.emit(base.PairSuccess(jid=JID, push_name="Salon"))
+        client.logged_in = True
+        await client.emit(base.Connected(jid=JID))
+        await wait_until(
+            lambda: session_of(company).state == SessionState.CONNECTED, what="paired and connected"
+        )
+        await sup.shutdown("deploy")
+
+    run(pair_then_stop)
+    assert session_of(company).jid == JID
+    # A new worker process: its transport resumes whatever device the spec names.
+    second = ScriptedTransport(behaviour="connect")
+
+    async def restart():
+        sup = SessionSupervisor(worker_id="w-after", transport=second)
+        await sup.start()
+        await wait_until(
+            lambda: session_of(company).state == SessionState.CONNECTED, what="resumed"
+        )
+        await sup.shutdown("test over")
+
+    run(restart)
+    assert [c.spec.jid for c in second.clients] == [JID]  # resumed the stored device
+    assert first.forgotten == second.forgotten == []  # stopping never deletes keys
+    resumed = ConnectionEvent.objects.filter(session__company=company, worker_id="w-after")
+    assert not resumed.filter(kind__in=["qr", "pairing_code", "paired"]).exists()
+    assert session_of(company).jid == JID
+
+
+def _test_database_url():
+    db = connection.settings_dict
+    user = db["USER"] or "postgres"
+    auth = f"{user}:{db['PASSWORD']}@" if db["PASSWORD"] else f"{user}@"
+    return f"postgres://{auth}{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
+
+
+def _fake_device(cursor, jid):
+    """A whatsmeow_device row (keys of the right sizes) plus one row that references it."""
+    cursor.execute(
+        "INSERT INTO whatsmeow_device (jid, registration_id, noise_key, identity_key, "
+        "signed_pre_key, signed_pre_key_id, signed_pre_key_sig, adv_key, adv_details, "
+        "adv_account_sig, adv_account_sig_key, adv_device_sig) VALUES "
+        "(%s, 1, %s, %s, %s, 1, %s, %s, %s, %s, %s, %s)",
+        [
+            jid,
+            os.urandom(32),
+            os.urandom(32),
+            os.urandom(32),
+            os.urandom(64),
+            os.urandom(32),
+            b"details",
+            os.urandom(64),
+            os.urandom(32),
+            os.urandom(64),
+        ],
+    )
+    cursor.execute(
+        "INSERT INTO whatsmeow_identity_keys (our_jid, their_id, identity) VALUES (%s, %s, %s)",
+        [jid, "49170999:1", os.urandom(32)],
+    )
+
+
+def _backends():
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pid FROM pg_stat_activity WHERE datname = current_database()")
+        return {row[0] for row in cursor.fetchall()}
+
+
+@pytest.mark.postgres
+def test_a_shared_postgres_store_keeps_devices_and_forgets_only_the_logged_out_one(
+    settings, tmp_path
+):
+    if connection.vendor != "postgresql":
+        pytest.skip("PostgreSQL + Redis production path: runs in the PostgreSQL pass")
+    fast_settings(settings, tmp_path, STORE_URL=_test_database_url())
+    transport = NeonizeTransport()
+    assert transport.store_for(1).endswith("?sslmode=prefer")
+
+    async def scenario():
+        # Two companies' real clients share the database store (schema created once).
+        await run_real_client(transport, 301)
+        await run_real_client(transport, 302)
+        await transport.aclose()
+
+    before = _backends()
+    run(scenario)
+    other = "491702223334:7@s.whatsapp.net"
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT to_regclass('whatsmeow_device') IS NOT NULL")
+        assert cursor.fetchone()[0], "neonize did not create its schema in the database"
+        cursor.execute("DELETE FROM whatsmeow_device WHERE jid IN (%s, %s)", [JID, other])
+        _fake_device(cursor, JID)
+        _fake_device(cursor, other)
+    try:
+        assert transport.forget_device(base.ClientSpec(company_id=301, jid=JID)) is True
+        assert transport.forget_device(base.ClientSpec(company_id=301, jid="")) is False
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT jid FROM whatsmeow_device WHERE jid IN (%s, %s)", [JID, other])
+            assert [r[0] for r in cursor.fetchall()] == [other]
+            cursor.execute(
+                "SELECT our_jid FROM whatsmeow_identity_keys WHERE our_jid IN (%s, %s)",
+                [JID, other],
+            )
+            assert [r[0] for r in cursor.fetchall()] == [other]  # cascaded with its device
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute("DELETE FROM whatsmeow_device WHERE jid IN (%s, %s)", [JID, other])
+            # neonize's Go side keeps its database pool open after the clients
+            # stop (a worker closes it by exiting); close it here so the test
+            # database can be dropped.
+            cursor.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE "
+                "datname = current_database() AND pid <> pg_backend_pid() "
+                "AND NOT (pid = ANY(%s))",
+                [sorted(before)],
+            )
