@@ -45,5 +45,4 @@ class SessionWorkerConsumer(AsyncConsumer):
         try:
             await self.supervisor.handle_command(command)
         except Exception:  # e.g. the database is down: the reconcile loop retries
-            logger.exception("command %s for company %s failed", command.type,
-                             command.company_id)
+            logger.exception("command %s for company %s failed", command.type, command.company_id)

@@ -42,8 +42,9 @@ def worker(settings, tmp_path):
     # A long reconcile interval: what happens here happens because of the command.
     fast_settings(settings, tmp_path, RECONCILE_INTERVAL=2.5, LEASE_TTL=10.0)
     transport = ScriptedTransport()
-    sup = install_supervisor(SessionSupervisor(worker_id="consumer-test", transport=transport,
-                                               channel_name=CHANNEL))
+    sup = install_supervisor(
+        SessionSupervisor(worker_id="consumer-test", transport=transport, channel_name=CHANNEL)
+    )
     yield sup, transport
     clear_supervisor()
 
@@ -57,11 +58,14 @@ def db(fn):
 
 
 async def open_consumer(sup):
-    comm = ApplicationCommunicator(SessionWorkerConsumer.as_asgi(),
-                                   {"type": "channel", "channel": CHANNEL})
+    comm = ApplicationCommunicator(
+        SessionWorkerConsumer.as_asgi(), {"type": "channel", "channel": CHANNEL}
+    )
     await comm.send_input({"type": "worker.boot"})
-    await wait_until(lambda: WorkerProcess.objects.filter(worker_id="consumer-test").exists(),
-                     what="worker registered")
+    await wait_until(
+        lambda: WorkerProcess.objects.filter(worker_id="consumer-test").exists(),
+        what="worker registered",
+    )
     return comm
 
 
@@ -99,23 +103,33 @@ def test_start_send_restart_stop_through_the_consumer(worker, company):
         for i in range(3):
             msg, _ = await db(queue_outbound_message)(company.pk, "+491701234567", f"hi {i}")
             msgs.append(msg.pk)
-            await comm.send_input({"type": "message.send", "company_id": company.pk,
-                                   "outbound_id": msg.pk})
-        await wait_until(lambda: OutboundMessage.objects.filter(
-            pk__in=msgs, status="sent").count() == 3, what="3 sent")
+            await comm.send_input(
+                {"type": "message.send", "company_id": company.pk, "outbound_id": msg.pk}
+            )
+        await wait_until(
+            lambda: OutboundMessage.objects.filter(pk__in=msgs, status="sent").count() == 3,
+            what="3 sent",
+        )
         assert len(transport.clients_of(company.pk)) == 1
 
         # restart: the old client is stopped before the new one exists.
         await db(control.restart_session)(company.pk)
         await comm.send_input({"type": "session.restart", "company_id": company.pk})
-        await wait_until(lambda: len(transport.clients_of(company.pk)) == 2
-                         and state_of(company) == SessionState.CONNECTED, what="restarted")
+        await wait_until(
+            lambda: (
+                len(transport.clients_of(company.pk)) == 2
+                and state_of(company) == SessionState.CONNECTED
+            ),
+            what="restarted",
+        )
 
         await db(control.stop_session)(company.pk)
         await comm.send_input({"type": "session.stop", "company_id": company.pk})
         await wait_until(lambda: state_of(company) == SessionState.STOPPED, what="stopped")
-        await wait_until(lambda: SessionLease.objects.get(session__company=company).owner == "",
-                         what="lease released")
+        await wait_until(
+            lambda: SessionLease.objects.get(session__company=company).owner == "",
+            what="lease released",
+        )
         await close_consumer(comm, sup)
 
     run(scenario)
@@ -138,8 +152,9 @@ def test_pair_phone_through_the_consumer_stores_the_code(worker, company):
         comm = await open_consumer(sup)
         await db(control.request_pairing_code)(company.pk, "+49 170 1234567")
         await comm.send_input({"type": "session.pair_phone", "company_id": company.pk})
-        await wait_until(lambda: WhatsAppSession.objects.get(company=company).pairing_code,
-                         what="pairing code")
+        await wait_until(
+            lambda: WhatsAppSession.objects.get(company=company).pairing_code, what="pairing code"
+        )
         await close_consumer(comm, sup)
 
     run(scenario)
@@ -148,8 +163,12 @@ def test_pair_phone_through_the_consumer_stores_the_code(worker, company):
     assert session.pairing_requested_at is None
     assert session.qr_code == ""  # cleared by the hand-over at shutdown
     assert transport.clients_of(company.pk)[0].pair_requests == ["+491701234567"]
-    assert ConnectionEvent.objects.filter(session=session, kind="qr",
-                                          worker_id="consumer-test").count() == 1
+    assert (
+        ConnectionEvent.objects.filter(
+            session=session, kind="qr", worker_id="consumer-test"
+        ).count()
+        == 1
+    )
 
 
 def test_logout_through_the_consumer_logs_out_and_forgets_the_device(worker, company):
@@ -186,7 +205,8 @@ MALFORMED = [
 
 
 def test_malformed_or_unknown_commands_are_rejected_clearly_and_the_worker_goes_on(
-        worker, company, caplog):
+    worker, company, caplog
+):
     sup, transport = worker
     caplog.set_level(logging.ERROR, logger="whatsapp.worker.supervisor")
     rejections = []
@@ -244,16 +264,18 @@ def test_an_unknown_command_for_an_owned_company_is_recorded_on_its_session(work
     assert len(transport.clients_of(company.pk)) == 1  # nothing else happened
 
 
-def test_a_lost_hint_loses_nothing_the_reconcile_loop_starts_the_session(
-        worker, company, settings):
+def test_a_lost_hint_loses_nothing_the_reconcile_loop_starts_the_session(worker, company, settings):
     """No session.start message at all: the database says running, so it runs."""
     sup, transport = worker
 
     async def scenario():
         comm = await open_consumer(sup)
         await db(control.start_session)(company.pk)
-        await wait_until(lambda: state_of(company) == SessionState.CONNECTED, timeout=10,
-                         what="connected by reconcile")
+        await wait_until(
+            lambda: state_of(company) == SessionState.CONNECTED,
+            timeout=10,
+            what="connected by reconcile",
+        )
         await close_consumer(comm, sup)
 
     run(scenario)

@@ -28,16 +28,19 @@ from .worker_doubles import ScriptedTransport, fast_settings, run, wait_until
 
 def running_companies(count, prefix="co"):
     companies = Company.objects.bulk_create(
-        Company(name=f"{prefix} {i}", slug=f"{prefix}-{i}") for i in range(count))
+        Company(name=f"{prefix} {i}", slug=f"{prefix}-{i}") for i in range(count)
+    )
     sessions = WhatsAppSession.objects.bulk_create(
-        WhatsAppSession(company=c, desired_state=DesiredState.RUNNING) for c in companies)
+        WhatsAppSession(company=c, desired_state=DesiredState.RUNNING) for c in companies
+    )
     SessionLease.objects.bulk_create(SessionLease(session=s) for s in sessions)
     return sessions
 
 
 def expire(session_id):
     SessionLease.objects.filter(session_id=session_id).update(
-        expires_at=timezone.now() - timedelta(seconds=1))
+        expires_at=timezone.now() - timedelta(seconds=1)
+    )
 
 
 @pytest.mark.django_db
@@ -64,7 +67,8 @@ class TestAcquire:
         wanted = running_companies(5)
         idle = running_companies(2, prefix="idle")
         WhatsAppSession.objects.filter(pk__in=[s.pk for s in idle]).update(
-            desired_state=DesiredState.STOPPED)
+            desired_state=DesiredState.STOPPED
+        )
         got = leases.acquire_leases("w1", 3)
         assert len(got) == 3
         assert {h.session_id for h in got} <= {s.pk for s in wanted}
@@ -75,7 +79,8 @@ class TestAcquire:
     def test_a_dead_workers_live_looking_session_is_picked_up_even_if_stopped(self):
         (session,) = running_companies(1)
         WhatsAppSession.objects.filter(pk=session.pk).update(
-            desired_state=DesiredState.STOPPED, state=SessionState.CONNECTED)
+            desired_state=DesiredState.STOPPED, state=SessionState.CONNECTED
+        )
         assert [h.session_id for h in leases.acquire_leases("w1", 5)] == [session.pk]
 
     def test_an_inactive_company_is_not_acquired(self):
@@ -85,8 +90,9 @@ class TestAcquire:
 
     def test_a_session_without_a_lease_row_gets_one(self):
         company = Company.objects.create(name="No lease", slug="no-lease")
-        session = WhatsAppSession.objects.create(company=company,
-                                                 desired_state=DesiredState.RUNNING)
+        session = WhatsAppSession.objects.create(
+            company=company, desired_state=DesiredState.RUNNING
+        )
         assert [h.session_id for h in leases.acquire_leases("w1", 5)] == [session.pk]
 
 
@@ -144,7 +150,8 @@ class TestWorkers:
             leases.register_worker(wid)
         assert leases.fair_share() == 17
         WorkerProcess.objects.filter(worker_id="c").update(
-            heartbeat_at=timezone.now() - timedelta(minutes=5))
+            heartbeat_at=timezone.now() - timedelta(minutes=5)
+        )
         assert leases.fair_share() == 25
         leases.mark_worker_stopped("b")
         assert leases.fair_share() == 50
@@ -195,12 +202,15 @@ def test_a_worker_stops_the_client_of_a_lease_taken_over_at_once(settings, tmp_p
 
     async def scenario():
         await sup.start()
-        await wait_until(lambda: WhatsAppSession.objects.get(pk=session.pk).state == "connected",
-                         what="connected")
+        await wait_until(
+            lambda: WhatsAppSession.objects.get(pk=session.pk).state == "connected",
+            what="connected",
+        )
         # Another worker takes the lease (as if ours had expired while we stalled).
         await wait_until(lambda: _steal(session.pk), what="lease stolen")
-        await wait_until(lambda: not transport.live_of(session.company_id), timeout=3,
-                         what="our client stopped")
+        await wait_until(
+            lambda: not transport.live_of(session.company_id), timeout=3, what="our client stopped"
+        )
         assert session.company_id not in sup.sessions
         await sup.shutdown("test over")
 
@@ -218,7 +228,8 @@ def _steal(session_id):
 
 @pytest.mark.django_db(transaction=True, databases="__all__")
 def test_a_worker_that_cannot_renew_stops_its_clients_before_the_lease_expires(
-        settings, tmp_path, monkeypatch):
+    settings, tmp_path, monkeypatch
+):
     """Database unreachable for renewals: the worker fences itself in time."""
     fast_settings(settings, tmp_path, LEASE_TTL=3.0, RECONCILE_INTERVAL=0.3)
     (session,) = running_companies(1)
@@ -239,9 +250,11 @@ def test_a_worker_that_cannot_renew_stops_its_clients_before_the_lease_expires(
         cut = time.monotonic()
         await asyncio.sleep(0.3)  # a renewal already in flight lands
         expires = await database_sync_to_async(
-            lambda: SessionLease.objects.get(session=session).expires_at)()
-        await wait_until(lambda: not transport.live_of(session.company_id), timeout=4,
-                         what="client fenced off")
+            lambda: SessionLease.objects.get(session=session).expires_at
+        )()
+        await wait_until(
+            lambda: not transport.live_of(session.company_id), timeout=4, what="client fenced off"
+        )
         stopped_at["after"] = time.monotonic() - cut
         stopped_at["before_expiry"] = (expires - timezone.now()).total_seconds()
         await sup.shutdown("test over")

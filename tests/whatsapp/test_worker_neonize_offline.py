@@ -34,7 +34,8 @@ def session_of(company):
 
 
 def test_a_started_session_fails_to_dial_records_it_and_retries_with_backoff(
-        company, settings, tmp_path):
+    company, settings, tmp_path
+):
     conf = fast_settings(settings, tmp_path)
     start_session(company.pk)
     transport = NeonizeTransport()
@@ -43,7 +44,8 @@ def test_a_started_session_fails_to_dial_records_it_and_retries_with_backoff(
     async def scenario():
         await sup.start()
         first = await wait_until(
-            lambda: session_of(company).connect_failure_count >= 1, what="first failure")
+            lambda: session_of(company).connect_failure_count >= 1, what="first failure"
+        )
         assert first
         s = await _get(company)
         assert s.state == SessionState.FAILED
@@ -53,8 +55,9 @@ def test_a_started_session_fails_to_dial_records_it_and_retries_with_backoff(
         delay = (s.next_connect_at - s.last_error_at).total_seconds()
         assert 0.19 <= delay <= conf["BACKOFF_BASE"] * 1 + 0.05
         # ... and it happens: a second real dial, also failing, counted.
-        await wait_until(lambda: session_of(company).connect_failure_count >= 2,
-                         what="second failure")
+        await wait_until(
+            lambda: session_of(company).connect_failure_count >= 2, what="second failure"
+        )
         s2 = await _get(company)
         assert s2.consecutive_failures == 2
         assert s2.last_error_at >= s.next_connect_at
@@ -64,10 +67,11 @@ def test_a_started_session_fails_to_dial_records_it_and_retries_with_backoff(
         # Stop: the client goes, the lease is released, the row says stopped.
         await _call(stop_session, company.pk)
         sup.nudge_company(company.pk)
-        await wait_until(lambda: session_of(company).state == SessionState.STOPPED,
-                         what="stopped")
-        await wait_until(lambda: SessionLease.objects.get(session__company=company).owner == "",
-                         what="lease released")
+        await wait_until(lambda: session_of(company).state == SessionState.STOPPED, what="stopped")
+        await wait_until(
+            lambda: SessionLease.objects.get(session__company=company).owner == "",
+            what="lease released",
+        )
         assert company.pk not in sup.sessions
         await sup.shutdown("test over")
 
@@ -75,7 +79,8 @@ def test_a_started_session_fails_to_dial_records_it_and_retries_with_backoff(
     assert neonize_threads() == []
     events = list(
         ConnectionEvent.objects.filter(session__company=company, worker_id="offline-w1")
-        .order_by("id").values_list("kind", flat=True)
+        .order_by("id")
+        .values_list("kind", flat=True)
     )
     assert events[:4] == ["lease_acquired", "starting", "stopped", "connect_failed"]
     assert events[-2:] == ["stopped", "lease_lost"]  # the session's stop, then the release
@@ -114,26 +119,30 @@ def test_stopping_a_real_client_leaves_no_thread_behind(company, settings, tmp_p
     assert not [t for t in threading.enumerate() if t not in before and "neonize" in t.name]
 
 
-def test_a_restart_stops_the_old_real_client_before_creating_the_next(
-        company, settings, tmp_path):
+def test_a_restart_stops_the_old_real_client_before_creating_the_next(company, settings, tmp_path):
     fast_settings(settings, tmp_path, BACKOFF_BASE=5.0, BACKOFF_CAP=5.0)
     start_session(company.pk)
     sup = SessionSupervisor(worker_id="offline-w2", transport=NeonizeTransport())
 
     async def scenario():
         await sup.start()
-        await wait_until(lambda: session_of(company).connect_failure_count == 1,
-                         what="first failure")
+        await wait_until(
+            lambda: session_of(company).connect_failure_count == 1, what="first failure"
+        )
         await _call(restart_session, company.pk)
         sup.nudge_company(company.pk)
-        await wait_until(lambda: session_of(company).connect_failure_count == 2,
-                         what="attempt after restart")
+        await wait_until(
+            lambda: session_of(company).connect_failure_count == 2, what="attempt after restart"
+        )
         await sup.shutdown("test over")
 
     run(scenario)
-    kinds = list(ConnectionEvent.objects.filter(session__company=company, worker_id="offline-w2")
-                 .filter(kind__in=["starting", "stopped"], reason__startswith="client ")
-                 .order_by("id").values_list("kind", flat=True))
+    kinds = list(
+        ConnectionEvent.objects.filter(session__company=company, worker_id="offline-w2")
+        .filter(kind__in=["starting", "stopped"], reason__startswith="client ")
+        .order_by("id")
+        .values_list("kind", flat=True)
+    )
     # Strictly alternating: a client is always stopped before the next starts.
     assert kinds[:4] == ["starting", "stopped", "starting", "stopped"]
     assert neonize_threads() == []
@@ -143,33 +152,55 @@ def test_neonize_events_translate_to_transport_events():
     assert translate(pb.Connected(status=True)) == base.Connected()
     assert translate(pb.Disconnected(status=True)) == base.Disconnected()
     assert translate(pb.StreamReplaced()) == base.StreamReplaced()
-    logged_out = translate(pb.LoggedOut(OnConnect=True, Reason=pb.ConnectFailureReason.Value(
-        "LOGGED_OUT")))
+    logged_out = translate(
+        pb.LoggedOut(OnConnect=True, Reason=pb.ConnectFailureReason.Value("LOGGED_OUT"))
+    )
     assert logged_out == base.LoggedOut(reason="LOGGED_OUT", on_connect=True)
-    outdated = translate(pb.ConnectFailure(
-        Reason=pb.ConnectFailureReason.Value("CLIENT_OUTDATED"), Message="update",
-        Raw=pb.Node(Tag="failure")))
+    outdated = translate(
+        pb.ConnectFailure(
+            Reason=pb.ConnectFailureReason.Value("CLIENT_OUTDATED"),
+            Message="update",
+            Raw=pb.Node(Tag="failure"),
+        )
+    )
     assert outdated.permanent and outdated.reason == "CLIENT_OUTDATED"
-    unavailable = translate(pb.ConnectFailure(
-        Reason=pb.ConnectFailureReason.Value("SERVICE_UNAVAILABLE"), Message="",
-        Raw=pb.Node(Tag="failure")))
+    unavailable = translate(
+        pb.ConnectFailure(
+            Reason=pb.ConnectFailureReason.Value("SERVICE_UNAVAILABLE"),
+            Message="",
+            Raw=pb.Node(Tag="failure"),
+        )
+    )
     assert not unavailable.permanent
-    ban = translate(pb.TemporaryBan(Code=pb.TemporaryBan.TempBanReason.Value(
-        "BLOCKED_BY_USERS"), Expire=3600))
+    ban = translate(
+        pb.TemporaryBan(Code=pb.TemporaryBan.TempBanReason.Value("BLOCKED_BY_USERS"), Expire=3600)
+    )
     assert ban == base.TemporaryBan(code="BLOCKED_BY_USERS", expires_in_seconds=3600)
-    paired = translate(pb.PairStatus(ID=jid_proto("491701234567:3@s.whatsapp.net"),
-                                     BusinessName="Salon", Platform="android",
-                                     Status=pb.PairStatus.PStatus.Value("SUCCESS")))
+    paired = translate(
+        pb.PairStatus(
+            ID=jid_proto("491701234567:3@s.whatsapp.net"),
+            BusinessName="Salon",
+            Platform="android",
+            Status=pb.PairStatus.PStatus.Value("SUCCESS"),
+        )
+    )
     assert paired == base.PairSuccess(jid="491701234567:3@s.whatsapp.net", push_name="Salon")
-    receipt = translate(pb.Receipt(
-        MessageSource=message_event("X", "491701234567@s.whatsapp.net").Info.MessageSource,
-        MessageIDs=["A", "B"], Timestamp=1, Type=pb.Receipt.ReceiptType.Value("READ")))
-    assert receipt == base.Receipt(message_ids=("A", "B"), kind="read",
-                                   chat="491701234567@s.whatsapp.net")
+    receipt = translate(
+        pb.Receipt(
+            MessageSource=message_event("X", "491701234567@s.whatsapp.net").Info.MessageSource,
+            MessageIDs=["A", "B"],
+            Timestamp=1,
+            Type=pb.Receipt.ReceiptType.Value("READ"),
+        )
+    )
+    assert receipt == base.Receipt(
+        message_ids=("A", "B"), kind="read", chat="491701234567@s.whatsapp.net"
+    )
     message = message_event("M1", "491701234567@s.whatsapp.net", "hi")
     assert translate(message) == base.InboundMessage(event=message)
-    assert translate(pb.KeepAliveTimeout(ErrorCount=2, LastSuccess=0)) == \
-        base.KeepAliveTimeout(error_count=2)
+    assert translate(pb.KeepAliveTimeout(ErrorCount=2, LastSuccess=0)) == base.KeepAliveTimeout(
+        error_count=2
+    )
 
 
 def test_a_failing_event_handler_is_caught_and_recorded_not_lost(company, caplog):

@@ -80,7 +80,9 @@ class TestSendingService:
         message = queue(company, "hello")
         sending.claim_outbound(held)
         assert sending.mark_outbound_failed(message.pk, "unknown server", permanent=True) == (
-            "failed", None)
+            "failed",
+            None,
+        )
         message.refresh_from_db()
         assert (message.status, message.attempts) == (Status.FAILED, 1)
         assert "unknown server (permanent)" == message.last_error
@@ -99,8 +101,9 @@ class TestSendingService:
 
     def test_receipts_only_move_the_status_forward(self, company):
         message = queue(company, "hello")
-        OutboundMessage.objects.filter(pk=message.pk).update(status=Status.SENT,
-                                                            wa_message_id="3EB0R")
+        OutboundMessage.objects.filter(pk=message.pk).update(
+            status=Status.SENT, wa_message_id="3EB0R"
+        )
         assert sending.record_receipt(company.pk, ["3EB0R"], "read") == 1
         assert sending.record_receipt(company.pk, ["3EB0R"], "delivered") == 0
         message.refresh_from_db()
@@ -109,20 +112,23 @@ class TestSendingService:
 
 @pytest.mark.django_db(transaction=True, databases="__all__")
 def test_a_message_queued_while_no_worker_runs_is_sent_once_when_one_starts(
-        company, settings, tmp_path):
+    company, settings, tmp_path
+):
     fast_settings(settings, tmp_path)
     start_session(company.pk)
     first = queue(company, "queued while down", key="booking-17")
-    again, created = queue_outbound_message(company.pk, TO, "queued while down",
-                                            idempotency_key="booking-17")
+    again, created = queue_outbound_message(
+        company.pk, TO, "queued while down", idempotency_key="booking-17"
+    )
     assert not created and again.pk == first.pk
     transport = ScriptedTransport()
     sup = SessionSupervisor(worker_id="w-out", transport=transport)
 
     async def scenario():
         await sup.start()
-        await wait_until(lambda: OutboundMessage.objects.get(pk=first.pk).status == Status.SENT,
-                         what="sent")
+        await wait_until(
+            lambda: OutboundMessage.objects.get(pk=first.pk).status == Status.SENT, what="sent"
+        )
         await _sleep(0.8)  # several reconcile rounds: nothing is sent twice
         await sup.shutdown("test over")
 
@@ -135,7 +141,8 @@ def test_a_message_queued_while_no_worker_runs_is_sent_once_when_one_starts(
 
 @pytest.mark.django_db(transaction=True, databases="__all__")
 def test_sending_reuses_the_live_client_and_retries_a_transient_failure(
-        company, settings, tmp_path):
+    company, settings, tmp_path
+):
     fast_settings(settings, tmp_path, BACKOFF_BASE=0.2)
     start_session(company.pk)
     transport = ScriptedTransport()
@@ -144,18 +151,28 @@ def test_sending_reuses_the_live_client_and_retries_a_transient_failure(
 
     async def scenario():
         await sup.start()
-        await wait_until(lambda: WhatsAppSession.objects.get(company=company).state
-                         == SessionState.CONNECTED, what="connected")
+        await wait_until(
+            lambda: WhatsAppSession.objects.get(company=company).state == SessionState.CONNECTED,
+            what="connected",
+        )
         client = transport.clients[0]
-        client.send_errors = [base.TransportError("websocket not connected"),
-                              base.TransportError("recipient JID unknown server",
-                                                  permanent=True)]
+        client.send_errors = [
+            base.TransportError("websocket not connected"),
+            base.TransportError("recipient JID unknown server", permanent=True),
+        ]
         for text in ("first", "second", "third"):
             ids.append((await _queue(company, text)).pk)
             sup.wants_drain(sup.sessions[company.pk])
-        await wait_until(lambda: OutboundMessage.objects.filter(
-            pk__in=ids, status__in=[Status.SENT, Status.FAILED]).count() == 3,
-            timeout=10, what="all three settled")
+        await wait_until(
+            lambda: (
+                OutboundMessage.objects.filter(
+                    pk__in=ids, status__in=[Status.SENT, Status.FAILED]
+                ).count()
+                == 3
+            ),
+            timeout=10,
+            what="all three settled",
+        )
         await sup.shutdown("test over")
 
     run(scenario)
@@ -177,8 +194,12 @@ def test_nothing_is_sent_while_the_session_is_not_connected(company, settings, t
 
     async def scenario():
         await sup.start()
-        await wait_until(lambda: WhatsAppSession.objects.get(company=company).state
-                         == SessionState.AWAITING_PAIRING, what="awaiting pairing")
+        await wait_until(
+            lambda: (
+                WhatsAppSession.objects.get(company=company).state == SessionState.AWAITING_PAIRING
+            ),
+            what="awaiting pairing",
+        )
         await _sleep(0.8)
         await sup.shutdown("test over")
 

@@ -66,38 +66,55 @@ class Workers:
         if connection.vendor == "postgresql":
             user = db["USER"] or "postgres"
             auth = f"{user}:{db['PASSWORD']}@" if db["PASSWORD"] else f"{user}@"
-            env["DATABASE_URL"] = (f"postgres://{auth}{db['HOST'] or '127.0.0.1'}:"
-                                   f"{db['PORT'] or 5432}/{db['NAME']}")
+            env["DATABASE_URL"] = (
+                f"postgres://{auth}{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
+            )
         else:
             env["DATABASE_URL"] = f"sqlite:///{db['NAME']}"
             var = self.tmp / "var"
             var.mkdir(exist_ok=True)
             env["AIADMIN_VAR_DIR"] = str(var)  # its own SQLite channel layer file
-        env.update({
-            "DJANGO_SETTINGS_MODULE": "tests.settings",
-            "WHATSAPP_TRANSPORT": "neonize",
-            "WHATSAPP_STORE_DIR": str(self.tmp / "store"),
-            "WHATSAPP_STORE_URL": "",
-            "WHATSAPP_LEASE_TTL": str(TTL),
-            "WHATSAPP_RECONCILE_INTERVAL": str(INTERVAL),
-            "WHATSAPP_BACKOFF_BASE": "1",
-            "WHATSAPP_BACKOFF_CAP": "6",
-            "WHATSAPP_REBALANCE_BATCH": "50",
-            "WHATSAPP_SHUTDOWN_GRACE": "8",
-            "PYTHONUNBUFFERED": "1",
-        })
+        env.update(
+            {
+                "DJANGO_SETTINGS_MODULE": "tests.settings",
+                "WHATSAPP_TRANSPORT": "neonize",
+                "WHATSAPP_STORE_DIR": str(self.tmp / "store"),
+                "WHATSAPP_STORE_URL": "",
+                "WHATSAPP_LEASE_TTL": str(TTL),
+                "WHATSAPP_RECONCILE_INTERVAL": str(INTERVAL),
+                "WHATSAPP_BACKOFF_BASE": "1",
+                "WHATSAPP_BACKOFF_CAP": "6",
+                "WHATSAPP_REBALANCE_BATCH": "50",
+                "WHATSAPP_SHUTDOWN_GRACE": "8",
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
         if connection.vendor != "postgresql":
-            subprocess.run([sys.executable, "manage.py", "migrate", "--database", "channels",
-                            "-v0"], cwd=ROOT, env=env, check=True, timeout=120)
+            subprocess.run(
+                [sys.executable, "manage.py", "migrate", "--database", "channels", "-v0"],
+                cwd=ROOT,
+                env=env,
+                check=True,
+                timeout=120,
+            )
         return env
 
     def start(self, *names):
         for name in names:
             log = open(self.tmp / f"{name}.log", "wb")  # noqa: SIM115 (closed by the process end)
             self.procs[name] = subprocess.Popen(
-                [sys.executable, "manage.py", "runworker", "whatsapp",
-                 "--worker-id", f"{name}.{os.getpid()}"],
-                cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                [
+                    sys.executable,
+                    "manage.py",
+                    "runworker",
+                    "whatsapp",
+                    "--worker-id",
+                    f"{name}.{os.getpid()}",
+                ],
+                cwd=ROOT,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
             )
             self.ids[name] = f"{name}.{os.getpid()}"
 
@@ -135,9 +152,11 @@ def workers(tmp_path):
 
 def make_companies(count):
     companies = Company.objects.bulk_create(
-        Company(name=f"Company {i}", slug=f"lease-{i}") for i in range(count))
+        Company(name=f"Company {i}", slug=f"lease-{i}") for i in range(count)
+    )
     sessions = WhatsAppSession.objects.bulk_create(
-        WhatsAppSession(company=c, desired_state=DesiredState.RUNNING) for c in companies)
+        WhatsAppSession(company=c, desired_state=DesiredState.RUNNING) for c in companies
+    )
     SessionLease.objects.bulk_create(SessionLease(session=s) for s in sessions)
     return [c.pk for c in companies]
 
@@ -152,8 +171,9 @@ class Sampler:
 
     def owners(self):
         now = timezone.now()
-        rows = SessionLease.objects.values_list("session__company_id", "owner", "epoch",
-                                                "expires_at")
+        rows = SessionLease.objects.values_list(
+            "session__company_id", "owner", "epoch", "expires_at"
+        )
         current = defaultdict(set)
         for company_id, owner, epoch, expires in rows:
             seen = self.last.get(company_id)
@@ -161,8 +181,9 @@ class Sampler:
                 if epoch < seen[1]:
                     self.errors.append(f"company {company_id}: epoch went back {seen}->{epoch}")
                 if owner and seen[0] and owner != seen[0] and epoch <= seen[1]:
-                    self.errors.append(f"company {company_id}: {seen[0]} -> {owner} without "
-                                       f"a new epoch")
+                    self.errors.append(
+                        f"company {company_id}: {seen[0]} -> {owner} without a new epoch"
+                    )
             self.last[company_id] = (owner or (seen[0] if seen else ""), epoch)
             if owner and expires and expires > now:
                 current[company_id].add(owner)
@@ -179,8 +200,9 @@ class Sampler:
             if predicate(owners):
                 return owners
             if time.monotonic() > deadline:
-                raise AssertionError(f"timed out after {timeout}s: {what}; owners: "
-                                     f"{count_by_owner(owners)}")
+                raise AssertionError(
+                    f"timed out after {timeout}s: {what}; owners: {count_by_owner(owners)}"
+                )
             time.sleep(0.1)
 
 
@@ -194,10 +216,12 @@ def count_by_owner(owners):
 def client_intervals(ended_at):
     """Per company: [(start, end, worker)] of every client, from the workers' own rows.
     A worker killed with SIGKILL never wrote its last stops: `ended_at[worker]`."""
-    rows = (ConnectionEvent.objects.exclude(worker_id="")
-            .filter(kind__in=["starting", "stopped"], reason__startswith="client ")
-            .order_by("created_at", "id")
-            .values_list("session__company_id", "worker_id", "kind", "created_at", "reason"))
+    rows = (
+        ConnectionEvent.objects.exclude(worker_id="")
+        .filter(kind__in=["starting", "stopped"], reason__startswith="client ")
+        .order_by("created_at", "id")
+        .values_list("session__company_id", "worker_id", "kind", "created_at", "reason")
+    )
     open_ = {}
     intervals = defaultdict(list)
     for company_id, worker, kind, at, _reason in rows:
@@ -220,8 +244,10 @@ def assert_no_overlap(intervals):
     for company_id, spans in intervals.items():
         spans.sort()
         for (_s1, e1, w1), (s2, _e2, w2) in zip(spans, spans[1:], strict=False):
-            assert s2 >= e1, (f"company {company_id}: client of {w2} from {s2} while the "
-                              f"client of {w1} lived until {e1}")
+            assert s2 >= e1, (
+                f"company {company_id}: client of {w2} from {s2} while the "
+                f"client of {w1} lived until {e1}"
+            )
         count += len(spans)
     return count
 
@@ -235,9 +261,14 @@ def run_contention(workers, n_workers, n_companies):
     share = -(-n_companies // n_workers)
     try:
         owners = sampler.wait_for(
-            lambda o: len(o) == n_companies and set(o.values()) == set(ids)
-            and max(count_by_owner(o).values()) <= share + 1,
-            timeout=40, what="every company owned, shared by all workers")
+            lambda o: (
+                len(o) == n_companies
+                and set(o.values()) == set(ids)
+                and max(count_by_owner(o).values()) <= share + 1
+            ),
+            timeout=40,
+            what="every company owned, shared by all workers",
+        )
     except AssertionError:
         print(workers.logs())
         raise
@@ -256,7 +287,9 @@ def kill_and_check_takeover(workers, sampler, victim, n_companies):
     t0 = time.monotonic()
     owners = sampler.wait_for(
         lambda o: all(c in o and o[c] != victim_id for c in victims),
-        timeout=TTL + 4 * INTERVAL + 4, what=f"{victim}'s companies owned again")
+        timeout=TTL + 4 * INTERVAL + 4,
+        what=f"{victim}'s companies owned again",
+    )
     took = time.monotonic() - t0
     print(f"SIGKILL {victim}: {len(victims)} companies owned again after {took:.2f}s")
     # Its leases expire TTL after its last renewal; one reconcile round later
@@ -278,11 +311,16 @@ def terminate_and_check_handover(workers, sampler, leaver, n_companies):
     assert not SessionLease.objects.filter(owner=leaver_id).exists()
     assert WorkerProcess.objects.get(worker_id=leaver_id).stopped_at is not None
     # ... and the others own its companies well before a TTL could have passed.
-    sampler.wait_for(lambda o: all(c in o and o[c] != leaver_id for c in leaving),
-                     timeout=TTL + 4, what=f"{leaver}'s companies handed over")
+    sampler.wait_for(
+        lambda o: all(c in o and o[c] != leaver_id for c in leaving),
+        timeout=TTL + 4,
+        what=f"{leaver}'s companies handed over",
+    )
     handed = time.monotonic() - t0
-    print(f"SIGTERM {leaver}: exited in {took_to_exit:.2f}s, {len(leaving)} companies "
-          f"handed over {handed:.2f}s later")
+    print(
+        f"SIGTERM {leaver}: exited in {took_to_exit:.2f}s, {len(leaving)} companies "
+        f"handed over {handed:.2f}s later"
+    )
     assert handed < TTL, f"handover took {handed:.1f}s (a TTL would be {TTL}s)"
 
 
@@ -292,8 +330,11 @@ def test_three_workers_share_50_companies_survive_sigkill_and_hand_over_on_sigte
     sampler, _ = run_contention(workers, 3, 50)
     killed_at = kill_and_check_takeover(workers, sampler, "w1", 50)
     terminate_and_check_handover(workers, sampler, "w2", 50)
-    sampler.wait_for(lambda o: len(o) == 50 and set(o.values()) == {workers.ids["w3"]},
-                     timeout=10, what="w3 owns everything")
+    sampler.wait_for(
+        lambda o: len(o) == 50 and set(o.values()) == {workers.ids["w3"]},
+        timeout=10,
+        what="w3 owns everything",
+    )
     workers.stop_all()
     assert not sampler.errors, sampler.errors[:5]
     assert sampler.samples > 50
@@ -308,8 +349,11 @@ def test_two_workers_started_together_never_both_own_a_company(workers):
     sampler, _ = run_contention(workers, 2, 50)
     terminate_and_check_handover(workers, sampler, "w1", 50)
     workers.start("w3")
-    sampler.wait_for(lambda o: len(o) == 50 and workers.ids["w3"] in set(o.values()),
-                     timeout=15, what="w3 takes its share")
+    sampler.wait_for(
+        lambda o: len(o) == 50 and workers.ids["w3"] in set(o.values()),
+        timeout=15,
+        what="w3 takes its share",
+    )
     killed_at = kill_and_check_takeover(workers, sampler, "w2", 50)
     workers.stop_all()
     assert not sampler.errors, sampler.errors[:5]

@@ -40,8 +40,12 @@ def row(company):
 
 
 def kinds(company):
-    return list(ConnectionEvent.objects.filter(session__company=company).exclude(worker_id="")
-                .order_by("id").values_list("kind", flat=True))
+    return list(
+        ConnectionEvent.objects.filter(session__company=company)
+        .exclude(worker_id="")
+        .order_by("id")
+        .values_list("kind", flat=True)
+    )
 
 
 @pytest.fixture
@@ -87,9 +91,11 @@ def test_after_the_long_replaced_backoff_one_new_attempt_is_made(started, settin
         await connected(sup, company)
         await transport.clients[0].emit(base.StreamReplaced())
         await wait_until(lambda: row(company).state == SessionState.REPLACED, what="replaced")
-        await wait_until(lambda: len(transport.clients) == 2
-                         and row(company).state == SessionState.CONNECTED,
-                         timeout=5, what="one new attempt after the backoff")
+        await wait_until(
+            lambda: len(transport.clients) == 2 and row(company).state == SessionState.CONNECTED,
+            timeout=5,
+            what="one new attempt after the backoff",
+        )
         await sup.shutdown("test over")
 
     run(scenario)
@@ -139,18 +145,20 @@ def test_a_temporary_ban_parks_until_its_expiry_then_reconnects(started):
 
     async def scenario():
         await connected(sup, company)
-        await transport.clients[0].emit(base.TemporaryBan(code="SEND_TO_TOO_MANY_PEOPLE",
-                                                          expires_in_seconds=3600))
+        await transport.clients[0].emit(
+            base.TemporaryBan(code="SEND_TO_TOO_MANY_PEOPLE", expires_in_seconds=3600)
+        )
         await wait_until(lambda: row(company).state == SessionState.BANNED, what="banned")
         await _sleep(1.0)
         assert len(transport.clients) == 1
         banned = await database_sync_to_async(row)(company)
-        assert timedelta(minutes=59) < banned.ban_expires_at - timezone.now() <= timedelta(
-            hours=1)
+        assert timedelta(minutes=59) < banned.ban_expires_at - timezone.now() <= timedelta(hours=1)
         # The ban runs out (the row is the truth; we move its clock).
-        await database_sync_to_async(lambda: WhatsAppSession.objects.filter(
-            company=company).update(ban_expires_at=timezone.now(),
-                                    next_connect_at=timezone.now()))()
+        await database_sync_to_async(
+            lambda: WhatsAppSession.objects.filter(company=company).update(
+                ban_expires_at=timezone.now(), next_connect_at=timezone.now()
+            )
+        )()
         await wait_until(lambda: row(company).state == SessionState.CONNECTED, what="back")
         await sup.shutdown("test over")
 
@@ -166,8 +174,9 @@ def test_a_drop_that_whatsmeow_repairs_counts_one_reconnect_on_the_same_client(s
         await connected(sup, company)
         client = transport.clients[0]
         await client.emit(base.Disconnected())
-        await wait_until(lambda: row(company).state == SessionState.RECONNECTING,
-                         what="reconnecting")
+        await wait_until(
+            lambda: row(company).state == SessionState.RECONNECTING, what="reconnecting"
+        )
         await client.emit(base.Connected(jid=transport.jid))
         await wait_until(lambda: row(company).reconnect_count == 1, what="reconnected")
         await sup.shutdown("test over")
@@ -178,8 +187,7 @@ def test_a_drop_that_whatsmeow_repairs_counts_one_reconnect_on_the_same_client(s
     assert row(company).connect_failure_count == 0
 
 
-def test_a_fresh_session_shows_its_qr_and_stores_the_paired_device(company, settings,
-                                                                     tmp_path):
+def test_a_fresh_session_shows_its_qr_and_stores_the_paired_device(company, settings, tmp_path):
     fast_settings(settings, tmp_path)
     start_session(company.pk)
     transport = ScriptedTransport(behaviour="qr")
@@ -190,8 +198,7 @@ def test_a_fresh_session_shows_its_qr_and_stores_the_paired_device(company, sett
         await wait_until(lambda: row(company).state == SessionState.AWAITING_PAIRING, what="qr")
         client = transport.clients[0]
         await client.emit(base.QRCode(codes=("2@second-code",)))  # rotation: one event row
-        await client.emit(base.PairSuccess(jid="491701112223:5@s.whatsapp.net",
-                                           push_name="Salon"))
+        await client.emit(base.PairSuccess(jid="491701112223:5@s.whatsapp.net", push_name="Salon"))
         await client.emit(base.Connected(jid="491701112223:5@s.whatsapp.net"))
         await wait_until(lambda: row(company).state == SessionState.CONNECTED, what="connected")
         await sup.shutdown("test over")
@@ -205,8 +212,7 @@ def test_a_fresh_session_shows_its_qr_and_stores_the_paired_device(company, sett
 
 def test_inbound_messages_become_one_row_and_one_job_and_bad_ones_are_recorded(started):
     sup, transport, company = started
-    event = message_event("3EB0INBOUND1", "491701234567@s.whatsapp.net", "Hallo",
-                          push_name="Kunde")
+    event = message_event("3EB0INBOUND1", "491701234567@s.whatsapp.net", "Hallo", push_name="Kunde")
     broken = message_event("", "491701234567@s.whatsapp.net", "no id")
 
     async def scenario():
@@ -215,14 +221,19 @@ def test_inbound_messages_become_one_row_and_one_job_and_bad_ones_are_recorded(s
         await client.emit(base.InboundMessage(event=event))
         await client.emit(base.InboundMessage(event=event))  # redelivered after a reconnect
         await client.emit(base.InboundMessage(event=broken))
-        await wait_until(lambda: ConnectionEvent.objects.filter(
-            session__company=company, kind="error").exists(), what="error recorded")
+        await wait_until(
+            lambda: ConnectionEvent.objects.filter(session__company=company, kind="error").exists(),
+            what="error recorded",
+        )
         await sup.shutdown("test over")
 
     run(scenario)
     message = InboundMessage.objects.get(company=company)
     assert (message.wa_message_id, message.text, message.sender_phone) == (
-        "3EB0INBOUND1", "Hallo", "+491701234567")
+        "3EB0INBOUND1",
+        "Hallo",
+        "+491701234567",
+    )
     assert ProcessingJob.objects.filter(message=message).count() == 1
     session = row(company)
     assert session.messages_in == 1 and session.duplicates_blocked == 1
@@ -233,16 +244,25 @@ def test_inbound_messages_become_one_row_and_one_job_and_bad_ones_are_recorded(s
 def test_connect_attempts_are_bounded_and_clients_start_one_at_a_time(settings, tmp_path):
     from .test_worker_leases import running_companies
 
-    fast_settings(settings, tmp_path, CONNECT_CONCURRENCY=2, CONNECT_TIMEOUT=0.4,
-                  BACKOFF_BASE=5.0, BACKOFF_CAP=5.0)
+    fast_settings(
+        settings,
+        tmp_path,
+        CONNECT_CONCURRENCY=2,
+        CONNECT_TIMEOUT=0.4,
+        BACKOFF_BASE=5.0,
+        BACKOFF_CAP=5.0,
+    )
     sessions = running_companies(8)
     transport = ScriptedTransport(behaviour="hang")
     sup = SessionSupervisor(worker_id="w-cc", transport=transport)
 
     async def scenario():
         await sup.start()
-        await wait_until(lambda: WhatsAppSession.objects.filter(
-            connect_failure_count=1).count() == 8, timeout=10, what="8 attempts timed out")
+        await wait_until(
+            lambda: WhatsAppSession.objects.filter(connect_failure_count=1).count() == 8,
+            timeout=10,
+            what="8 attempts timed out",
+        )
         await sup.shutdown("test over")
 
     run(scenario)
@@ -269,8 +289,7 @@ def test_a_start_that_raises_is_a_failed_attempt_with_backoff(started):
     assert not transport.live_of(company.pk)
 
 
-def test_the_watchdog_restarts_a_silent_client_that_is_not_logged_in(started, settings,
-                                                                       tmp_path):
+def test_the_watchdog_restarts_a_silent_client_that_is_not_logged_in(started, settings, tmp_path):
     sup, transport, company = started
     fast_settings(settings, tmp_path, WATCHDOG_SILENCE=0.5)
     sup.watchdog_silence = 0.5
@@ -280,9 +299,11 @@ def test_the_watchdog_restarts_a_silent_client_that_is_not_logged_in(started, se
         await _sleep(1.0)  # silent, but logged in: a quiet account, left alone
         assert len(transport.clients) == 1
         transport.clients[0].logged_in = False  # the socket died without an event
-        await wait_until(lambda: len(transport.clients) == 2
-                         and row(company).state == SessionState.CONNECTED,
-                         timeout=5, what="restarted by the watchdog")
+        await wait_until(
+            lambda: len(transport.clients) == 2 and row(company).state == SessionState.CONNECTED,
+            timeout=5,
+            what="restarted by the watchdog",
+        )
         await sup.shutdown("test over")
 
     run(scenario)
@@ -297,10 +318,12 @@ def test_an_inactive_company_loses_its_client_and_its_lease(started):
     async def scenario():
         await connected(sup, company)
         await database_sync_to_async(
-            lambda: type(company).objects.filter(pk=company.pk).update(is_active=False))()
+            lambda: type(company).objects.filter(pk=company.pk).update(is_active=False)
+        )()
         sup.nudge_company(company.pk)
-        await wait_until(lambda: SessionLease.objects.get(session__company=company).owner == "",
-                         what="released")
+        await wait_until(
+            lambda: SessionLease.objects.get(session__company=company).owner == "", what="released"
+        )
         await sup.shutdown("test over")
 
     run(scenario)

@@ -96,16 +96,17 @@ class ScriptedClient:
         if self.behaviour == "connect":
             loop.call_soon(lambda: asyncio.ensure_future(self._connect()))
         elif self.behaviour == "qr":
-            loop.call_soon(lambda: asyncio.ensure_future(
-                self.emit(base.QRCode(codes=("2@scripted-qr-code",)))))
+            loop.call_soon(
+                lambda: asyncio.ensure_future(self.emit(base.QRCode(codes=("2@scripted-qr-code",))))
+            )
         elif self.behaviour == "fail":
-            loop.call_soon(lambda: asyncio.ensure_future(
-                self.emit(base.Closed(error="scripted dial failure"))))
+            loop.call_soon(
+                lambda: asyncio.ensure_future(self.emit(base.Closed(error="scripted dial failure")))
+            )
 
     async def _connect(self):
         self.logged_in = True
-        await self.emit(base.Connected(jid=self.spec.jid or self.transport.jid,
-                                       push_name="Salon"))
+        await self.emit(base.Connected(jid=self.spec.jid or self.transport.jid, push_name="Salon"))
 
     async def emit(self, event):
         if self.live:

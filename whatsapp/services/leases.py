@@ -120,8 +120,7 @@ def _wanted_sessions():
     active), or their row claims a live client that nobody holds any more (a
     dead worker's leftovers, which the new owner marks stopped)."""
     return WhatsAppSession.objects.filter(
-        Q(desired_state=DesiredState.RUNNING, company__is_active=True)
-        | Q(state__in=LIVE_STATES)
+        Q(desired_state=DesiredState.RUNNING, company__is_active=True) | Q(state__in=LIVE_STATES)
     )
 
 

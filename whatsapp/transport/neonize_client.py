@@ -44,8 +44,14 @@ CALL_TIMEOUT = 30.0  # any other FFI call (send, pair, logout)
 
 # whatsmeow ConnectFailureReason names that retrying cannot fix.
 PERMANENT_CONNECT_FAILURES = {"CLIENT_OUTDATED", "BAD_USER_AGENT", "MAIN_DEVICE_GONE"}
-PERMANENT_SEND_ERRORS = ("unknown server", "invalid jid", "jid must", "too large",
-                         "not on whatsapp", "message is empty")
+PERMANENT_SEND_ERRORS = (
+    "unknown server",
+    "invalid jid",
+    "jid must",
+    "too large",
+    "not on whatsapp",
+    "message is empty",
+)
 
 
 def _neonize():
@@ -89,8 +95,9 @@ def translate(event):
         return base.LoggedOut(reason=_enum_name(event, "Reason"), on_connect=event.OnConnect)
     if name == "ConnectFailure":
         reason = _enum_name(event, "Reason")
-        return base.ConnectFailure(reason=reason, message=event.Message,
-                                   permanent=reason in PERMANENT_CONNECT_FAILURES)
+        return base.ConnectFailure(
+            reason=reason, message=event.Message, permanent=reason in PERMANENT_CONNECT_FAILURES
+        )
     if name == "PairStatus":
         if _enum_name(event, "Status") == "SUCCESS":
             return base.PairSuccess(jid=jid_text(event.ID), push_name=event.BusinessName)
@@ -100,8 +107,9 @@ def translate(event):
     if name == "KeepAliveRestored":
         return base.KeepAliveRestored()
     if name == "TemporaryBan":
-        return base.TemporaryBan(code=_enum_name(event, "Code"),
-                                 expires_in_seconds=int(event.Expire))
+        return base.TemporaryBan(
+            code=_enum_name(event, "Code"), expires_in_seconds=int(event.Expire)
+        )
     if name == "ClientOutdated":
         return base.ClientOutdated()
     if name == "StreamError":
@@ -112,17 +120,29 @@ def translate(event):
         kind = RECEIPT_KINDS.get(_enum_name(event, "Type"))
         if kind is None:
             return None
-        return base.Receipt(message_ids=tuple(event.MessageIDs), kind=kind,
-                            chat=jid_text(event.MessageSource.Chat))
+        return base.Receipt(
+            message_ids=tuple(event.MessageIDs), kind=kind, chat=jid_text(event.MessageSource.Chat)
+        )
     return None
 
 
 def _event_types():
     _, ev, _ = _neonize()
-    return (ev.ConnectedEv, ev.DisconnectedEv, ev.StreamReplacedEv, ev.LoggedOutEv,
-            ev.ConnectFailureEv, ev.PairStatusEv, ev.KeepAliveTimeoutEv,
-            ev.KeepAliveRestoredEv, ev.TemporaryBanEv, ev.ClientOutdatedEv, ev.StreamErrorEv,
-            ev.MessageEv, ev.ReceiptEv)
+    return (
+        ev.ConnectedEv,
+        ev.DisconnectedEv,
+        ev.StreamReplacedEv,
+        ev.LoggedOutEv,
+        ev.ConnectFailureEv,
+        ev.PairStatusEv,
+        ev.KeepAliveTimeoutEv,
+        ev.KeepAliveRestoredEv,
+        ev.TemporaryBanEv,
+        ev.ClientOutdatedEv,
+        ev.StreamErrorEv,
+        ev.MessageEv,
+        ev.ReceiptEv,
+    )
 
 
 def is_postgres_store(store):
@@ -286,9 +306,12 @@ class NeonizeClient:
             try:
                 await asyncio.wait_for(asyncio.shield(task), STOP_TIMEOUT)
             except TimeoutError:
-                logger.warning("company %s: neonize connect loop still running %.0fs after "
-                               "stop; its thread ends when the dial gives up",
-                               self.spec.company_id, STOP_TIMEOUT)
+                logger.warning(
+                    "company %s: neonize connect loop still running %.0fs after "
+                    "stop; its thread ends when the dial gives up",
+                    self.spec.company_id,
+                    STOP_TIMEOUT,
+                )
             except Exception:  # the dial error, already reported as Closed
                 pass
         client.event.list_func.clear()
@@ -397,5 +420,4 @@ class NeonizeClient:
     def _handler_failed(self, what, exc):
         self.handler_errors += 1
         self.last_handler_error = f"{what}: {exc!r}"
-        logger.error("company %s: handler for %s failed", self.spec.company_id, what,
-                     exc_info=exc)
+        logger.error("company %s: handler for %s failed", self.spec.company_id, what, exc_info=exc)

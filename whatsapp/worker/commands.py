@@ -52,14 +52,16 @@ def decode_command(message):
         if isinstance(company_id, str) and company_id.strip().isdigit():
             company_id = int(company_id.strip())
         else:
-            raise InvalidCommand(f"{kind}: 'company_id' must be a positive integer, "
-                                 f"got {company_id!r}")
+            raise InvalidCommand(
+                f"{kind}: 'company_id' must be a positive integer, got {company_id!r}"
+            )
     if not 0 < company_id <= MAX_COMPANY_ID:
         raise InvalidCommand(f"{kind}: 'company_id' must be a positive integer, got {company_id}")
     payload = {k: v for k, v in message.items() if k not in {"type", "company_id"}}
     if kind == "message.send" and "outbound_id" in payload:
         outbound_id = payload["outbound_id"]
         if isinstance(outbound_id, bool) or not isinstance(outbound_id, int):
-            raise InvalidCommand(f"message.send: 'outbound_id' must be an integer, "
-                                 f"got {outbound_id!r}")
+            raise InvalidCommand(
+                f"message.send: 'outbound_id' must be an integer, got {outbound_id!r}"
+            )
     return Command(kind, company_id, payload)

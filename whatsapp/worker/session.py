@@ -24,8 +24,12 @@ from whatsapp.transport.normalize import MalformedEvent, normalize_message
 
 logger = logging.getLogger(__name__)
 Kind = svc.Kind
-UNPARK_STATES = {SessionState.REPLACED, SessionState.LOGGED_OUT, SessionState.FAILED,
-                 SessionState.BANNED}
+UNPARK_STATES = {
+    SessionState.REPLACED,
+    SessionState.LOGGED_OUT,
+    SessionState.FAILED,
+    SessionState.BANNED,
+}
 
 
 class ManagedSession:
@@ -86,16 +90,16 @@ class ManagedSession:
         if delay is None:
             await self.sup.lease_lost(self, "lease gone while recording a failure")
             return
-        logger.info("company %s: connect failed (%s); retry in %.1fs", self.company_id, error,
-                    delay)
+        logger.info(
+            "company %s: connect failed (%s); retry in %.1fs", self.company_id, error, delay
+        )
         self._retry_in(delay)
 
     def _retry_in(self, delay):
         if self.retry_handle is not None:
             self.retry_handle.cancel()
         loop = asyncio.get_running_loop()
-        self.retry_handle = loop.call_later(delay + 0.05, self.sup.nudge_company,
-                                            self.company_id)
+        self.retry_handle = loop.call_later(delay + 0.05, self.sup.nudge_company, self.company_id)
 
     # --- reconcile: make the live client match the row ----------------------
     async def reconcile(self, row):
@@ -116,16 +120,19 @@ class ManagedSession:
         if row.restart_requested_at:
             await self._stop_client("restart requested")
             await db(svc.unpark)(self.held, "restarting (close before create)")
-            await db(svc.clear_request)(self.held, "restart_requested_at",
-                                        row.restart_requested_at)
+            await db(svc.clear_request)(self.held, "restart_requested_at", row.restart_requested_at)
             row = await db(svc.load_session)(self.session_id)
             if row is None:
                 return
         if row.pairing_requested_at and row.state in UNPARK_STATES - {SessionState.BANNED}:
             await db(svc.unpark)(self.held, "pairing requested")
             row = await db(svc.load_session)(self.session_id)
-        if (row.state == SessionState.REPLACED and row.next_connect_at
-                and row.next_connect_at <= now and row.wants_running):
+        if (
+            row.state == SessionState.REPLACED
+            and row.next_connect_at
+            and row.next_connect_at <= now
+            and row.wants_running
+        ):
             await db(svc.unpark)(self.held, "replaced backoff elapsed: one new attempt")
             row = await db(svc.load_session)(self.session_id)
         if not row.should_connect(now):
@@ -164,8 +171,9 @@ class ManagedSession:
             self.last_event = time.monotonic()  # quiet account, live connection
             await db(svc.touch)(self.held)
             return
-        await db(svc.record_event)(self.held, Kind.SILENT,
-                                   f"no events for {silence:.0f}s and not logged in: restarting")
+        await db(svc.record_event)(
+            self.held, Kind.SILENT, f"no events for {silence:.0f}s and not logged in: restarting"
+        )
         await self._stop_client("watchdog: no events, not logged in")
         if not self.connecting:
             self.connecting = True
@@ -184,8 +192,7 @@ class ManagedSession:
                     async with self.lock:
                         if self.outcome is outcome and self.client is not None:
                             await self._stop_client("connect timed out")
-                            await self._failed(
-                                f"no connection after {self.sup.connect_timeout:g}s")
+                            await self._failed(f"no connection after {self.sup.connect_timeout:g}s")
         finally:
             self.connecting = False
 
@@ -211,12 +218,15 @@ class ManagedSession:
             async with self.sup.start_lock:  # neonize's Go side: one start at a time
                 try:
                     client = self.sup.transport.new_client(
-                        spec, functools.partial(self.on_event, token))
+                        spec, functools.partial(self.on_event, token)
+                    )
                 except Exception as exc:
-                    await db(svc.record_event)(self.held, Kind.STOPPED,
-                                               f"client {number} not created: {exc}")
-                    await self._failed(f"could not create client: {exc}",
-                                       getattr(exc, "permanent", False))
+                    await db(svc.record_event)(
+                        self.held, Kind.STOPPED, f"client {number} not created: {exc}"
+                    )
+                    await self._failed(
+                        f"could not create client: {exc}", getattr(exc, "permanent", False)
+                    )
                     return None
                 self.clients_created = number
                 self.client, self.token = client, token
@@ -238,10 +248,12 @@ class ManagedSession:
         try:
             await self._dispatch(token, event)
         except Exception as exc:
-            logger.exception("company %s: handling %s failed", self.company_id,
-                             type(event).__name__)
-            await db(svc.record_error)(self.held, f"handling {type(event).__name__} failed: "
-                                                  f"{exc!r}")
+            logger.exception(
+                "company %s: handling %s failed", self.company_id, type(event).__name__
+            )
+            await db(svc.record_error)(
+                self.held, f"handling {type(event).__name__} failed: {exc!r}"
+            )
 
     async def _dispatch(self, token, event):
         if isinstance(event, base.InboundMessage):
@@ -264,9 +276,9 @@ class ManagedSession:
                 if token is self.token and self.connected:
                     self.connected = False
                     await db(svc.mark_reconnecting)(
-                        self.held, event.reason or "connection dropped; whatsmeow reconnects")
-        elif isinstance(event, (base.KeepAliveTimeout, base.KeepAliveRestored,
-                                base.StreamError)):
+                        self.held, event.reason or "connection dropped; whatsmeow reconnects"
+                    )
+        elif isinstance(event, (base.KeepAliveTimeout, base.KeepAliveRestored, base.StreamError)):
             await self._note(event)
         else:
             async with self.lock:
@@ -275,8 +287,9 @@ class ManagedSession:
 
     async def _note(self, event):
         if isinstance(event, base.KeepAliveTimeout):
-            await db(svc.record_event)(self.held, Kind.KEEPALIVE_TIMEOUT,
-                                       f"{event.error_count} keep-alive(s) failed")
+            await db(svc.record_event)(
+                self.held, Kind.KEEPALIVE_TIMEOUT, f"{event.error_count} keep-alive(s) failed"
+            )
         elif isinstance(event, base.KeepAliveRestored):
             await db(svc.record_event)(self.held, Kind.KEEPALIVE_RESTORED, "")
         else:
@@ -319,12 +332,14 @@ class ManagedSession:
             self._retry_in(max(event.expires_in_seconds, 60))
         elif isinstance(event, base.ClientOutdated):
             await self._stop_client("client outdated")
-            await self._failed("WhatsApp says this client version is outdated: upgrade neonize",
-                               permanent=True)
+            await self._failed(
+                "WhatsApp says this client version is outdated: upgrade neonize", permanent=True
+            )
         elif isinstance(event, base.ConnectFailure):
             await self._stop_client(f"connect failure {event.reason}")
-            await self._failed(f"connect failure {event.reason}: {event.message}".strip(": "),
-                               event.permanent)
+            await self._failed(
+                f"connect failure {event.reason}: {event.message}".strip(": "), event.permanent
+            )
         elif isinstance(event, base.Closed):
             await self._stop_client(f"connection ended: {event.error}")
             await self._failed(event.error or "connection ended", event.permanent)
@@ -367,8 +382,10 @@ class ManagedSession:
             except base.TransportError as exc:
                 note = f"WhatsApp logout failed ({exc}); device forgotten locally"
         else:
-            note = ("not connected: device forgotten locally; remove it on the phone "
-                    "under Linked devices")
+            note = (
+                "not connected: device forgotten locally; remove it on the phone "
+                "under Linked devices"
+            )
         await self._stop_client("logout requested")
         await self._forget_device(row.jid)
         await db(svc.mark_logged_out)(self.held, f"logout requested: {note}")

@@ -82,8 +82,12 @@ class SessionSupervisor:
         self.spawn(self._lease_loop(), "lease-loop")
         self.spawn(self._reconcile_loop(), "reconcile-loop")
         self.spawn(self._fence_loop(), "fence-loop")
-        logger.info("worker %s started on %s (transport %s)", self.worker_id, self.channel_name,
-                    getattr(self.transport, "name", type(self.transport).__name__))
+        logger.info(
+            "worker %s started on %s (transport %s)",
+            self.worker_id,
+            self.channel_name,
+            getattr(self.transport, "name", type(self.transport).__name__),
+        )
 
     async def shutdown(self, reason="worker stopping", budget=None):
         """Stop every client, release every lease, mark the worker stopped.
@@ -109,15 +113,23 @@ class SessionSupervisor:
         for ms, result in zip(owned, results, strict=True):
             if isinstance(result, BaseException):
                 stuck.append(ms.session_id)
-                logger.error("company %s: client did not stop cleanly (%r); its lease expires "
-                             "in %.0fs instead", ms.company_id, result, self.lease_ttl)
+                logger.error(
+                    "company %s: client did not stop cleanly (%r); its lease expires "
+                    "in %.0fs instead",
+                    ms.company_id,
+                    result,
+                    self.lease_ttl,
+                )
         try:
             released = await db(leases.release_all_leases)(self.worker_id, reason, stuck)
             await db(leases.mark_worker_stopped)(self.worker_id)
             others = await db(leases.other_worker_channels)(self.worker_id)
         except Exception:
-            logger.exception("worker %s: could not release leases; they expire in %.0fs",
-                             self.worker_id, self.lease_ttl)
+            logger.exception(
+                "worker %s: could not release leases; they expire in %.0fs",
+                self.worker_id,
+                self.lease_ttl,
+            )
             released, others = 0, []
         await self._wake_others(others)
         for task in list(self._tasks):
@@ -129,13 +141,16 @@ class SessionSupervisor:
                 await asyncio.wait_for(closer(), budget)
             except Exception as exc:
                 logger.warning("transport close: %r", exc)
-        logger.info("worker %s stopped: %s clients stopped, %s leases released", self.worker_id,
-                    len(owned) - len(stuck), released)
+        logger.info(
+            "worker %s stopped: %s clients stopped, %s leases released",
+            self.worker_id,
+            len(owned) - len(stuck),
+            released,
+        )
 
     async def _hand_over(self, ms, reason):
         await ms.close(reason)
-        await db(svc.mark_stopped)(ms.held, f"{reason}; another worker takes over",
-                                   only_live=True)
+        await db(svc.mark_stopped)(ms.held, f"{reason}; another worker takes over", only_live=True)
 
     async def _wake_others(self, channels):
         layer = get_channel_layer()
@@ -166,8 +181,7 @@ class SessionSupervisor:
         """Wait until no per-session work is running (tests, shutdown)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            busy = [t for t in self._tasks if not t.done()
-                    and t.get_name() not in LOOPS]
+            busy = [t for t in self._tasks if not t.done() and t.get_name() not in LOOPS]
             if not busy:
                 return True
             await asyncio.wait(busy, timeout=max(0.01, deadline - time.monotonic()))
@@ -198,8 +212,12 @@ class SessionSupervisor:
         """A malformed or unknown command: logged, counted, recorded when we can."""
         self.rejected += 1
         self.last_rejected = f"{error}: {describe(message)}"
-        logger.error("worker %s rejected a command: %s; message: %s", self.worker_id, error,
-                     describe(message))
+        logger.error(
+            "worker %s rejected a command: %s; message: %s",
+            self.worker_id,
+            error,
+            describe(message),
+        )
         company_id = message.get("company_id") if isinstance(message, dict) else None
         ms = self.sessions.get(company_id) if isinstance(company_id, int) else None
         if ms is not None:
@@ -230,8 +248,7 @@ class SessionSupervisor:
         try:
             await db(ensure_session)(company_id)
         except Exception as exc:  # Company.DoesNotExist and friends
-            logger.error("worker %s: command for company %s: %s", self.worker_id, company_id,
-                         exc)
+            logger.error("worker %s: command for company %s: %s", self.worker_id, company_id, exc)
             self.rejected += 1
             self.last_rejected = f"company {company_id}: {exc}"
             return
@@ -255,8 +272,12 @@ class SessionSupervisor:
         # A previous owner that died mid-send left rows in `sending`.
         failed = await db(sending.fail_interrupted_sends)(held.company_id)
         if failed:
-            logger.warning("company %s: %s message(s) interrupted by the previous owner marked "
-                           "failed (outcome unknown)", held.company_id, failed)
+            logger.warning(
+                "company %s: %s message(s) interrupted by the previous owner marked "
+                "failed (outcome unknown)",
+                held.company_id,
+                failed,
+            )
         return ms
 
     async def lease_lost(self, ms, reason):
@@ -313,8 +334,12 @@ class SessionSupervisor:
         while not self.closing:
             await asyncio.sleep(min(0.25, self.interval / 4))
             if self.sessions and time.monotonic() > self._lease_deadline:
-                logger.error("worker %s: lease renewal overdue; stopping %d client(s) before "
-                             "the leases expire", self.worker_id, len(self.sessions))
+                logger.error(
+                    "worker %s: lease renewal overdue; stopping %d client(s) before "
+                    "the leases expire",
+                    self.worker_id,
+                    len(self.sessions),
+                )
                 for ms in list(self.sessions.values()):
                     await self.lease_lost(ms, "lease renewal overdue (database unreachable?)")
 
@@ -360,8 +385,9 @@ class SessionSupervisor:
         for ms in ranked[: min(excess - 1, self.rebalance_batch)]:
             del self.sessions[ms.company_id]
             await ms.close("rebalancing to another worker")
-            await db(svc.mark_stopped)(ms.held, "handed to another worker (rebalancing)",
-                                       only_live=True)
+            await db(svc.mark_stopped)(
+                ms.held, "handed to another worker (rebalancing)", only_live=True
+            )
             await db(leases.release_lease)(self.worker_id, ms.session_id, "rebalancing")
 
     async def _reconcile_owned(self):
@@ -376,4 +402,3 @@ class SessionSupervisor:
             await ms.reconcile(rows.get(ms.session_id))
             if ms.company_id in due and ms.connected:
                 self.wants_drain(ms)
-

@@ -66,8 +66,9 @@ class SessionWorker(Worker):
         await asyncio.wait([*listeners, stopper], return_when=asyncio.FIRST_COMPLETED)
         for task in listeners:
             task.cancel()
-        await self.supervisor.shutdown(self.stop_reason or "worker stopping",
-                                       budget=max(1.0, self.grace * 0.6))
+        await self.supervisor.shutdown(
+            self.stop_reason or "worker stopping", budget=max(1.0, self.grace * 0.6)
+        )
         for details in list(self.application_instances.values()):
             details["future"].cancel()
 
@@ -85,8 +86,9 @@ class SessionWorker(Worker):
                 await asyncio.sleep(min(30, 0.5 * 2 ** min(failures, 6)))
                 continue
             if not isinstance(message, dict) or not message.get("type"):
-                logger.error("dropped a message without a type on %s: %s", channel,
-                             describe(message))
+                logger.error(
+                    "dropped a message without a type on %s: %s", channel, describe(message)
+                )
                 continue
             scope = {"type": "channel", "channel": channel}
             queue = self.get_or_create_application_instance(channel, scope)
@@ -103,14 +105,20 @@ def _exit_if_stuck(grace):
 
 
 class Command(ChannelsRunworker):
-    help = ("Run worker processes. `runworker whatsapp` runs the WhatsApp session worker on "
-            "its own channel whatsapp.worker.<worker id>.")
+    help = (
+        "Run worker processes. `runworker whatsapp` runs the WhatsApp session worker on "
+        "its own channel whatsapp.worker.<worker id>."
+    )
     worker_class = SessionWorker
 
     def add_arguments(self, parser):
         super().add_arguments(parser)
-        parser.add_argument("--worker-id", dest="worker_id", default="",
-                            help="Worker id (default: <host>.<pid>.<random>).")
+        parser.add_argument(
+            "--worker-id",
+            dest="worker_id",
+            default="",
+            help="Worker id (default: <host>.<pid>.<random>).",
+        )
 
     def handle(self, *args, **options):
         if WORKER_GROUP not in options["channels"]:
@@ -121,11 +129,13 @@ class Command(ChannelsRunworker):
         register_worker(worker_id, supervisor.channel_name)
         close_old_connections()
         connections.close_all()
-        channels = [supervisor.channel_name if c == WORKER_GROUP else c
-                    for c in options["channels"]]
+        channels = [
+            supervisor.channel_name if c == WORKER_GROUP else c for c in options["channels"]
+        ]
         # channels' handle() builds the worker from three arguments only.
         self.worker_class = functools.partial(
-            SessionWorker, supervisor=supervisor,
+            SessionWorker,
+            supervisor=supervisor,
             grace=settings.WHATSAPP.get("SHUTDOWN_GRACE", 10.0),
         )
         logger.info("worker %s listening on %s", worker_id, ", ".join(channels))
