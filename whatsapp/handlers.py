@@ -4,8 +4,13 @@ HandlerResult; the processing job queues its reply (at most one per message).
 A company picks its handler by dotted path (`Company.inbound_handler`), the
 default being settings.WHATSAPP["INBOUND_HANDLER"]."""
 
-from whatsapp.models import AutoReplyRule
-from whatsapp.services.processing import HandlerResult
+from whatsapp.models import AutoReplyRule, OutboundMessage
+from whatsapp.services.processing import HandlerError, HandlerResult
+from whatsapp.services.webhooks import (
+    WebhookReplyError,
+    message_handler_endpoint,
+    request_webhook_reply,
+)
 
 
 def auto_reply(message):
@@ -22,3 +27,26 @@ def auto_reply(message):
 def no_reply(message):
     """Store and acknowledge only (useful when replies come from elsewhere)."""
     return HandlerResult(note="no-reply handler")
+
+
+def webhook_reply(message):
+    """POST the message to the company's message-handler webhook endpoint (signed,
+    like every webhook) and reply with the "reply" text of its JSON answer.
+
+    A message that already has its reply is not sent to the endpoint again, so
+    a re-run of the job neither calls the endpoint twice for nothing nor can it
+    queue a second, different reply."""
+    if OutboundMessage.objects.filter(in_reply_to=message).exists():
+        return HandlerResult(note="reply already queued")
+    endpoint = message_handler_endpoint(message.company_id)
+    if endpoint is None:
+        raise HandlerError(
+            "no active webhook endpoint of this company is marked as message handler"
+        )
+    try:
+        reply = request_webhook_reply(endpoint, message)
+    except WebhookReplyError as exc:
+        raise HandlerError(str(exc)) from None
+    if not reply:
+        return HandlerResult(note=f"webhook {endpoint.pk}: no reply")
+    return HandlerResult(reply_text=reply, note=f"webhook {endpoint.pk} replied")

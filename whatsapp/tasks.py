@@ -1,7 +1,10 @@
 """django-q2 entry points. They take primitive ids and call one service."""
 
+from whatsapp.services.alerts import run_alert_checks
 from whatsapp.services.jobs import sweep_unqueued_jobs
 from whatsapp.services.processing import run_processing_job
+from whatsapp.services.webhooks import deliver_webhook as deliver_webhook_service
+from whatsapp.services.webhooks import dispatch_due_webhooks
 
 
 def process_inbound_message(job_id):
@@ -10,3 +13,15 @@ def process_inbound_message(job_id):
 
 def sweep_jobs():
     return sweep_unqueued_jobs()
+
+
+def deliver_webhook(delivery_id):
+    return deliver_webhook_service(int(delivery_id))
+
+
+def dispatch_webhooks():
+    return len(dispatch_due_webhooks())
+
+
+def check_alerts():
+    return run_alert_checks().summary()

@@ -18,6 +18,7 @@ from whatsapp.models import InboundMessage, ProcessingJob, WhatsAppSession
 from whatsapp.transport.normalize import NormalizedMessage
 
 from .jobs import enqueue_processing_job
+from .webhooks import emit_message_received
 
 logger = logging.getLogger(__name__)
 
@@ -88,4 +89,5 @@ def record_inbound_message(company_id, message: NormalizedMessage) -> InboundOut
             messages_in=F("messages_in") + 1, last_event_at=now
         )
         enqueue_processing_job(job.pk)
+        emit_message_received(row)
     return InboundOutcome(InboundOutcome.CREATED, message_pk=row.pk)

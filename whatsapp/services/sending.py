@@ -25,6 +25,7 @@ from django.utils import timezone
 from whatsapp.models import OutboundMessage, WhatsAppSession, backoff_delay
 
 from .leases import Held, holds_lease
+from .webhooks import emit_outbound_status
 
 logger = logging.getLogger(__name__)
 
@@ -100,6 +101,7 @@ def mark_outbound_sent(outbound_id, wa_message_id):
             WhatsAppSession.objects.filter(company_id=company_id).update(
                 messages_out=F("messages_out") + 1
             )
+            emit_outbound_status([outbound_id])
     return bool(updated)
 
 
@@ -123,6 +125,7 @@ def mark_outbound_failed(outbound_id, error, permanent=False, rng=None):
                 last_error=f"{error} ({why})"[:2000],
                 next_attempt_at=None,
             )
+            emit_outbound_status([outbound_id])
             return ("failed", None)
         kwargs = {"rng": rng} if rng is not None else {}
         delay = backoff_delay(attempts - 1, conf["BACKOFF_BASE"], conf["BACKOFF_CAP"], **kwargs)
@@ -148,11 +151,16 @@ def fail_interrupted_sends(company_id, exclude=()):
     """Rows a previous owner left in `sending` (it died mid-send): mark them failed.
 
     Called by a worker that just acquired the company's lease, before it sends."""
-    return (
-        OutboundMessage.objects.filter(company_id=company_id, status=Status.SENDING)
-        .exclude(pk__in=list(exclude))
-        .update(status=Status.FAILED, last_error=INTERRUPTED, next_attempt_at=None)
-    )
+    with transaction.atomic():
+        rows = OutboundMessage.objects.filter(
+            company_id=company_id, status=Status.SENDING
+        ).exclude(pk__in=list(exclude))
+        ids = list(rows.values_list("pk", flat=True))
+        failed = OutboundMessage.objects.filter(pk__in=ids, status=Status.SENDING).update(
+            status=Status.FAILED, last_error=INTERRUPTED, next_attempt_at=None
+        )
+        emit_outbound_status(ids)
+    return failed
 
 
 RECEIPT_STATUS = {"delivered": Status.DELIVERED, "read": Status.READ, "played": Status.READ}
@@ -165,6 +173,13 @@ def record_receipt(company_id, message_ids, kind):
     if target is None or not message_ids:
         return 0
     earlier = _ORDER[: _ORDER.index(target)]
-    return OutboundMessage.objects.filter(
-        company_id=company_id, wa_message_id__in=list(message_ids)[:500], status__in=earlier
-    ).update(status=target)
+    with transaction.atomic():
+        rows = OutboundMessage.objects.filter(
+            company_id=company_id, wa_message_id__in=list(message_ids)[:500], status__in=earlier
+        )
+        ids = list(rows.values_list("pk", flat=True))
+        moved = OutboundMessage.objects.filter(pk__in=ids, status__in=earlier).update(
+            status=target
+        )
+        emit_outbound_status(ids)
+    return moved

@@ -25,6 +25,7 @@ from whatsapp.transport.jids import InvalidPhoneNumber, Jid, jid_phone
 
 from . import live
 from .leases import Held
+from .webhooks import emit_session_changes
 
 logger = logging.getLogger(__name__)
 
@@ -84,7 +85,10 @@ def transition(held: Held, state=None, kind=None, reason="", from_states=None, *
     if from_states is not None:
         rows = rows.filter(state__in=list(from_states))
     with transaction.atomic():
+        before = rows.values_list("state", flat=True).first() if state is not None else None
         applied = rows.update(**updates) if updates else rows.exists()
+        if applied:  # webhook events, recorded with the change
+            emit_session_changes(held.company_id, before, state, reason, fields.get("qr_code"))
         if applied and kind:
             record_event(held, kind, reason, state=state)  # publishes the change
         elif applied:
@@ -185,6 +189,7 @@ def mark_connect_failed(held, error, permanent=False, rng=None):
     conf = settings.WHATSAPP
     now = timezone.now()
     with transaction.atomic():
+        before = _fenced(held).values_list("state", flat=True).first()
         applied = _fenced(held).update(
             state=SessionState.FAILED,
             state_changed_at=Case(
@@ -216,6 +221,7 @@ def mark_connect_failed(held, error, permanent=False, rng=None):
         )
         kind_reason = f"{error} (failure {failures}; retry in {delay:.1f}s)"
         record_event(held, Kind.CONNECT_FAILED, kind_reason, state=SessionState.FAILED)
+        emit_session_changes(held.company_id, before, SessionState.FAILED, str(error))
     return delay
 
 

@@ -6,6 +6,8 @@ from django_q.models import Schedule
 SCHEDULES = [
     # (name, func, minutes)
     ("whatsapp: sweep unqueued jobs", "whatsapp.tasks.sweep_jobs", 1),
+    ("whatsapp: dispatch due webhook deliveries", "whatsapp.tasks.dispatch_webhooks", 1),
+    ("whatsapp: check connection alerts", "whatsapp.tasks.check_alerts", 1),
 ]
 
 

@@ -1,0 +1,133 @@
+"""The HTTP side of webhooks: which targets are allowed, and one signed POST.
+
+Targets are checked when an endpoint is saved and again before every request
+(DNS may change in between): every address the host resolves to must be a
+public one, unless settings.WHATSAPP_WEBHOOKS["ALLOW_PRIVATE"] is set.
+Redirects are not followed (a public URL could redirect to a private one).
+"""
+
+import ipaddress
+import json
+import socket
+import time
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import requests
+from django.conf import settings
+
+from whatsapp.models.webhooks import sign_payload
+
+USER_AGENT = "aiadmin-webhooks/1"
+MAX_RESPONSE_BYTES = 64 * 1024
+
+
+class UnsafeWebhookURL(ValueError):
+    """The URL is malformed, or resolves to an address webhooks may not reach."""
+
+
+def _refused(ip):
+    if ip.version == 6 and ip.ipv4_mapped:
+        ip = ip.ipv4_mapped
+    return not ip.is_global or ip.is_multicast
+
+
+def validate_webhook_url(url, allow_private=None, resolve=socket.getaddrinfo):
+    """Return `url` if webhooks may POST to it, else raise UnsafeWebhookURL."""
+    if allow_private is None:
+        allow_private = settings.WHATSAPP_WEBHOOKS["ALLOW_PRIVATE"]
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise UnsafeWebhookURL(f"not a valid URL: {exc}") from None
+    if parts.scheme not in {"http", "https"}:
+        raise UnsafeWebhookURL("the URL must start with http:// or https://")
+    host = parts.hostname
+    if not host:
+        raise UnsafeWebhookURL("the URL has no host")
+    if allow_private:
+        return url
+    port = port or (443 if parts.scheme == "https" else 80)
+    try:
+        infos = resolve(host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as exc:
+        raise UnsafeWebhookURL(f"cannot resolve {host}: {exc}") from None
+    addresses = {info[4][0].split("%")[0] for info in infos}
+    if not addresses:
+        raise UnsafeWebhookURL(f"{host} resolves to no address")
+    for address in sorted(addresses):
+        if _refused(ipaddress.ip_address(address)):
+            raise UnsafeWebhookURL(
+                f"{host} resolves to {address}, a private/loopback/link-local or reserved "
+                "address; webhooks only reach public addresses (set WEBHOOK_ALLOW_PRIVATE=1 "
+                "to allow internal receivers)"
+            )
+    return url
+
+
+@dataclass(frozen=True)
+class PostOutcome:
+    status_code: int | None
+    duration_ms: int
+    error: str = ""
+    body: bytes = b""
+    refused: bool = False  # the target is not allowed: retrying cannot help
+
+    @property
+    def ok(self):
+        return self.status_code is not None and 200 <= self.status_code < 300
+
+    @property
+    def excerpt(self):
+        return self.body[:2000].decode("utf-8", "replace")
+
+    def json(self):
+        """The response body as JSON, or raise ValueError."""
+        return json.loads(self.body.decode("utf-8"))
+
+    def describe(self):
+        if self.error:
+            return self.error
+        return f"HTTP {self.status_code}"
+
+
+def encode_body(document):
+    return json.dumps(document, separators=(",", ":"), sort_keys=True, default=str).encode()
+
+
+def signed_headers(secret, event_id, body, timestamp=None):
+    timestamp = int(time.time() if timestamp is None else timestamp)
+    return {
+        "Content-Type": "application/json",
+        "User-Agent": USER_AGENT,
+        "X-Aiadmin-Event-Id": str(event_id),
+        "X-Aiadmin-Timestamp": str(timestamp),
+        "X-Aiadmin-Signature": sign_payload(secret, timestamp, body),
+    }
+
+
+def post_signed(url, secret, event_id, body, timeout):
+    """POST `body` (bytes) to `url`, signed; never raises for network trouble."""
+    started = time.monotonic()
+
+    def elapsed():
+        return int((time.monotonic() - started) * 1000)
+
+    try:
+        validate_webhook_url(url)
+    except UnsafeWebhookURL as exc:
+        return PostOutcome(None, elapsed(), f"refused: {exc}", refused=True)
+    headers = signed_headers(secret, event_id, body)
+    try:
+        with requests.post(
+            url, data=body, headers=headers, timeout=timeout, allow_redirects=False, stream=True
+        ) as response:
+            content = response.raw.read(MAX_RESPONSE_BYTES, decode_content=True) or b""
+            status = response.status_code
+    except requests.Timeout:
+        return PostOutcome(None, elapsed(), f"timeout after {timeout:g}s")
+    except requests.RequestException as exc:
+        return PostOutcome(None, elapsed(), f"{type(exc).__name__}: {exc}"[:1000])
+    error = "" if 200 <= status < 300 else f"HTTP {status}"
+    return PostOutcome(status, elapsed(), error, content)
