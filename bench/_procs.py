@@ -32,14 +32,14 @@ def child_env(**extra):
 
 
 class Child:
-    """One `manage.py <args>` subprocess, logging to a file."""
+    """One `python <script> <args>` subprocess (manage.py by default), logging to a file."""
 
-    def __init__(self, name, args, env, log_dir):
+    def __init__(self, name, args, env, log_dir, script="manage.py"):
         self.name = name
         self.log_path = os.path.join(log_dir, f"{name}.log")
         self._log = open(self.log_path, "wb")  # noqa: SIM115 (closed in stop())
         self.proc = subprocess.Popen(
-            [sys.executable, "manage.py", *args],
+            [sys.executable, str(script), *args],
             cwd=ROOT,
             env=env,
             stdout=self._log,
