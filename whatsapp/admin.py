@@ -2,6 +2,7 @@
 
 from django.contrib import admin
 
+from .admin_pages.sessions import WhatsAppSessionAdmin
 from .models import (
     AutoReplyRule,
     ConnectionEvent,
@@ -13,16 +14,8 @@ from .models import (
     WorkerProcess,
 )
 
-
-@admin.register(WhatsAppSession)
-class WhatsAppSessionAdmin(admin.ModelAdmin):
-    list_display = ["company", "state", "desired_state", "phone", "connected_since",
-                    "reconnect_count", "conflict_count", "connect_failure_count",
-                    "messages_in", "messages_out", "duplicates_blocked", "last_error_at"]
-    list_filter = ["state", "desired_state"]
-    search_fields = ["company__name", "phone", "jid"]
-    readonly_fields = [f.name for f in WhatsAppSession._meta.fields if f.name not in {
-        "company", "desired_state"}]
+# Session list, session page, actions and the live/polling endpoints: admin_pages/.
+admin.site.register(WhatsAppSession, WhatsAppSessionAdmin)
 
 
 @admin.register(SessionLease)

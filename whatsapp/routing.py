@@ -1,8 +1,13 @@
 """Channel and WebSocket routing for the whatsapp app."""
 
+from django.urls import path
+
+from whatsapp.admin_pages.consumer import AdminLiveConsumer
+
 WORKER_CHANNEL_PREFIX = "whatsapp.worker."
 
-websocket_urlpatterns = []
+# Staff browsers: live hints that a session changed (see services/live.py).
+websocket_urlpatterns = [path("ws/admin/whatsapp/", AdminLiveConsumer.as_asgi())]
 
 
 class WorkerChannelRouter:

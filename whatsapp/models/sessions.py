@@ -245,6 +245,28 @@ class WhatsAppSession(models.Model):
             minutes = settings.WHATSAPP["DOWN_THRESHOLD_MINUTES"]
         return self.down_for(now) > timedelta(minutes=minutes)
 
+    def live_snapshot(self):
+        """What the admin pages compare between polls (JSON-ready). Reads
+        `last_event_id` when annotated and the lease when selected."""
+        lease = getattr(self, "lease", None)
+        return {
+            "company_id": self.company_id,
+            "state": self.state,
+            "desired_state": self.desired_state,
+            "state_changed_at": self.state_changed_at,
+            "qr_updated_at": self.qr_updated_at,
+            "pairing_code_at": self.pairing_code_at,
+            "last_error_at": self.last_error_at,
+            "last_event_id": getattr(self, "last_event_id", None),
+            "reconnect_count": self.reconnect_count,
+            "conflict_count": self.conflict_count,
+            "connect_failure_count": self.connect_failure_count,
+            "messages_in": self.messages_in,
+            "messages_out": self.messages_out,
+            "duplicates_blocked": self.duplicates_blocked,
+            "worker": lease.owner if lease is not None else "",
+        }
+
     def problems(self, now=None):
         """Short reasons for a dashboard, worst first (needs with_health())."""
         found = []

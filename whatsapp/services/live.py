@@ -49,3 +49,14 @@ def publish_now(company_id, state=None):
     except Exception:  # layer down or full: the pages' polling covers it
         logger.warning("could not publish %s for company %s", EVENT_TYPE, company_id, exc_info=True)
         return False
+
+
+def groups_for_user(user):
+    """The groups a staff browser of `user` joins: every company for superusers,
+    else one group per company they belong to."""
+    from companies.models import Company
+
+    if user.is_superuser:
+        return [ALL_COMPANIES_GROUP]
+    ids = Company.objects.visible_to(user).values_list("pk", flat=True)
+    return [company_group(pk) for pk in ids]

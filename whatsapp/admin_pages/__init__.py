@@ -1,0 +1,1 @@
+"""The connection-health admin: session list and page, health dashboard, live updates."""

@@ -1,0 +1,357 @@
+"""Session list and session page. Reads rows (annotated by the model's
+queryset methods); every action calls the control services the API uses.
+
+Tenancy: a user sees the sessions of the companies they belong to
+(`Company.objects.visible_to`) and controls those where they are owner or
+admin (`Company.objects.managed_by`); superusers see and control all. A
+foreign or unknown session is a 404, a refused action a 403.
+"""
+
+import segno
+from django.conf import settings
+from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
+from django.db.models import Max
+from django.http import Http404, HttpResponseNotAllowed, JsonResponse
+from django.shortcuts import redirect
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
+from django.utils import timezone
+from django.utils.html import format_html
+from django.utils.timesince import timesince
+
+from companies.models import Company
+from whatsapp.models import WhatsAppSession
+from whatsapp.models.health import reconnect_reasons, state_timeline
+from whatsapp.services import control
+
+from .forms import PairingCodeForm
+
+ACTIONS = {
+    "start": ("Start", control.start_session),
+    "stop": ("Stop", control.stop_session),
+    "restart": ("Restart", control.restart_session),
+    "logout": ("Log out", control.logout_session),
+}
+LIVE_WS_PATH = "/ws/admin/whatsapp/"
+
+
+def live_context(poll_url, company_id=""):
+    """What the live script needs (see static/whatsapp/admin-live.js)."""
+    return {
+        "live_ws_path": LIVE_WS_PATH,
+        "live_poll_url": poll_url,
+        "live_poll_seconds": settings.WHATSAPP["ADMIN_POLL_SECONDS"],
+        "live_company": company_id,
+    }
+
+
+def live_snapshots(user, company_id=None):
+    """Small per-session records the pages poll while their WebSocket is down:
+    any difference from the last poll makes the page re-read itself."""
+    rows = (
+        WhatsAppSession.objects.visible_to(user)
+        .select_related("lease")
+        .annotate(last_event_id=Max("events__id"))
+        .order_by("company_id")
+    )
+    if company_id is not None:
+        rows = rows.filter(company_id=company_id)
+    return [s.live_snapshot() for s in rows]
+
+
+class HasErrorsFilter(admin.SimpleListFilter):
+    title = "has errors"
+    parameter_name = "errors"
+
+    def lookups(self, request, model_admin):
+        return [("24h", "In the last 24 h"), ("any", "Ever"), ("none", "None")]
+
+    def queryset(self, request, queryset):
+        if self.value() == "24h":
+            since = timezone.now() - timezone.timedelta(hours=24)
+            return queryset.filter(last_error_at__gte=since)
+        if self.value() == "any":
+            return queryset.exclude(last_error="")
+        if self.value() == "none":
+            return queryset.filter(last_error="")
+        return queryset
+
+
+class WhatsAppSessionAdmin(admin.ModelAdmin):
+    list_display = [
+        "company",
+        "state_badge",
+        "desired_state",
+        "phone",
+        "up_or_down",
+        "reconnects_last_hour",
+        "reconnects_last_day",
+        "reconnect_count",
+        "conflict_count",
+        "connect_failure_count",
+        "last_error_short",
+        "messages_in",
+        "messages_out",
+        "duplicates_blocked",
+        "owning_worker",
+    ]
+    list_display_links = ["company"]
+    list_filter = ["state", HasErrorsFilter, "desired_state"]
+    search_fields = ["company__name", "phone", "jid"]
+    list_select_related = ["company", "lease"]
+    list_per_page = 50
+    actions = ["start_selected", "stop_selected", "restart_selected"]
+    change_list_template = "admin/whatsapp/whatsappsession/change_list.html"
+
+    class Media:
+        css = {"all": ["whatsapp/admin-health.css"]}
+        js = ["whatsapp/admin-live.js"]
+
+    # --- tenancy -------------------------------------------------------------
+    def get_queryset(self, request):
+        qs = WhatsAppSession.objects.visible_to(request.user).with_health()
+        return qs.select_related("company", "lease").order_by(*self.get_ordering(request))
+
+    def get_ordering(self, request):
+        return ["-health_rank", "company__name"]
+
+    def has_module_permission(self, request):
+        return Company.objects.visible_to(request.user).exists()
+
+    def has_view_permission(self, request, obj=None):
+        companies = Company.objects.visible_to(request.user)
+        if obj is not None:
+            companies = companies.filter(pk=obj.company_id)
+        return companies.exists()
+
+    def has_change_permission(self, request, obj=None):
+        companies = Company.objects.managed_by(request.user)
+        if obj is not None:
+            companies = companies.filter(pk=obj.company_id)
+        return companies.exists()
+
+    def has_add_permission(self, request):
+        return False  # a session is created by starting it
+
+    def has_delete_permission(self, request, obj=None):
+        return False  # its history is the point; stop it instead
+
+    # --- list columns --------------------------------------------------------
+    @admin.display(description="State", ordering="state")
+    def state_badge(self, obj):
+        return format_html(
+            '<span class="wa-badge wa-state-{}" title="health: {}">{}</span>',
+            obj.state,
+            obj.health(),
+            obj.get_state_display(),
+        )
+
+    @admin.display(description="Connected / down since", ordering="state_changed_at")
+    def up_or_down(self, obj):
+        if obj.connected_since and obj.state == "connected":
+            return format_html(
+                '<span title="{}">up {}</span>', obj.connected_since, timesince(obj.connected_since)
+            )
+        if obj.down_since:
+            return format_html(
+                '<span class="wa-down" title="{}">down {}</span>',
+                obj.down_since,
+                timesince(obj.down_since),
+            )
+        return "-"
+
+    @admin.display(description="Reconn. 1 h", ordering="reconnects_1h")
+    def reconnects_last_hour(self, obj):
+        return obj.reconnects_1h
+
+    @admin.display(description="Reconn. 24 h", ordering="reconnects_24h")
+    def reconnects_last_day(self, obj):
+        return obj.reconnects_24h
+
+    @admin.display(description="Last error", ordering="last_error_at")
+    def last_error_short(self, obj):
+        if not obj.last_error:
+            return "-"
+        text = obj.last_error if len(obj.last_error) <= 80 else obj.last_error[:79] + "..."
+        return format_html(
+            '<span title="{}">{}</span><br><small>{} ago</small>',
+            obj.last_error,
+            text,
+            timesince(obj.last_error_at) if obj.last_error_at else "?",
+        )
+
+    @admin.display(description="Worker (lease until)", ordering="lease__owner")
+    def owning_worker(self, obj):
+        lease = getattr(obj, "lease", None)
+        if lease is None or not lease.owner:
+            return "-"
+        until = "?"
+        if lease.expires_at:
+            until = timezone.localtime(lease.expires_at).strftime("%H:%M:%S")
+        expired = "" if lease.is_held() else " (expired)"
+        return f"{lease.owner} (until {until}{expired})"
+
+    # --- bulk actions (the same services, one company at a time) ------------
+    def _bulk(self, request, queryset, action):
+        label, service = ACTIONS[action]
+        done, refused = [], []
+        managed = set(Company.objects.managed_by(request.user).values_list("pk", flat=True))
+        for session in queryset.select_related("company"):
+            if session.company_id not in managed:
+                refused.append(session.company.name)
+                continue
+            try:
+                service(session.company_id, actor=self.actor(request))
+            except control.SessionCommandError as exc:
+                refused.append(f"{session.company.name} ({exc})")
+            else:
+                done.append(session.company.name)
+        if done:
+            self.message_user(request, f"{label} requested for: {', '.join(done)}.")
+        if refused:
+            self.message_user(
+                request, f"{label} refused for: {', '.join(refused)}.", messages.ERROR
+            )
+
+    @admin.action(description="Start selected sessions")
+    def start_selected(self, request, queryset):
+        self._bulk(request, queryset, "start")
+
+    @admin.action(description="Stop selected sessions")
+    def stop_selected(self, request, queryset):
+        self._bulk(request, queryset, "stop")
+
+    @admin.action(description="Restart selected sessions")
+    def restart_selected(self, request, queryset):
+        self._bulk(request, queryset, "restart")
+
+    @staticmethod
+    def actor(request):
+        return f"by {request.user.get_username()} (admin)"
+
+    # --- session page, its actions and the polling endpoint ----------------
+    def get_urls(self):
+        view = self.admin_site.admin_view
+        return [
+            path("status.json", view(self.status_view), name="whatsapp_session_status"),
+            path(
+                "<int:object_id>/status.json",
+                view(self.status_view),
+                name="whatsapp_session_status_one",
+            ),
+            path(
+                "<int:object_id>/action/<slug:action>/",
+                view(self.action_view),
+                name="whatsapp_session_action",
+            ),
+            path("<int:object_id>/pair/", view(self.pair_view), name="whatsapp_session_pair"),
+            *super().get_urls(),
+        ]
+
+    def changelist_view(self, request, extra_context=None):
+        context = live_context(reverse("admin:whatsapp_session_status"))
+        context.update(extra_context or {})
+        return super().changelist_view(request, extra_context=context)
+
+    def _session_or_404(self, request, object_id):
+        session = self.get_queryset(request).filter(pk=object_id).first()
+        if session is None:
+            raise Http404("No such WhatsApp session (or not yours).")
+        return session
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        if request.method != "GET":
+            return HttpResponseNotAllowed(["GET"])
+        session = self._session_or_404(request, object_id)
+        return self.render_session_page(request, session, PairingCodeForm())
+
+    def render_session_page(self, request, session, pairing_form, status=200):
+        now = timezone.now()
+        company = session.company
+        context = {
+            **self.admin_site.each_context(request),
+            **live_context(
+                reverse("admin:whatsapp_session_status_one", args=[session.pk]), company.pk
+            ),
+            "title": f"WhatsApp session: {company.name}",
+            "subtitle": None,
+            "opts": self.opts,
+            "session": session,
+            "original": session,
+            "health": session.health(now=now),
+            "problems": session.problems(now=now),
+            "timeline": state_timeline(session, now=now),
+            "reasons": reconnect_reasons(session, now=now),
+            "events": session.events.all()[:25],
+            "inbound": company.inbound_messages.select_related("job")[:10],
+            "outbound": company.outbound_messages.all()[:10],
+            "qr_svg": qr_svg(session.qr_code),
+            "can_manage": self.has_change_permission(request, session),
+            "pairing_form": pairing_form,
+            "actions_available": [(k, label) for k, (label, _) in ACTIONS.items()],
+            "media": self.media,
+        }
+        return TemplateResponse(
+            request, "admin/whatsapp/whatsappsession/session_page.html", context, status=status
+        )
+
+    def _managed_session(self, request, object_id):
+        if request.method != "POST":
+            raise PermissionDenied("Session actions must be POSTed.")
+        session = self._session_or_404(request, object_id)
+        if not self.has_change_permission(request, session):
+            raise PermissionDenied("Only the company's owners and admins control its session.")
+        return session
+
+    def action_view(self, request, object_id, action):
+        if action not in ACTIONS:
+            raise Http404(f"Unknown action {action!r}.")
+        if request.method != "POST":
+            return HttpResponseNotAllowed(["POST"])
+        session = self._managed_session(request, object_id)
+        label, service = ACTIONS[action]
+        try:
+            service(session.company_id, actor=self.actor(request))
+        except control.SessionCommandError as exc:
+            self.message_user(request, f"{label} refused: {exc}", messages.ERROR)
+        else:
+            self.message_user(request, f"{label} requested for {session.company.name}.")
+        return redirect("admin:whatsapp_whatsappsession_change", session.pk)
+
+    def pair_view(self, request, object_id):
+        if request.method != "POST":
+            return HttpResponseNotAllowed(["POST"])
+        session = self._managed_session(request, object_id)
+        form = PairingCodeForm(request.POST)
+        if not form.is_valid():
+            return self.render_session_page(request, session, form, status=400)
+        try:
+            control.request_pairing_code(
+                session.company_id, form.cleaned_data["phone"], actor=self.actor(request)
+            )
+        except control.SessionCommandError as exc:
+            form.add_error(None, str(exc))
+            return self.render_session_page(request, session, form, status=400)
+        self.message_user(
+            request,
+            f"Pairing code requested for {form.cleaned_data['phone']}; it appears here "
+            "as soon as WhatsApp issues it.",
+        )
+        return redirect("admin:whatsapp_whatsappsession_change", session.pk)
+
+    def status_view(self, request, object_id=None):
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        if object_id is not None:
+            self._session_or_404(request, object_id)
+        return JsonResponse(
+            {"sessions": live_snapshots(request.user, object_id), "at": timezone.now()}
+        )
+
+
+def qr_svg(data):
+    """The QR code as inline SVG (segno), or '' when there is none."""
+    if not data:
+        return ""
+    return segno.make(data, error="m").svg_inline(scale=4, border=2)

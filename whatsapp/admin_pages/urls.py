@@ -1,0 +1,10 @@
+"""Mounted at /admin/whatsapp/health/ (before the admin site's own URLs)."""
+
+from django.contrib import admin
+from django.urls import path
+
+from .dashboard import health_dashboard
+
+urlpatterns = [
+    path("", admin.site.admin_view(health_dashboard), name="whatsapp_health"),
+]
