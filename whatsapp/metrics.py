@@ -1,0 +1,264 @@
+"""`/metrics`: Prometheus text format, computed from the database at scrape time.
+
+Every value is read from rows (session counters, job and delivery tables,
+worker heartbeats) by a custom collector, so whichever process answers the
+scrape -- any daphne of many -- reports the same numbers; nothing is counted
+in process memory. Counters are backed by columns that only ever increase
+(session counters, attempt rows); gauges by current row counts.
+
+Set METRICS_TOKEN to require `Authorization: Bearer <token>`.
+"""
+
+import hmac
+from datetime import timedelta
+
+from django.conf import settings
+from django.db.models import Count, DurationField, ExpressionWrapper, F, Q, Sum
+from django.http import HttpResponse
+from django.views.decorators.http import require_GET
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+)
+
+from whatsapp.models import (
+    ConnectionEvent,
+    Incident,
+    IncidentKind,
+    OutboundMessage,
+    ProcessingJob,
+    SessionState,
+    WebhookAttempt,
+    WebhookDelivery,
+    WhatsAppSession,
+)
+from whatsapp.services.leases import alive_worker_count
+
+LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900)
+# ConnectionEvent kinds that explain reconnects and outages ("reason" label).
+REASON_KINDS = [
+    ConnectionEvent.Kind.DISCONNECTED,
+    ConnectionEvent.Kind.RECONNECTED,
+    ConnectionEvent.Kind.CONNECT_FAILED,
+    ConnectionEvent.Kind.REPLACED,
+    ConnectionEvent.Kind.LOGGED_OUT,
+    ConnectionEvent.Kind.BANNED,
+    ConnectionEvent.Kind.KEEPALIVE_TIMEOUT,
+    ConnectionEvent.Kind.SILENT,
+]
+
+
+class DatabaseCollector:
+    """A prometheus_client collector reading everything from the database."""
+
+    def describe(self):
+        return []  # computed at scrape time; nothing to describe up front
+
+    def collect(self):
+        yield from self.sessions()
+        yield from self.connection_events()
+        yield from self.messages()
+        yield from self.jobs()
+        yield from self.webhooks()
+        yield from self.operations()
+
+    def sessions(self):
+        by_state = GaugeMetricFamily(
+            "aiadmin_whatsapp_sessions", "WhatsApp sessions by state.", labels=["state"]
+        )
+        counts = dict(
+            WhatsAppSession.objects.values("state")
+            .annotate(n=Count("pk"))
+            .values_list("state", "n")
+        )
+        for state in SessionState.values:
+            by_state.add_metric([state], counts.get(state, 0))
+        yield by_state
+
+        connected = GaugeMetricFamily(
+            "aiadmin_whatsapp_session_connected",
+            "1 when the company's session is connected, else 0.",
+            labels=["company"],
+        )
+        reconnects = CounterMetricFamily(
+            "aiadmin_whatsapp_reconnects",
+            "Reconnections of the session (whatsmeow reconnected after a drop).",
+            labels=["company"],
+        )
+        conflicts = CounterMetricFamily(
+            "aiadmin_whatsapp_conflicts",
+            "440 'conflict: replaced' events: another client took the session.",
+            labels=["company"],
+        )
+        failures = CounterMetricFamily(
+            "aiadmin_whatsapp_connect_failures",
+            "Failed connect attempts.",
+            labels=["company"],
+        )
+        rows = WhatsAppSession.objects.values_list(
+            "company__slug", "state", "reconnect_count", "conflict_count", "connect_failure_count"
+        )
+        for slug, state, reconnect, conflict, failure in rows:
+            connected.add_metric([slug], 1 if state == SessionState.CONNECTED else 0)
+            reconnects.add_metric([slug], reconnect)
+            conflicts.add_metric([slug], conflict)
+            failures.add_metric([slug], failure)
+        yield from (connected, reconnects, conflicts, failures)
+
+    def connection_events(self):
+        family = CounterMetricFamily(
+            "aiadmin_whatsapp_connection_events",
+            "Connection events by company and reason (kept ConnectionEvent rows).",
+            labels=["company", "reason"],
+        )
+        rows = (
+            ConnectionEvent.objects.filter(kind__in=REASON_KINDS)
+            .values("session__company__slug", "kind")
+            .annotate(n=Count("pk"))
+            .values_list("session__company__slug", "kind", "n")
+        )
+        for slug, kind, n in rows:
+            family.add_metric([slug, kind], n)
+        yield family
+
+    def messages(self):
+        received = CounterMetricFamily(
+            "aiadmin_whatsapp_messages_received",
+            "Inbound messages recorded (each once).",
+            labels=["company"],
+        )
+        sent = CounterMetricFamily(
+            "aiadmin_whatsapp_messages_sent", "Outbound messages sent.", labels=["company"]
+        )
+        duplicates = CounterMetricFamily(
+            "aiadmin_whatsapp_duplicates_blocked",
+            "Redeliveries of an already recorded message, blocked by the unique constraint.",
+            labels=["company"],
+        )
+        for slug, m_in, m_out, dup in WhatsAppSession.objects.values_list(
+            "company__slug", "messages_in", "messages_out", "duplicates_blocked"
+        ):
+            received.add_metric([slug], m_in)
+            sent.add_metric([slug], m_out)
+            duplicates.add_metric([slug], dup)
+        yield from (received, sent, duplicates)
+
+        outbound = GaugeMetricFamily(
+            "aiadmin_whatsapp_outbound_messages",
+            "Outbound messages by status.",
+            labels=["company", "status"],
+        )
+        for slug, status, n in (
+            OutboundMessage.objects.values("company__slug", "status")
+            .annotate(n=Count("pk"))
+            .values_list("company__slug", "status", "n")
+        ):
+            outbound.add_metric([slug, status], n)
+        yield outbound
+
+    def jobs(self):
+        by_status = GaugeMetricFamily(
+            "aiadmin_whatsapp_processing_jobs",
+            "Processing jobs by status (failed = failed and not retried).",
+            labels=["status"],
+        )
+        counts = dict(
+            ProcessingJob.objects.values("status")
+            .annotate(n=Count("pk"))
+            .values_list("status", "n")
+        )
+        for status in ProcessingJob.Status.values:
+            by_status.add_metric([status], counts.get(status, 0))
+        yield by_status
+
+        latency = ExpressionWrapper(
+            F("finished_at") - F("message__received_at"), output_field=DurationField()
+        )
+        finished = ProcessingJob.objects.filter(finished_at__isnull=False).annotate(latency=latency)
+        aggregates = {
+            f"le{i}": Count("pk", filter=Q(latency__lte=timedelta(seconds=bound)))
+            for i, bound in enumerate(LATENCY_BUCKETS)
+        }
+        result = finished.aggregate(count=Count("pk"), total=Sum("latency"), **aggregates)
+        buckets = [(str(float(bound)), result[f"le{i}"]) for i, bound in enumerate(LATENCY_BUCKETS)]
+        buckets.append(("+Inf", result["count"]))
+        total = result["total"]
+        yield HistogramMetricFamily(
+            "aiadmin_whatsapp_job_latency_seconds",
+            "From message received to job finished, over finished jobs.",
+            buckets=buckets,
+            sum_value=total.total_seconds() if total else 0.0,
+        )
+
+    def webhooks(self):
+        deliveries = GaugeMetricFamily(
+            "aiadmin_webhook_deliveries",
+            "Webhook deliveries by status (dead = dead-lettered).",
+            labels=["status"],
+        )
+        counts = dict(
+            WebhookDelivery.objects.values("status")
+            .annotate(n=Count("pk"))
+            .values_list("status", "n")
+        )
+        for status in WebhookDelivery.Status.values:
+            deliveries.add_metric([status], counts.get(status, 0))
+        yield deliveries
+
+        attempts = CounterMetricFamily(
+            "aiadmin_webhook_attempts",
+            "Webhook HTTP attempts by outcome.",
+            labels=["outcome"],
+        )
+        outcome = WebhookAttempt.objects.aggregate(
+            success=Count("pk", filter=Q(succeeded=True)),
+            failure=Count("pk", filter=Q(succeeded=False)),
+        )
+        attempts.add_metric(["success"], outcome["success"])
+        attempts.add_metric(["failure"], outcome["failure"])
+        yield attempts
+
+    def operations(self):
+        yield GaugeMetricFamily(
+            "aiadmin_whatsapp_workers_live",
+            "Session worker processes with a fresh heartbeat.",
+            value=alive_worker_count(),
+        )
+        incidents = GaugeMetricFamily(
+            "aiadmin_incidents_open", "Open alert incidents by kind.", labels=["kind"]
+        )
+        counts = dict(
+            Incident.objects.filter(resolved_at__isnull=True)
+            .values("kind")
+            .annotate(n=Count("pk"))
+            .values_list("kind", "n")
+        )
+        for kind in IncidentKind.values:
+            incidents.add_metric([kind], counts.get(kind, 0))
+        yield incidents
+
+
+def render_metrics():
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(DatabaseCollector())
+    return generate_latest(registry)
+
+
+def _authorized(request):
+    token = settings.METRICS_TOKEN
+    if not token:
+        return True
+    header = request.headers.get("Authorization", "")
+    scheme, _, given = header.partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(given.encode(), token.encode())
+
+
+@require_GET
+def metrics_view(request):
+    if not _authorized(request):
+        response = HttpResponse("metrics token required\n", status=401, content_type="text/plain")
+        response["WWW-Authenticate"] = 'Bearer realm="metrics"'
+        return response
+    return HttpResponse(render_metrics(), content_type=CONTENT_TYPE_LATEST)
