@@ -1,0 +1,283 @@
+"""Real processes for end-to-end tests: the WhatsApp simulator, session workers
+(`runworker whatsapp`), the job cluster (`qcluster`) and the web server (daphne),
+all started with the test database and the test's isolation environment.
+
+    sim = Simulator(tmp_path).start()
+    app = AppProcesses(tmp_path, sim)
+    app.start_workers("w1", "w2"); app.start_qcluster()
+    sim.post("messages", company=company_id, **{"from": "+4915112345678"}, text="hi")
+    ...
+    app.stop_all(); sim.stop()
+
+Everything a process prints goes to `<tmp_path>/<name>.log`; `logs()` returns
+their tails for a failure message.
+"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+from django.db import connection
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for(predicate, timeout, what, interval=0.1):
+    """Poll `predicate` until it returns something true; AssertionError after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(interval)
+
+
+def _stop(proc, timeout=15):
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.wait(timeout=5)
+
+
+class ControlError(RuntimeError):
+    def __init__(self, status, body):
+        super().__init__(f"simulator answered {status}: {body}")
+        self.status = status
+        self.body = body
+
+
+class Simulator:
+    """`manage.py whatsapp_simulator` in a subprocess on a free loopback port."""
+
+    def __init__(self, tmp_path, port=None, state_file=None, keepalive=20.0, extra_args=()):
+        self.tmp = Path(tmp_path)
+        self.port = port or free_port()
+        self.state_file = state_file
+        self.keepalive = keepalive
+        self.extra_args = list(extra_args)
+        self.proc = None
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.url = f"ws://127.0.0.1:{self.port}"
+
+    def start(self, timeout=30):
+        args = [
+            sys.executable,
+            "manage.py",
+            "whatsapp_simulator",
+            "--port",
+            str(self.port),
+            "--keepalive",
+            str(self.keepalive),
+            *self.extra_args,
+        ]
+        if self.state_file:
+            args += ["--state", str(self.state_file)]
+        log = open(self.tmp / f"simulator-{self.port}.log", "ab")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            args,
+            cwd=ROOT,
+            env=dict(os.environ, PYTHONUNBUFFERED="1"),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        log.close()
+
+        def up():
+            if self.proc.poll() is not None:
+                raise AssertionError(
+                    f"the simulator exited with {self.proc.returncode}:\n{self.log()}"
+                )
+            try:
+                return self.get("stats")
+            except (OSError, ControlError):
+                return None
+
+        wait_for(up, timeout, "the simulator to answer")
+        return self
+
+    def stop(self):
+        if self.proc is not None:
+            _stop(self.proc)
+
+    def log(self):
+        path = self.tmp / f"simulator-{self.port}.log"
+        return path.read_text()[-4000:] if path.exists() else ""
+
+    # --- the control API ---------------------------------------------------------
+    def _request(self, method, path, body=None, timeout=30):
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(
+            f"{self.base}/{path}",
+            data=data,
+            method=method,
+            headers={"Content-Type": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                return json.loads(response.read() or b"{}")
+        except urllib.error.HTTPError as exc:
+            raise ControlError(exc.code, exc.read().decode(errors="replace")) from None
+
+    def get(self, path, **query):
+        query = {k: v for k, v in query.items() if v is not None}
+        suffix = f"?{urllib.parse.urlencode(query)}" if query else ""
+        return self._request("GET", f"{path}{suffix}")
+
+    def post(self, action, **body):
+        return self._request("POST", f"control/{action}", body)
+
+    def stats(self):
+        return self.get("stats")
+
+    def company(self, company_id):
+        """Counters of one company (all zero if the simulator never saw it)."""
+        return self.stats()["companies"].get(str(company_id), {})
+
+    def sends(self, company=None, phone=None):
+        return self.get("sends", company=company, phone=phone)["sends"]
+
+
+def db_env(tmp_path, **overrides):
+    """The environment for app processes: the test database, isolated var dir."""
+    env = dict(os.environ)
+    db = connection.settings_dict
+    tmp = Path(tmp_path)
+    if connection.vendor == "postgresql":
+        user = db["USER"] or "postgres"
+        auth = f"{user}:{db['PASSWORD']}@" if db["PASSWORD"] else f"{user}@"
+        env["DATABASE_URL"] = (
+            f"postgres://{auth}{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
+        )
+    else:
+        env["DATABASE_URL"] = f"sqlite:///{db['NAME']}"
+        var = tmp / "var"
+        var.mkdir(exist_ok=True)
+        env["AIADMIN_VAR_DIR"] = str(var)  # its own SQLite channel layer file
+    env.update(
+        {
+            "DJANGO_SETTINGS_MODULE": "tests.settings",
+            "WHATSAPP_STORE_DIR": str(tmp / "store"),
+            "WHATSAPP_STORE_URL": "",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    env.update({k: str(v) for k, v in overrides.items()})
+    return env
+
+
+class AppProcesses:
+    """runworker / qcluster / daphne processes on the test database.
+
+    With a `simulator`, the workers use the simulator transport pointed at it."""
+
+    def __init__(self, tmp_path, simulator=None, **env_overrides):
+        self.tmp = Path(tmp_path)
+        self.procs = {}  # name -> Popen
+        self.ids = {}  # worker name -> worker id
+        extra = {}
+        if simulator is not None:
+            extra = {"WHATSAPP_TRANSPORT": "simulator", "WHATSAPP_SIMULATOR_URL": simulator.url}
+        self.env = db_env(tmp_path, **{**extra, **env_overrides})
+        if connection.vendor != "postgresql":
+            subprocess.run(
+                [sys.executable, "manage.py", "migrate", "--database", "channels", "-v0"],
+                cwd=ROOT,
+                env=self.env,
+                check=True,
+                timeout=120,
+            )
+
+    def _spawn(self, name, args):
+        log = open(self.tmp / f"{name}.log", "ab")  # noqa: SIM115
+        self.procs[name] = subprocess.Popen(
+            args,
+            cwd=ROOT,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        log.close()
+        return self.procs[name]
+
+    def start_workers(self, *names):
+        for name in names:
+            worker_id = f"{name}.{os.getpid()}"
+            self._spawn(
+                name,
+                [sys.executable, "manage.py", "runworker", "whatsapp", "--worker-id", worker_id],
+            )
+            self.ids[name] = worker_id
+
+    def start_qcluster(self, name="qcluster"):
+        return self._spawn(name, [sys.executable, "manage.py", "qcluster"])
+
+    def start_daphne(self, name="web", port=None):
+        port = port or free_port()
+        self._spawn(
+            name,
+            [
+                sys.executable,
+                "-m",
+                "daphne",
+                "-b",
+                "127.0.0.1",
+                "-p",
+                str(port),
+                "aiadmin.asgi:application",
+            ],
+        )
+        return port
+
+    def alive(self):
+        return [n for n, p in self.procs.items() if p.poll() is None]
+
+    def signal(self, name, signum, timeout=20):
+        proc = self.procs[name]
+        proc.send_signal(signum)
+        return proc.wait(timeout=timeout)
+
+    def stop(self, name, timeout=15):
+        """SIGTERM the process, wait for it, then kill whatever it left in its group."""
+        proc = self.procs[name]
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        try:
+            code = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            code = proc.wait(timeout=5)
+        try:  # children it left behind (qcluster forks its workers)
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        return code
+
+    def stop_all(self):
+        for name in list(self.procs):
+            self.stop(name)
+
+    def logs(self, tail=3000):
+        return "\n".join(
+            f"--- {p.name}\n{p.read_text(errors='replace')[-tail:]}"
+            for p in sorted(self.tmp.glob("*.log"))
+        )
