@@ -64,3 +64,7 @@ class AutoReplyRuleAdmin(admin.ModelAdmin):
 class WorkerProcessAdmin(admin.ModelAdmin):
     list_display = ["worker_id", "hostname", "pid", "started_at", "heartbeat_at", "stopped_at",
                     "sessions_owned"]
+
+
+# Webhook endpoints and deliveries (replay), alert incidents.
+from . import admin_webhooks  # noqa: E402,F401

@@ -1,0 +1,165 @@
+"""Admin for webhook endpoints and deliveries (with replay), and alert incidents.
+
+Imported by whatsapp/admin.py. Actions call services; nothing is decided here.
+"""
+
+from django import forms
+from django.contrib import admin, messages
+
+from .models import Incident, WebhookAttempt, WebhookDelivery, WebhookEndpoint, WebhookEvent
+from .services.webhook_http import UnsafeWebhookURL, validate_webhook_url
+from .services.webhooks import replay_webhook_delivery
+
+
+class WebhookEndpointForm(forms.ModelForm):
+    events = forms.MultipleChoiceField(
+        choices=WebhookEvent.choices,
+        required=False,
+        widget=forms.CheckboxSelectMultiple,
+        help_text="None ticked = all events.",
+    )
+
+    class Meta:
+        model = WebhookEndpoint
+        fields = ["company", "url", "description", "events", "is_active", "is_message_handler"]
+
+    def clean_url(self):
+        url = self.cleaned_data["url"]
+        try:
+            return validate_webhook_url(url)
+        except UnsafeWebhookURL as exc:
+            raise forms.ValidationError(str(exc)) from None
+
+
+@admin.register(WebhookEndpoint)
+class WebhookEndpointAdmin(admin.ModelAdmin):
+    form = WebhookEndpointForm
+    list_display = [
+        "company",
+        "url",
+        "is_active",
+        "is_message_handler",
+        "last_attempt_at",
+        "last_status_code",
+        "last_error",
+    ]
+    list_filter = ["is_active", "is_message_handler"]
+    search_fields = ["company__name", "url", "description"]
+    readonly_fields = ["secret", "last_attempt_at", "last_status_code", "last_error", "created_at"]
+
+
+class WebhookAttemptInline(admin.TabularInline):
+    model = WebhookAttempt
+    extra = 0
+    can_delete = False
+    fields = [
+        "number",
+        "started_at",
+        "duration_ms",
+        "status_code",
+        "succeeded",
+        "error",
+        "response_excerpt",
+    ]
+    readonly_fields = fields
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+
+@admin.action(description="Replay selected deliveries (dead or delivered)")
+def replay_deliveries(modeladmin, request, queryset):
+    replayed = sum(replay_webhook_delivery(pk) for pk in queryset.values_list("pk", flat=True))
+    skipped = queryset.count() - replayed
+    modeladmin.message_user(request, f"Queued {replayed} deliveries again.", messages.SUCCESS)
+    if skipped:
+        modeladmin.message_user(
+            request,
+            f"{skipped} were still pending or in flight; left as they are.",
+            messages.WARNING,
+        )
+
+
+@admin.register(WebhookDelivery)
+class WebhookDeliveryAdmin(admin.ModelAdmin):
+    list_display = [
+        "created_at",
+        "company",
+        "event_type",
+        "endpoint",
+        "status",
+        "attempts",
+        "last_status_code",
+        "next_attempt_at",
+        "delivered_at",
+    ]
+    list_filter = ["status", "event_type"]
+    search_fields = ["event_id", "company__name", "endpoint__url"]
+    actions = [replay_deliveries]
+    inlines = [WebhookAttemptInline]
+    readonly_fields = [
+        "endpoint",
+        "company",
+        "event_id",
+        "event_type",
+        "payload",
+        "status",
+        "attempts",
+        "next_attempt_at",
+        "claimed_at",
+        "last_status_code",
+        "last_error",
+        "created_at",
+        "delivered_at",
+    ]
+
+    def has_add_permission(self, request):
+        return False
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).select_related("company", "endpoint")
+
+
+class OpenIncidentFilter(admin.SimpleListFilter):
+    title = "status"
+    parameter_name = "open"
+
+    def lookups(self, request, model_admin):
+        return [("yes", "Open"), ("no", "Resolved")]
+
+    def queryset(self, request, queryset):
+        if self.value() == "yes":
+            return queryset.filter(resolved_at__isnull=True)
+        if self.value() == "no":
+            return queryset.filter(resolved_at__isnull=False)
+        return queryset
+
+
+@admin.register(Incident)
+class IncidentAdmin(admin.ModelAdmin):
+    list_display = [
+        "opened_at",
+        "kind",
+        "summary",
+        "is_open",
+        "resolved_at",
+        "last_seen_at",
+        "alert_sent_at",
+        "recovery_sent_at",
+    ]
+    list_filter = [OpenIncidentFilter, "kind"]
+    search_fields = ["summary", "subject", "company__name", "worker_id"]
+    readonly_fields = [f.name for f in Incident._meta.fields]
+
+    @admin.display(boolean=True, description="open")
+    def is_open(self, obj):
+        return obj.is_open
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
