@@ -36,8 +36,8 @@ def start_worker(name, env, log_dir):
     return child
 
 
-def make_companies(count, prefix):
-    """`count` companies whose sessions want to run; returns their ids."""
+def make_companies(count, prefix, running=True):
+    """`count` companies (sessions wanting to run, or stopped); returns their ids."""
     from companies.models import Company
     from whatsapp.models import DesiredState, SessionLease, WhatsAppSession
 
@@ -47,12 +47,24 @@ def make_companies(count, prefix):
     if not all(c.pk for c in companies):  # backends without RETURNING ids
         companies = list(Company.objects.filter(slug__startswith=f"{prefix}-"))
     sessions = WhatsAppSession.objects.bulk_create(
-        WhatsAppSession(company=c, desired_state=DesiredState.RUNNING) for c in companies
+        WhatsAppSession(
+            company=c, desired_state=DesiredState.RUNNING if running else DesiredState.STOPPED
+        )
+        for c in companies
     )
     if not all(s.pk for s in sessions):
         sessions = list(WhatsAppSession.objects.filter(company__slug__startswith=f"{prefix}-"))
     SessionLease.objects.bulk_create(SessionLease(session=s) for s in sessions)
     return [c.pk for c in companies]
+
+
+def want_running(prefix):
+    """Ask for the `prefix` companies' sessions to run (as `start_session` would)."""
+    from whatsapp.models import DesiredState, WhatsAppSession
+
+    return WhatsAppSession.objects.filter(company__slug__startswith=f"{prefix}-").update(
+        desired_state=DesiredState.RUNNING
+    )
 
 
 def counts(prefix, owner=None):

@@ -49,6 +49,7 @@ def main():
         start_worker,
         wait_registered,
         wake,
+        want_running,
         worker_env,
     )
 
@@ -59,25 +60,25 @@ def main():
         "WHATSAPP_CONNECT_CONCURRENCY": args.concurrency,
         "WHATSAPP_MAX_SESSIONS_PER_WORKER": max(args.n + 1, 1000),
     }
-    sim = None
-    if args.transport == "simulator":
-        from _simulator import start_simulator
-
-        sim = start_simulator(log_dir)
-        extra.update(sim.worker_settings())
+    warm_ids = make_companies(1, "warm", running=False)
+    ids = make_companies(args.n, "s", running=False)
     ready_key = "connected" if args.transport == "simulator" else "tried"
-    env = worker_env(args.transport, f"{log_dir}/store", **extra)
-    worker = start_worker("spw", env, log_dir)
-    rss = None
+    sim = worker = rss = None
     try:
+        if args.transport == "simulator":
+            from _simulator import Simulator
+
+            sim = Simulator(log_dir, f"{log_dir}/store")
+            sim.provision(warm_ids + ids)
+            sim.start()
+            extra.update(sim.worker_settings())
+        env = worker_env(args.transport, f"{log_dir}/store", **extra)
+        worker = start_worker("spw", env, log_dir)
         wait_registered("spw", worker)
         rss = RssSampler(worker.pid)
         rss.start()
 
-        if sim:
-            sim.prepare(make_companies(1, "warm"))
-        else:
-            make_companies(1, "warm")
+        want_running("warm")
         wake("spw")
         if not _wait(lambda: counts("warm")[ready_key] == 1, 120, worker):
             raise SystemExit(f"the warm-up session never came up:\n{worker.tail()}")
@@ -86,10 +87,8 @@ def main():
         baseline = rss.median_rss(base_end - 3, base_end)
         base_threads = rss.samples[-1][2]
 
-        ids = make_companies(args.n, "s")
-        if sim:
-            sim.prepare(ids)
         t0 = time.time()
+        want_running("s")
         wake("spw")
         reached = {}
         deadline = time.monotonic() + args.timeout
@@ -120,7 +119,8 @@ def main():
     finally:
         if rss:
             rss.stop()
-        worker.stop()
+        if worker:
+            worker.stop()
         if sim:
             sim.stop()
 
