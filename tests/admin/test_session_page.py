@@ -1,0 +1,190 @@
+"""The session page: state, 24 h timeline as server-rendered SVG, reconnect
+reasons, recent messages and jobs, QR code and pairing code; and the small JSON
+endpoint the pages poll while their WebSocket is down."""
+
+from datetime import timedelta
+
+import pytest
+from django.urls import reverse
+from django.utils import timezone
+
+from whatsapp.models import (
+    ConnectionEvent,
+    InboundMessage,
+    OutboundMessage,
+    ProcessingJob,
+    SessionState,
+)
+from whatsapp.models.health import reconnect_reasons, state_timeline
+
+from .conftest import add_events, login, set_session
+
+Kind = ConnectionEvent.Kind
+
+
+def page(session):
+    return reverse("admin:whatsapp_whatsappsession_change", args=[session.pk])
+
+
+def test_it_draws_the_last_24_hours_of_states_as_svg(client, tenants, sessions):
+    a, _ = sessions
+    add_events(a, Kind.STARTING, minutes_ago=26 * 60, state="starting")  # before the window
+    add_events(a, Kind.CONNECTED, minutes_ago=20 * 60, state="connected")
+    add_events(a, Kind.DISCONNECTED, minutes_ago=12 * 60, state="reconnecting", reason="eof")
+    add_events(a, Kind.RECONNECTED, minutes_ago=6 * 60, state="connected")
+    html = login(client, tenants.superuser).get(page(a)).content.decode()
+    svg = html[
+        html.index('<svg class="wa-timeline"') : html.index("</svg>", html.index("wa-timeline"))
+    ]
+    states = [part.split('"')[0] for part in svg.split('data-state="')[1:]]
+    assert states == ["starting", "connected", "reconnecting", "connected"]
+    assert 'class="wa-mark wa-mark-disconnected"' in svg
+    assert "eof" in svg  # the drop's reason is its tooltip
+
+
+def test_the_timeline_places_segments_in_proportion_to_time(tenants, sessions):
+    a, _ = sessions
+    now = timezone.now()
+    ConnectionEvent.objects.create(
+        session=a, kind=Kind.CONNECTED, state="connected", created_at=now - timedelta(hours=18)
+    )
+    ConnectionEvent.objects.create(
+        session=a, kind=Kind.REPLACED, state="replaced", created_at=now - timedelta(hours=6)
+    )
+    timeline = state_timeline(a, now=now)
+    assert [(s.state, s.x, s.width) for s in timeline.segments] == [
+        ("stopped", 0, 250.0),
+        ("connected", 250.0, 500.0),
+        ("replaced", 750.0, 250.0),
+    ]
+    assert timeline.time_in("connected") == timedelta(hours=12)
+    assert [m.kind for m in timeline.marks] == ["replaced"]
+
+
+def test_a_session_without_history_is_one_segment_of_its_current_state(tenants, sessions):
+    a, _ = sessions
+    set_session(a, state=SessionState.FAILED)
+    a.events.all().delete()
+    assert [s.state for s in state_timeline(a).segments] == ["failed"]
+
+
+def test_it_summarises_reconnect_reasons_of_the_last_day(client, tenants, sessions):
+    a, _ = sessions
+    add_events(a, Kind.CONNECT_FAILED, count=3, minutes_ago=30, reason="dial tcp: no route")
+    add_events(a, Kind.REPLACED, count=1, minutes_ago=10, reason="another client")
+    add_events(a, Kind.CONNECT_FAILED, count=5, minutes_ago=30 * 60, reason="too old")
+    rows = reconnect_reasons(a)
+    assert [(r.kind, r.count, r.last_reason) for r in rows] == [
+        ("connect_failed", 3, "dial tcp: no route"),
+        ("replaced", 1, "another client"),
+    ]
+    html = login(client, tenants.superuser).get(page(a)).content.decode()
+    assert 'data-reason-kind="connect_failed"' in html and "dial tcp: no route" in html
+    reasons_table = html[html.index("Reconnect reasons") : html.index("Recent connection events")]
+    assert "dial tcp: no route" in reasons_table and "too old" not in reasons_table
+
+
+def test_it_shows_recent_inbound_messages_with_their_jobs_and_recent_outbound(
+    client, tenants, sessions
+):
+    a, b = sessions
+    msg = InboundMessage.objects.create(
+        company=tenants.a,
+        wa_message_id="WA1",
+        chat_jid="491701@s.whatsapp.net",
+        sender_jid="491701@s.whatsapp.net",
+        sender_phone="+491701",
+        push_name="Ana",
+        text="Hallo, Termin morgen?",
+        sent_at=timezone.now(),
+    )
+    ProcessingJob.objects.create(
+        message=msg, status=ProcessingJob.Status.FAILED, attempts=3, error="handler exploded"
+    )
+    OutboundMessage.objects.create(
+        company=tenants.a,
+        to_jid="491701@s.whatsapp.net",
+        to_phone="+491701",
+        text="Gerne!",
+        idempotency_key="k1",
+    )
+    InboundMessage.objects.create(
+        company=tenants.b,
+        wa_message_id="WB1",
+        chat_jid="x@s.whatsapp.net",
+        sender_jid="x@s.whatsapp.net",
+        text="secret of beta",
+        sent_at=timezone.now(),
+    )
+    html = login(client, tenants.owner).get(page(a)).content.decode()
+    for text in ["Hallo, Termin morgen?", "Ana", "Failed", "handler exploded", "Gerne!"]:
+        assert text in html, text
+    assert "secret of beta" not in html
+
+
+def test_it_renders_the_qr_code_as_inline_svg_and_follows_its_rotation(client, tenants, sessions):
+    a, _ = sessions
+    set_session(
+        a,
+        state=SessionState.AWAITING_PAIRING,
+        qr_code="2@first-code,abc,def",
+        qr_updated_at=timezone.now(),
+    )
+    login(client, tenants.owner)
+    first = client.get(page(a)).content.decode()
+    assert '<div class="wa-qr"' in first and 'class="segno"' in first
+    set_session(a, qr_code="2@second-code,ghi,jkl", qr_updated_at=timezone.now())
+    second = client.get(page(a)).content.decode()
+
+    def qr_path(html):
+        start = html.index('class="segno"')
+        return html[start : html.index("</svg>", start)]
+
+    assert qr_path(first) != qr_path(second)
+
+
+def test_it_shows_an_issued_pairing_code(client, tenants, sessions):
+    a, _ = sessions
+    set_session(
+        a, pairing_code="ABCD-EFGH", pairing_phone="+491701234567", pairing_code_at=timezone.now()
+    )
+    html = login(client, tenants.owner).get(page(a)).content.decode()
+    assert "ABCD-EFGH" in html and "+491701234567" in html
+
+
+def test_a_member_sees_the_page_without_the_controls(client, tenants, sessions):
+    a, _ = sessions
+    html = login(client, tenants.member).get(page(a)).content.decode()
+    assert "wa-session-status" in html
+    assert "wa-action-restart" not in html and "Request pairing code" not in html
+    html = login(client, tenants.owner).get(page(a)).content.decode()
+    assert "wa-action-restart" in html and "Request pairing code" in html
+
+
+def test_the_status_endpoint_answers_with_the_visible_sessions(client, tenants, sessions):
+    a, b = sessions
+    set_session(a, state=SessionState.CONNECTED, reconnect_count=2)
+    add_events(a, Kind.CONNECTED, state="connected")
+    login(client, tenants.owner)
+    data = client.get(reverse("admin:whatsapp_session_status")).json()
+    assert [(s["company_id"], s["state"], s["reconnect_count"]) for s in data["sessions"]] == [
+        (tenants.a.pk, "connected", 2)
+    ]
+    one = client.get(reverse("admin:whatsapp_session_status_one", args=[a.pk])).json()
+    assert one["sessions"][0]["last_event_id"] == a.events.order_by("-id").first().pk
+
+
+@pytest.mark.parametrize("user", ["other_owner", "outsider"])
+def test_it_validates_ownership(client, tenants, sessions, user):
+    a, b = sessions
+    login(client, getattr(tenants, user))
+    assert client.get(page(a)).status_code == 404
+    status_one = reverse("admin:whatsapp_session_status_one", args=[a.pk])
+    assert client.get(status_one).status_code in {403, 404}
+    sessions_seen = client.get(reverse("admin:whatsapp_session_status"))
+    if user == "outsider":
+        assert sessions_seen.status_code == 403
+    else:
+        assert [s["company_id"] for s in sessions_seen.json()["sessions"]] == [tenants.b.pk]
+    client.logout()
+    assert client.get(page(a)).status_code == 302  # anonymous: to the login page
