@@ -10,6 +10,7 @@ outbox when a connection (re)starts is sent again -- a message the previous
 connection already received but never acknowledged counts as *redelivered*.
 """
 
+import asyncio
 import json
 import logging
 import os
@@ -21,6 +22,7 @@ from pathlib import Path
 from . import protocol as p
 
 logger = logging.getLogger(__name__)
+RECEIPT_DELAY = 0.3  # seconds between a send's ack and the phone's delivery receipt
 
 CREDENTIAL_COUNTERS = (
     "connections",
@@ -121,6 +123,7 @@ class SimulatorState:
         self.keepalive_max_fail = keepalive_max_fail
         self.auto_pair = auto_pair  # seconds after a QR until it is "scanned", or None
         self.receipts = receipts
+        self._tasks = set()
         self.reset()
         self._load()
 
@@ -388,10 +391,21 @@ class SimulatorState:
         cred.counts["sends"] += 1
         self.totals["sends"] += 1
         await conn.send({"type": "send_ack", "req": req, "id": message_id})
-        if self.receipts:
-            await conn.send(
-                {"type": "receipt", "ids": [message_id], "kind": "delivered", "chat": to}
-            )
+        if self.receipts:  # the phone confirms a moment later, as on WhatsApp
+            receipt = {"type": "receipt", "ids": [message_id], "kind": "delivered", "chat": to}
+            self._later(RECEIPT_DELAY, conn.send(receipt))
+
+    def _later(self, delay, coro):
+        async def run():
+            await asyncio.sleep(delay)
+            try:
+                await coro
+            except Exception:  # the connection went away meanwhile
+                pass
+
+        task = asyncio.get_running_loop().create_task(run())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def phone_of_lid(self, user, server):
         return self.lids.get(user, "") if server == "lid" else ""
