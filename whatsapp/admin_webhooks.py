@@ -12,6 +12,7 @@ from .services.webhooks import replay_webhook_delivery
 
 
 class WebhookEndpointForm(forms.ModelForm):
+    url = forms.URLField(max_length=500, assume_scheme="https")
     events = forms.MultipleChoiceField(
         choices=WebhookEvent.choices,
         required=False,
