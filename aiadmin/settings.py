@@ -330,6 +330,10 @@ WHATSAPP = {
     # SIGTERM: a worker still running this long after the signal exits anyway.
     "SHUTDOWN_GRACE": env.float("WHATSAPP_SHUTDOWN_GRACE", default=10.0),
     "SEND_BATCH": env.int("WHATSAPP_SEND_BATCH", default=20),
+    # neonize leaves the device store open after every client (a file handle, or
+    # a PostgreSQL connection): a worker re-executes itself after this many
+    # ended clients. 0 = automatic (25 on a postgres store, 500 on SQLite files).
+    "RECYCLE_AFTER_LEAKED": env.int("WHATSAPP_RECYCLE_AFTER_LEAKED", default=0),
     # Workers share sessions evenly; a worker over its fair share hands back
     # at most REBALANCE_BATCH sessions per reconcile round.
     "REBALANCE": env.bool("WHATSAPP_REBALANCE", default=True),
