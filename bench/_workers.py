@@ -17,7 +17,14 @@ LAG_WORKER = Path(__file__).with_name("_lag_worker.py")
 
 
 def worker_env(transport, store_dir, **extra):
-    """The worker's environment: transport, its own device-store folder, and overrides."""
+    """The worker's environment: transport, its own device-store folder, and overrides.
+
+    neonize's device store stays in per-company SQLite files even on PostgreSQL:
+    with the postgres:// store every neonize client opened PostgreSQL connections
+    that stopping it did not close -- 30 offline sessions retrying with backoff
+    reached the server's max_connections (100) within about 15 s (see
+    docs/benchmarks.md)."""
+    extra.setdefault("WHATSAPP_STORE_URL", "")
     return child_env(WHATSAPP_TRANSPORT=transport, WHATSAPP_STORE_DIR=store_dir, **extra)
 
 

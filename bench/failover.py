@@ -25,6 +25,7 @@ With --transport neonize (offline: dials fail on DNS) "connected" becomes
 "a client of the new owner started dialling".
 """
 
+import shutil
 import signal
 import tempfile
 import time
@@ -110,6 +111,7 @@ def main():
         if sim:
             sim.stop()
 
+    shutil.rmtree(log_dir, ignore_errors=True)
     ready = "connected" if ready_kind == "connected" else "dialling"
     print(f"machine: {machine()}")
     print(

@@ -23,6 +23,7 @@ stops the client and retries with backoff: the figures are the cost of owning
 N sessions that keep failing, not of N live connections.
 """
 
+import shutil
 import signal
 import tempfile
 import time
@@ -102,15 +103,17 @@ def main():
             time.sleep(0.5)
         t_up = time.time()
         last = counts("s", owner="spw")
-        time.sleep(args.settle)
+        if worker.alive():
+            time.sleep(args.settle)
         t_end = time.time()
-        settled = rss.median_rss(t_end - min(10, args.settle), t_end)
+        settled = rss.median_rss(t_end - min(10, args.settle), t_end) if worker.alive() else 0.0
         peak_rss, peak_threads = rss.peak(t0, t_end)
         end_threads = rss.samples[-1][2]
         lag_up = read_lag(worker.lag_file, t0, t_up)
         lag_settled = read_lag(worker.lag_file, t_up, t_end)
         final = counts("s", owner="spw")
 
+        died = None if worker.alive() else (worker.proc.returncode, _fatal_line(worker))
         began = time.monotonic()
         worker.signal(signal.SIGTERM)
         code = worker.wait(30)
@@ -137,6 +140,9 @@ def main():
         )
 
     print(f"machine: {machine()}")
+    if died:
+        print(f"THE WORKER DIED during the run: exit code {died[0]}: {died[1]}")
+        print(f"  (its log: {worker.log_path})")
     print(
         f"database: {label}; transport: {args.transport}; {args.n} sessions in one worker; "
         f"CONNECT_CONCURRENCY {args.concurrency}"
@@ -147,17 +153,28 @@ def main():
     print(f"after {args.settle:g} s settled: {final}")
     print(f"RSS baseline (1 session):  {baseline:7.1f} MiB, {base_threads} threads")
     print(f"RSS peak:                  {peak_rss:7.1f} MiB, {peak_threads} threads")
-    print(f"RSS settled:               {settled:7.1f} MiB, {end_threads} threads")
-    print(
-        f"RSS per session:           {(settled - baseline) * 1024 / args.n:7.1f} KiB "
-        f"(settled - baseline) / {args.n}"
-    )
+    if not died:
+        print(f"RSS settled:               {settled:7.1f} MiB, {end_threads} threads")
+        print(
+            f"RSS per session:           {(settled - baseline) * 1024 / args.n:7.1f} KiB "
+            f"(settled - baseline) / {args.n}"
+        )
     print(f"event-loop lag, connecting: {lag(lag_up)}")
     print(f"event-loop lag, settled:    {lag(lag_settled)}")
-    print(
-        f"SIGTERM: exit code {code} after {stop_seconds:.1f} s; "
-        f"{released} of {args.n + 1} leases released"
-    )
+    if not died:
+        print(
+            f"SIGTERM: exit code {code} after {stop_seconds:.1f} s; "
+            f"{released} of {args.n + 1} leases released"
+        )
+        shutil.rmtree(log_dir, ignore_errors=True)  # kept when the worker died
+
+
+def _fatal_line(worker):
+    """The first line of the worker's log that says why it died."""
+    for line in worker.tail(200_000).splitlines():
+        if line.startswith(("fatal error", "panic:", "Traceback", "Segmentation")):
+            return line
+    return "no reason in its log"
 
 
 def _wait(predicate, timeout, worker):
