@@ -9,3 +9,6 @@ os.environ.setdefault("DJANGO_ALLOWED_HOSTS", "testserver,localhost,127.0.0.1")
 os.environ.setdefault("DJANGO_SECURE_SSL_REDIRECT", "0")
 
 from aiadmin.settings import *  # noqa: E402,F403
+
+# The suite creates users in most tests; the real hasher costs ~0.5 s per user.
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
