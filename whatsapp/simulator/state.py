@@ -115,13 +115,11 @@ class SimulatorState:
         state_file=None,
         keepalive=20.0,
         keepalive_max_fail=180.0,
-        auto_pair=None,
         receipts=True,
     ):
         self.state_file = Path(state_file) if state_file else None
         self.keepalive = keepalive
         self.keepalive_max_fail = keepalive_max_fail
-        self.auto_pair = auto_pair  # seconds after a QR until it is "scanned", or None
         self.receipts = receipts
         self._tasks = set()
         self.reset()
