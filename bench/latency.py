@@ -38,6 +38,9 @@ def main():
         help="ORM broker poll interval in seconds (settings default 0.1)",
     )
     p.add_argument("--q-workers", type=int, default=2, help="qcluster workers (default 2)")
+    p.add_argument(
+        "--idle", type=float, default=10.0, help="seconds the idle cluster's CPU is measured"
+    )
     args = p.parse_args()
     if args.poll is not None:
         os.environ["Q_POLL"] = str(args.poll)
@@ -87,6 +90,7 @@ def main():
         warm_ids = [wa_id for wa_id, _ in events[:warmup]]
         if not wait_until(lambda: finished(warm_ids) == warmup, timeout=120, interval=0.2):
             raise SystemExit(f"qcluster did not run the warm-up jobs:\n{cluster.tail()}")
+        idle_cpu = cpu_share(cluster.pid, args.idle)
 
         sent = {}  # wa id -> (event time, commit time), wall clock
         interval = 1.0 / args.rate
@@ -126,6 +130,7 @@ def main():
     broker = f"ORM broker, poll {conf['poll']:g} s" if args.broker == "orm" else "Redis broker"
     print(f"machine: {machine()}")
     print(f"database: {label} ({broker}); qcluster workers: {conf['workers']}")
+    print(f"idle qcluster CPU (all its processes, {args.idle:g} s): {idle_cpu:.1%} of one core")
     print(
         f"{args.n} messages at {args.rate:g}/s (sent in {send_seconds:.1f} s, "
         f"{late} over 10 ms behind schedule)"
@@ -140,6 +145,26 @@ def main():
             f"{name:28s} {percentile(values, 50):8.1f} {percentile(values, 90):8.1f} "
             f"{percentile(values, 99):8.1f} {max(values):8.1f}"
         )
+
+
+def cpu_share(pid, seconds):
+    """CPU used by process `pid` and its children over `seconds`, as a share of one core."""
+    import psutil
+
+    def total():
+        used = 0.0
+        parent = psutil.Process(pid)
+        for proc in [parent, *parent.children(recursive=True)]:
+            try:
+                times = proc.cpu_times()
+                used += times.user + times.system
+            except psutil.Error:
+                pass
+        return used
+
+    before = total()
+    time.sleep(seconds)
+    return (total() - before) / seconds
 
 
 if __name__ == "__main__":
