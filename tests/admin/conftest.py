@@ -12,9 +12,10 @@ from whatsapp.services import control
 
 @pytest.fixture
 def sessions(tenants):
-    """The sessions of company A and company B (rows as the services create them)."""
-    a = control.ensure_session(tenants.a.pk)
+    """The sessions of company A and company B (rows as the services create them).
+    Created B first, so that no session shares its primary key with its company."""
     b = control.ensure_session(tenants.b.pk)
+    a = control.ensure_session(tenants.a.pk)
     return a, b
 
 

@@ -46,7 +46,7 @@ def live_context(poll_url, company_id=""):
     }
 
 
-def live_snapshots(user, company_id=None):
+def live_snapshots(user, session_id=None):
     """Small per-session records the pages poll while their WebSocket is down:
     any difference from the last poll makes the page re-read itself."""
     rows = (
@@ -55,8 +55,8 @@ def live_snapshots(user, company_id=None):
         .annotate(last_event_id=Max("events__id"))
         .order_by("company_id")
     )
-    if company_id is not None:
-        rows = rows.filter(company_id=company_id)
+    if session_id is not None:
+        rows = rows.filter(pk=session_id)
     return [s.live_snapshot() for s in rows]
 
 
