@@ -426,3 +426,59 @@ def test_sigint_stops_a_worker_as_cleanly_as_sigterm(workers):
     )
     assert set(released.values_list("session__company_id", flat=True)) == set(companies)
     assert not sampler.errors, sampler.errors[:5]
+
+
+def store_handles(pid):
+    """Open handles of a process on neonize store files (one per leaked client)."""
+    count = 0
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            count += os.readlink(fd).endswith(".sqlite3") and "company-" in os.readlink(fd)
+        except OSError:
+            pass  # closed meanwhile
+    return count
+
+
+def test_a_worker_recycles_itself_in_place_before_leaked_store_handles_pile_up(workers):
+    """neonize opens the device store on every connect and never closes it. A
+    worker whose clients keep failing (offline: every dial fails) re-executes
+    itself once its leak budget is spent: same pid (the process manager sees
+    nothing), leases released on the way, handles back to zero."""
+    budget = 4
+    make_companies(2)
+    workers.env.update(
+        {
+            "WHATSAPP_RECYCLE_AFTER_LEAKED": str(budget),
+            "WHATSAPP_BACKOFF_BASE": "0.2",
+            "WHATSAPP_BACKOFF_CAP": "0.4",
+        }
+    )
+    workers.start("w1")
+    proc = workers.procs["w1"]
+    sampler = Sampler()
+    starts = ConnectionEvent.objects.filter(kind="starting", reason__startswith="client ")
+    recycled = ConnectionEvent.objects.filter(kind="lease_lost", reason__startswith="recycling")
+    peak = 0
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, workers.logs()
+        peak = max(peak, store_handles(proc.pid))
+        sampler.owners()
+        if starts.count() > 3 * budget and recycled.count() >= 2 * 2:
+            break
+        time.sleep(0.05)
+    else:
+        raise AssertionError(
+            f"no repeated recycling ({starts.count()} clients, {peak} store handles open): "
+            f"{workers.logs()[-2000:]}"
+        )
+    print(
+        f"{starts.count()} clients started in one pid, {recycled.count() // 2} recycles, "
+        f"at most {peak} store handles open"
+    )
+    assert peak <= budget + 2, f"{peak} store handles open with a budget of {budget}"
+    assert proc.poll() is None  # the same process (pid) all along
+    assert not sampler.errors, sampler.errors[:5]
+    code, took = workers.signal("w1", signal.SIGTERM)
+    assert code == 0 and took < 8, workers.logs()
+    assert not SessionLease.objects.exclude(owner="").exists()

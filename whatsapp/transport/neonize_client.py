@@ -192,6 +192,20 @@ class NeonizeTransport:
         folder.mkdir(parents=True, exist_ok=True)
         return str(folder / f"company-{int(company_id)}.sqlite3")
 
+    def leak_budget(self):
+        """How many ended clients a process may accumulate before it recycles.
+
+        Every neonize connect() opens the device store anew in Go and nothing
+        ever closes it: each client that ever started leaves an open SQLite
+        file handle or an idle PostgreSQL connection behind (measured: 10
+        connects -> 10 handles, after stop and gc). Only the process's end frees
+        them, so the worker re-executes itself after this many (see runworker).
+        A PostgreSQL store gets a small budget: those are server connections."""
+        configured = settings.WHATSAPP.get("RECYCLE_AFTER_LEAKED") or 0
+        if configured:
+            return configured
+        return 25 if is_postgres_store(settings.WHATSAPP.get("STORE_URL") or "") else 500
+
     def executor_for(self, loop):
         """The sized default executor of `loop` (installed on first use)."""
         executor = self._executors.get(loop)

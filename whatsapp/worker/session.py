@@ -81,6 +81,7 @@ class ManagedSession:
             await asyncio.wait_for(client.stop(), self.sup.stop_timeout)
         except Exception as exc:
             logger.warning("company %s: stopping client failed: %r", self.company_id, exc)
+        self.sup.client_ended()
         await db(svc.record_event)(self.held, Kind.STOPPED, f"client {number} stopped: {reason}")
         if self.outcome is not None:
             self.outcome.set()

@@ -67,6 +67,13 @@ class SessionSupervisor:
         self._lease_deadline = None
         self._round = 0
         self._dropping = {}  # company_id -> task stopping a lost session's client
+        # Clients that ended in this process. A transport that leaks a handle per
+        # client (neonize) says how many this process may accumulate; past that,
+        # `recycle_requested` is set and runworker restarts the process in place.
+        budget = getattr(self.transport, "leak_budget", None)
+        self.leak_budget = budget() if budget is not None else 0
+        self.clients_ended = 0
+        self.recycle_requested = asyncio.Event()
 
     # --- lifecycle -------------------------------------------------------------
     async def start(self):
@@ -161,6 +168,22 @@ class SessionSupervisor:
                 await asyncio.wait_for(layer.send(channel, {"type": "worker.wake"}), 2)
             except Exception as exc:
                 logger.info("could not wake %s: %r", channel, exc)
+
+    def client_ended(self):
+        """Count an ended client; ask for a recycle once the leak budget is spent."""
+        self.clients_ended += 1
+        if (
+            self.leak_budget
+            and self.clients_ended >= self.leak_budget
+            and not self.recycle_requested.is_set()
+        ):
+            logger.warning(
+                "worker %s: %d clients ended in this process (each leaves a store handle "
+                "open in neonize); recycling the process",
+                self.worker_id,
+                self.clients_ended,
+            )
+            self.recycle_requested.set()
 
     # --- task bookkeeping --------------------------------------------------------
     def spawn(self, coro, name):

@@ -10,7 +10,9 @@ Extends channels' runworker so that each worker process
 * drops messages without a `type` instead of dying on them;
 * on SIGTERM/SIGINT stops its clients, releases its leases at once, marks
   itself stopped and exits within a few seconds (a second signal, or a hang
-  past WHATSAPP["SHUTDOWN_GRACE"], exits at once).
+  past WHATSAPP["SHUTDOWN_GRACE"], exits at once);
+* recycles itself when neonize's leaked store handles reach the transport's
+  budget: the same graceful stop, then it re-executes itself in place.
 """
 
 import asyncio
@@ -18,6 +20,7 @@ import functools
 import logging
 import os
 import signal
+import sys
 import threading
 
 from channels.management.commands.runworker import Command as ChannelsRunworker
@@ -43,6 +46,7 @@ class SessionWorker(Worker):
         self.supervisor = supervisor
         self.grace = grace
         self.stop_reason = None
+        self.recycle = False
         self._stop = None
 
     def request_stop(self, signum):
@@ -63,8 +67,16 @@ class SessionWorker(Worker):
         await self.channel_layer.send(self.supervisor.channel_name, {"type": "worker.boot"})
         listeners = [loop.create_task(self.listener(channel)) for channel in self.channels]
         stopper = loop.create_task(self._stop.wait())
-        await asyncio.wait([*listeners, stopper], return_when=asyncio.FIRST_COMPLETED)
-        for task in listeners:
+        recycler = loop.create_task(self.supervisor.recycle_requested.wait())
+        await asyncio.wait([*listeners, stopper, recycler], return_when=asyncio.FIRST_COMPLETED)
+        if self.stop_reason is None and recycler.done():
+            self.stop_reason = (
+                f"recycling the process after {self.supervisor.clients_ended} clients "
+                "(neonize leaks a store handle per client)"
+            )
+            self.recycle = True
+            _exit_if_stuck(self.grace)
+        for task in [*listeners, stopper, recycler]:
             task.cancel()
         await self.supervisor.shutdown(
             self.stop_reason or "worker stopping", budget=max(1.0, self.grace * 0.6)
@@ -104,6 +116,19 @@ def _exit_if_stuck(grace):
     threading.Thread(target=watchdog, name="exit-watchdog", daemon=True).start()
 
 
+def _reexec(worker_id):
+    """Replace this process with a fresh one (same pid, so the process manager
+    sees nothing). Its leases are released already; open handles are
+    close-on-exec (Go opens everything with O_CLOEXEC), so the leak is gone."""
+    connections.close_all()
+    logger.warning("worker %s: re-executing %s", worker_id, " ".join(sys.argv))
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, [sys.executable, *sys.argv])
+
+
 class Command(ChannelsRunworker):
     help = (
         "Run worker processes. `runworker whatsapp` runs the WhatsApp session worker on "
@@ -139,4 +164,7 @@ class Command(ChannelsRunworker):
             grace=settings.WHATSAPP.get("SHUTDOWN_GRACE", 10.0),
         )
         logger.info("worker %s listening on %s", worker_id, ", ".join(channels))
-        return super().handle(*args, **{**options, "channels": channels})
+        result = super().handle(*args, **{**options, "channels": channels})
+        if supervisor.recycle_requested.is_set() and supervisor.closing:
+            _reexec(worker_id)
+        return result
