@@ -16,12 +16,13 @@ from django.conf import settings
 from django.db.models import Count, DurationField, ExpressionWrapper, F, Q, Sum
 from django.http import HttpResponse
 from django.views.decorators.http import require_GET
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
     HistogramMetricFamily,
 )
+from prometheus_client.exposition import choose_encoder
 
 from whatsapp.models import (
     ConnectionEvent,
@@ -240,10 +241,13 @@ class DatabaseCollector:
         yield incidents
 
 
-def render_metrics():
+def render_metrics(accept=""):
+    """(body, content type): Prometheus text 0.0.4 by default, OpenMetrics when the
+    scraper's Accept header asks for it."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(DatabaseCollector())
-    return generate_latest(registry)
+    encoder, content_type = choose_encoder(accept or "")
+    return encoder(registry), content_type
 
 
 def _authorized(request):
@@ -261,4 +265,5 @@ def metrics_view(request):
         response = HttpResponse("metrics token required\n", status=401, content_type="text/plain")
         response["WWW-Authenticate"] = 'Bearer realm="metrics"'
         return response
-    return HttpResponse(render_metrics(), content_type=CONTENT_TYPE_LATEST)
+    body, content_type = render_metrics(request.headers.get("Accept", ""))
+    return HttpResponse(body, content_type=content_type)
