@@ -128,6 +128,10 @@ def main():
             + (f"; leases expired {_s(r['expired'])}" if key == "kill" else "")
             + (f"; old worker exited after {_s(r['exit'])}" if key == "term" else "")
         )
+        for kind, what in [("stopped", "clients stopped"), ("lease_lost", "leases released")]:
+            if kind in r["spans"]:
+                first, last, n = r["spans"][kind]
+                print(f"    old worker: {n} {what} between {first:.2f} s and {last:.2f} s")
 
 
 def _s(value):
@@ -147,7 +151,7 @@ def _poll(predicate, timeout, child=None, interval=0.2):
 
 def _measure(victim, signum, heir, args, ready_kind, workers):
     """Signal `victim`, then time how long until `heir` owns and runs every session."""
-    from django.db.models import Max, Min
+    from django.db.models import Count, Max, Min
 
     from whatsapp.models import ConnectionEvent, SessionLease
 
@@ -186,7 +190,19 @@ def _measure(victim, signum, heir, args, ready_kind, workers):
         return (pick(times) - since).total_seconds()
 
     last_expiry = expires["expires_at__max"]
+    spans = {}  # what the victim itself recorded after the signal (SIGTERM only)
+    for kind in ("stopped", "lease_lost"):
+        got = ConnectionEvent.objects.filter(
+            kind=kind, worker_id=victim.worker_id, created_at__gte=since
+        ).aggregate(first=Min("created_at"), last=Max("created_at"), n=Count("id"))
+        if got["n"]:
+            spans[kind] = (
+                (got["first"] - since).total_seconds(),
+                (got["last"] - since).total_seconds(),
+                got["n"],
+            )
     return {
+        "spans": spans,
         "first_owned": (min(owned) - since).total_seconds() if owned else None,
         "all_owned": after(owned, max),
         "all_ready": after(ready, max),
