@@ -363,3 +363,30 @@ def test_an_exception_while_handling_an_event_is_recorded_and_the_session_goes_o
     assert session.last_error == error.reason and session.last_error_at is not None
     assert "handling Receipt failed" in caplog.text  # with its traceback in the log
     assert session.messages_in == 1 and len(transport.clients) == 1
+
+
+def test_keepalive_timeouts_are_recorded_and_left_to_whatsmeow(started):
+    """whatsmeow retries keep-alives itself and forces a reconnect when they keep
+    failing: we record each timeout and the recovery, and keep the same client."""
+    sup, transport, company = started
+
+    async def scenario():
+        await connected(sup, company)
+        client = transport.clients[0]
+        await client.emit(base.KeepAliveTimeout(error_count=1))
+        await client.emit(base.KeepAliveTimeout(error_count=2))
+        await client.emit(base.KeepAliveRestored())
+        await wait_until(
+            lambda: "keepalive_restored" in kinds(company), what="keep-alive restored recorded"
+        )
+        await sup.shutdown("test over")
+
+    run(scenario)
+    timeouts = ConnectionEvent.objects.filter(session__company=company, kind="keepalive_timeout")
+    assert sorted(timeouts.values_list("reason", flat=True)) == [
+        "1 keep-alive(s) failed",
+        "2 keep-alive(s) failed",
+    ]
+    assert len(transport.clients) == 1
+    session = row(company)
+    assert session.reconnect_count == 0 and session.connect_failure_count == 0
