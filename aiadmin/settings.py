@@ -130,8 +130,9 @@ else:
         "NAME": str(VAR_DIR / "aiadmin.sqlite3"),
         "OPTIONS": dict(_SQLITE_OPTIONS),
     }
-if env.str("TEST_DATABASE_NAME", default=""):
-    # Lets parallel test runs on one PostgreSQL server use distinct databases.
+if env.str("TEST_DATABASE_NAME", default="") and _default_db["ENGINE"].endswith("postgresql"):
+    # Lets parallel test runs on one PostgreSQL server use distinct databases
+    # (on SQLite, AIADMIN_VAR_DIR already separates them).
     _default_db["TEST"] = {"NAME": env.str("TEST_DATABASE_NAME")}
 elif _default_db["ENGINE"].endswith("sqlite3"):
     # A file, not :memory:, so that real processes (runworker, qcluster) in
