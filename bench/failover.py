@@ -192,9 +192,12 @@ def _measure(victim, signum, heir, args, ready_kind, workers):
     last_expiry = expires["expires_at__max"]
     spans = {}  # what the victim itself recorded after the signal (SIGTERM only)
     for kind in ("stopped", "lease_lost"):
-        got = ConnectionEvent.objects.filter(
+        rows = ConnectionEvent.objects.filter(
             kind=kind, worker_id=victim.worker_id, created_at__gte=since
-        ).aggregate(first=Min("created_at"), last=Max("created_at"), n=Count("id"))
+        )
+        if kind == "stopped":
+            rows = rows.filter(reason__startswith="client ")  # "client N stopped: ..."
+        got = rows.aggregate(first=Min("created_at"), last=Max("created_at"), n=Count("id"))
         if got["n"]:
             spans[kind] = (
                 (got["first"] - since).total_seconds(),
