@@ -5,8 +5,10 @@ import hashlib
 import hmac
 import json
 import random
+import re
 import uuid
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
@@ -41,6 +43,7 @@ from whatsapp.transport.normalize import normalize_message
 from .http_receiver import running_receiver
 
 Status = WebhookDelivery.Status
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "webhooks.md"
 pytestmark = pytest.mark.django_db(transaction=False)
 
 
@@ -205,6 +208,28 @@ class TestDelivery:
         assert delivery.last_status_code == 200
         (attempt,) = WebhookAttempt.objects.all()
         assert (attempt.number, attempt.status_code, attempt.succeeded) == (1, 200, True)
+
+    def test_the_documented_verification_snippet_accepts_deliveries_and_rejects_forgeries(
+        self, tenants, hooks, receiver
+    ):
+        snippet = re.search(
+            r"### Verifying a request \(Python\)\s+```python\n(.*?)```", DOCS.read_text(), re.S
+        ).group(1)
+        namespace = {}
+        exec(snippet, namespace)  # the code users copy, run as they would
+        verify = namespace["verify"]
+
+        endpoint = WebhookEndpoint.objects.create(company=tenants.a, url=receiver.url)
+        inbound(tenants.a)
+        assert deliver_webhook(WebhookDelivery.objects.get().pk) == Status.SUCCEEDED
+        (request,) = receiver.requests
+        headers, body = request.headers, request.body
+
+        assert verify(endpoint.secret, headers, body) is True
+        assert verify(endpoint.secret, headers, body.replace(b"Hello", b"Hallo")) is False
+        assert verify("whsec_someone-else", headers, body) is False
+        stale = {**headers, "X-Aiadmin-Timestamp": str(int(headers["X-Aiadmin-Timestamp"]) - 3600)}
+        assert verify(endpoint.secret, stale, body) is False
 
     def test_a_failing_receiver_is_retried_with_backoff_until_it_succeeds(
         self, tenants, hooks, receiver
