@@ -110,6 +110,7 @@ class SimulatorClient:
         self._logged_in = False
         self._reqs = itertools.count(1)
         self._waiting = {}  # req -> future
+        self._emitting = set()  # tasks inside the event handler right now
         self._outcome = ""
         self._outcome_connected = False  # the current connection got `connected`
         self._ever_connected = False
@@ -155,14 +156,17 @@ class SimulatorClient:
         self._logged_in = False
         self._fail_waiting("the client was stopped")
         await self._close_ws()
-        current = asyncio.current_task()
         for task in (self._keepalive, self._task):
-            if task is not None and task is not current and not task.done():
-                task.cancel()
-                try:
-                    await asyncio.wait_for(task, 5)
-                except (asyncio.CancelledError, TimeoutError, Exception):
-                    pass
+            # A task inside the event handler may be the very one stopping us
+            # (StreamReplaced -> the worker stops its client): cancelling it would
+            # cut the handler short. It ends by itself once the handler returns.
+            if task is None or task.done() or task in self._emitting:
+                continue
+            task.cancel()
+            try:
+                await asyncio.wait_for(task, 5)
+            except (asyncio.CancelledError, TimeoutError, Exception):
+                pass
 
     async def _close_ws(self):
         ws, self._ws = self._ws, None
@@ -437,12 +441,16 @@ class SimulatorClient:
         """Hand `event` to the worker; False if the handler failed."""
         if self._stopping:
             return False
+        task = asyncio.current_task()
+        self._emitting.add(task)
         try:
             await self._sink(event)
             return True
         except Exception as exc:
             self._handler_failed(type(event).__name__, exc)
             return False
+        finally:
+            self._emitting.discard(task)
 
     def _handler_failed(self, what, exc):
         self.handler_errors += 1
