@@ -1,0 +1,88 @@
+"""The demo: `manage.py demo_company`, and a simulator in demo mode (`--auto-pair`)
+pairing the company's worker by itself and serving the page to write as a phone."""
+
+import asyncio
+import urllib.request
+
+import pytest
+from django.core.management import call_command
+from django.utils.timezone import now
+
+from companies.models import Company
+from tests.e2e_processes import Simulator
+from whatsapp.handlers import auto_reply
+from whatsapp.models import AutoReplyRule, DesiredState, InboundMessage, WhatsAppSession
+from whatsapp.services.processing import HandlerResult
+from whatsapp.transport import base
+from whatsapp.transport.simulator_client import SimulatorTransport
+
+CHAT = "4915112345678@s.whatsapp.net"
+
+
+@pytest.mark.django_db
+def test_demo_company_creates_the_company_its_rules_and_a_running_session_once(capsys):
+    call_command("demo_company")
+    call_command("demo_company")  # idempotent: nothing doubled
+    company = Company.objects.get(slug="demo-salon")
+    assert Company.objects.filter(slug="demo-salon").count() == 1
+    assert AutoReplyRule.objects.filter(company=company).count() == 4
+    session = WhatsAppSession.objects.get(company=company)
+    assert session.desired_state == DesiredState.RUNNING
+    out = capsys.readouterr().out
+    assert "created company" in out and "kept company" in out
+
+
+@pytest.mark.django_db
+def test_the_demo_rules_answer_by_keyword_with_the_senders_name():
+    call_command("demo_company")
+    company = Company.objects.get(slug="demo-salon")
+
+    def message(text):
+        return InboundMessage(
+            company=company,
+            wa_message_id="3A0001",
+            chat_jid=CHAT,
+            sender_jid=CHAT,
+            push_name="Anna",
+            text=text,
+            sent_at=now(),
+        )
+
+    hours = auto_reply(message("What are your opening HOURS?"))
+    other = auto_reply(message("hello"))
+    assert isinstance(hours, HandlerResult)
+    assert hours.reply_text == "Hi Anna! We are open Monday to Friday, 9:00-18:00."
+    assert other.reply_text.startswith("Thanks Anna, we got your message")
+
+
+@pytest.mark.e2e
+def test_a_simulator_in_demo_mode_pairs_every_new_device_by_itself(tmp_path):
+    sim = Simulator(tmp_path, extra_args=["--auto-pair", "0.3"]).start()
+    try:
+
+        async def body():
+            events = []
+
+            async def sink(event):
+                events.append(event)
+
+            t = SimulatorTransport(url=sim.url, store_dir=tmp_path / "store")
+            client = t.new_client(base.ClientSpec(company_id=41), sink)
+            await client.start()
+            for _ in range(200):
+                if any(isinstance(e, base.Connected) for e in events):
+                    break
+                await asyncio.sleep(0.05)
+            await client.stop()
+            await t.aclose()
+            return [type(e) for e in events]
+
+        kinds = asyncio.run(body())
+        assert kinds == [base.QRCode, base.PairSuccess, base.Connected]
+        assert sim.stats()["totals"]["paired_by_auto"] == 1
+        with urllib.request.urlopen(f"{sim.base}/", timeout=10) as response:
+            page = response.read().decode()
+        assert response.status == 200 and "Write as a customer's phone" in page
+        assert "/control/messages" in page and "/sends?phone=" in page
+    finally:
+        sim.stop()
