@@ -51,3 +51,45 @@ def check_production_services(app_configs, **kwargs):
             id="whatsapp.W002",
         ))
     return warnings
+
+
+@register()
+def check_webhook_and_alert_settings(app_configs, **kwargs):
+    errors = []
+    hooks = settings.WHATSAPP_WEBHOOKS
+    job_timeout = settings.Q_CLUSTER["timeout"]
+    for name in ("TIMEOUT", "HANDLER_TIMEOUT"):
+        if not 0 < hooks[name] < job_timeout:
+            errors.append(Error(
+                f"WEBHOOK_{name}={hooks[name]:g} must be above 0 and below the job timeout "
+                f"({job_timeout} s), or jobs are killed mid-request.",
+                id="whatsapp.E101",
+            ))
+    if hooks["MAX_ATTEMPTS"] < 1:
+        errors.append(Error("WEBHOOK_MAX_ATTEMPTS must be >= 1.", id="whatsapp.E102"))
+    if not 0 < hooks["BACKOFF_BASE"] <= hooks["BACKOFF_CAP"]:
+        errors.append(Error(
+            "WEBHOOK_BACKOFF_BASE must be above 0 and at most WEBHOOK_BACKOFF_CAP.",
+            id="whatsapp.E103",
+        ))
+    chat = settings.WHATSAPP_ALERTS["CHAT_WEBHOOK_URL"]
+    if chat and not chat.startswith(("https://", "http://")):
+        errors.append(Error("ALERT_CHAT_WEBHOOK_URL must be an http(s) URL.", id="whatsapp.E104"))
+    return errors
+
+
+@register(deploy=True)
+def check_monitoring(app_configs, **kwargs):
+    warnings = []
+    if not settings.METRICS_TOKEN:
+        warnings.append(Warning(
+            "METRICS_TOKEN is not set: /metrics is readable by anyone who can reach it.",
+            id="whatsapp.W101",
+        ))
+    if not settings.ADMINS and not settings.WHATSAPP_ALERTS["CHAT_WEBHOOK_URL"]:
+        warnings.append(Warning(
+            "Alerts have nowhere to go: set DJANGO_ADMINS (and EMAIL_URL) or "
+            "ALERT_CHAT_WEBHOOK_URL.",
+            id="whatsapp.W102",
+        ))
+    return warnings

@@ -545,3 +545,13 @@ def test_a_real_job_cluster_delivers_retries_and_dead_letters(tmp_path, receiver
         "E2E-2",
         "E2E-2",
     ]
+
+
+def test_system_checks_refuse_webhook_timeouts_the_job_cluster_would_cut_short(settings):
+    from whatsapp.checks import check_webhook_and_alert_settings
+
+    assert check_webhook_and_alert_settings(None) == []
+    settings.WHATSAPP_WEBHOOKS = {**settings.WHATSAPP_WEBHOOKS, "HANDLER_TIMEOUT": 60.0}
+    settings.WHATSAPP_ALERTS = {**settings.WHATSAPP_ALERTS, "CHAT_WEBHOOK_URL": "hooks.slack.com"}
+    ids = [e.id for e in check_webhook_and_alert_settings(None)]
+    assert ids == ["whatsapp.E101", "whatsapp.E104"]
