@@ -555,3 +555,30 @@ def test_system_checks_refuse_webhook_timeouts_the_job_cluster_would_cut_short(s
     settings.WHATSAPP_ALERTS = {**settings.WHATSAPP_ALERTS, "CHAT_WEBHOOK_URL": "hooks.slack.com"}
     ids = [e.id for e in check_webhook_and_alert_settings(None)]
     assert ids == ["whatsapp.E101", "whatsapp.E104"]
+
+
+def test_the_delivery_page_lists_every_attempt(client, tenants):
+    endpoint = WebhookEndpoint.objects.create(company=tenants.a, url="https://93.184.215.14/h")
+    delivery = WebhookDelivery.objects.create(
+        endpoint=endpoint,
+        company=tenants.a,
+        event_type="message.status",
+        payload={},
+        status=Status.RETRYING,
+        attempts=2,
+    )
+    WebhookAttempt.objects.create(
+        delivery=delivery, number=1, status_code=502, error="HTTP 502", duration_ms=41
+    )
+    WebhookAttempt.objects.create(
+        delivery=delivery, number=2, error="timeout after 10s", duration_ms=10003
+    )
+    client.force_login(tenants.superuser)
+    page = client.get(
+        reverse("admin:whatsapp_webhookdelivery_change", args=[delivery.pk]), secure=True
+    )
+    assert page.status_code == 200
+    html = page.content.decode()
+    assert "HTTP 502" in html and "timeout after 10s" in html and "10003" in html
+    listing = client.get(reverse("admin:whatsapp_webhookdelivery_changelist"), secure=True)
+    assert listing.status_code == 200 and "message.status" in listing.content.decode()
