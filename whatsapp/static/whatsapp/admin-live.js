@@ -7,102 +7,110 @@
  * re-reads itself when the answer changes. */
 (function () {
   "use strict";
-  var root = document.querySelector("[data-wa-live]");
-  if (!root) { return; }
-  var wsPath = root.getAttribute("data-wa-live-ws");
-  var pollUrl = root.getAttribute("data-wa-live-poll");
-  var pollMs = Math.max(1000, parseFloat(root.getAttribute("data-wa-live-poll-seconds") || "5") * 1000);
-  var company = root.getAttribute("data-wa-live-company") || "";
-  var statusEl = document.querySelector("[data-wa-live-status]");
-  var socket = null, pollTimer = null, refreshTimer = null, lastPoll = null, retryMs = 1000;
-  var refreshes = 0;
+  if (document.readyState === "loading") {  /* loaded from <head> with the admin's media */
+    document.addEventListener("DOMContentLoaded", start);
+  } else {
+    start();
+  }
 
-  function setMode(mode) {
-    root.setAttribute("data-wa-live-mode", mode);
-    if (statusEl) {
-      statusEl.textContent = mode === "websocket" ? "live" : (mode === "polling" ? "polling" : "connecting…");
-      statusEl.className = "wa-live-status wa-live-" + mode;
+  function start() {
+    var root = document.querySelector("[data-wa-live]");
+    if (!root) { return; }
+    var wsPath = root.getAttribute("data-wa-live-ws");
+    var pollUrl = root.getAttribute("data-wa-live-poll");
+    var pollMs = Math.max(1000, parseFloat(root.getAttribute("data-wa-live-poll-seconds") || "5") * 1000);
+    var company = root.getAttribute("data-wa-live-company") || "";
+    var statusEl = document.querySelector("[data-wa-live-status]");
+    var socket = null, pollTimer = null, refreshTimer = null, lastPoll = null, retryMs = 1000;
+    var refreshes = 0;
+
+    function setMode(mode) {
+      root.setAttribute("data-wa-live-mode", mode);
+      if (statusEl) {
+        statusEl.textContent = mode === "websocket" ? "live" : (mode === "polling" ? "polling" : "connecting…");
+        statusEl.className = "wa-live-status wa-live-" + mode;
+      }
     }
-  }
 
-  function selectionActive(region) {
-    return region.querySelector("input.action-select:checked, input:focus, select:focus") !== null;
-  }
-
-  function refresh() {
-    fetch(window.location.href, { credentials: "same-origin", headers: { "X-Requested-With": "fetch" } })
-      .then(function (resp) { return resp.ok ? resp.text() : null; })
-      .then(function (html) {
-        if (html === null) { return; }
-        var fresh = new DOMParser().parseFromString(html, "text/html");
-        document.querySelectorAll("[data-live-region]").forEach(function (region) {
-          var next = region.id && fresh.getElementById(region.id);
-          if (next && !selectionActive(region)) { region.innerHTML = next.innerHTML; }
-        });
-        refreshes += 1;
-        root.setAttribute("data-wa-live-refreshes", String(refreshes));
-      })
-      .catch(function () { /* the next hint or poll tries again */ });
-  }
-
-  function scheduleRefresh() {
-    window.clearTimeout(refreshTimer);
-    refreshTimer = window.setTimeout(refresh, 200);
-  }
-
-  function poll() {
-    fetch(pollUrl, { credentials: "same-origin" })
-      .then(function (resp) { return resp.ok ? resp.json() : null; })
-      .then(function (data) {
-        if (!data) { return; }
-        var seen = JSON.stringify(data.sessions);
-        if (lastPoll !== null && seen !== lastPoll) { scheduleRefresh(); }
-        lastPoll = seen;
-      })
-      .catch(function () {});
-  }
-
-  function startPolling() {
-    if (pollTimer !== null) { return; }
-    setMode("polling");
-    lastPoll = null;
-    poll();
-    pollTimer = window.setInterval(poll, pollMs);
-  }
-
-  function stopPolling() {
-    if (pollTimer !== null) { window.clearInterval(pollTimer); pollTimer = null; }
-  }
-
-  function connect() {
-    var scheme = window.location.protocol === "https:" ? "wss://" : "ws://";
-    try {
-      socket = new WebSocket(scheme + window.location.host + wsPath);
-    } catch (err) {
-      startPolling();
-      return;
+    function selectionActive(region) {
+      return region.querySelector("input.action-select:checked, input:focus, select:focus") !== null;
     }
-    socket.onopen = function () {
-      stopPolling();
-      retryMs = 1000;
-      setMode("websocket");
-    };
-    socket.onmessage = function (event) {
-      var msg;
-      try { msg = JSON.parse(event.data); } catch (err) { return; }
-      if (msg.event !== "session.changed") { return; }
-      if (company && String(msg.company_id) !== company) { return; }
-      scheduleRefresh();
-    };
-    socket.onclose = function () {
-      var wasLive = root.getAttribute("data-wa-live-mode") === "websocket";
-      startPolling();
-      if (wasLive) { scheduleRefresh(); }  /* catch up on what the outage hid */
-      window.setTimeout(connect, retryMs);
-      retryMs = Math.min(retryMs * 2, 30000);
-    };
-  }
 
-  setMode("connecting");
-  if (wsPath && "WebSocket" in window) { connect(); } else { startPolling(); }
+    function refresh() {
+      fetch(window.location.href, { credentials: "same-origin", headers: { "X-Requested-With": "fetch" } })
+        .then(function (resp) { return resp.ok ? resp.text() : null; })
+        .then(function (html) {
+          if (html === null) { return; }
+          var fresh = new DOMParser().parseFromString(html, "text/html");
+          document.querySelectorAll("[data-live-region]").forEach(function (region) {
+            var next = region.id && fresh.getElementById(region.id);
+            if (next && !selectionActive(region)) { region.innerHTML = next.innerHTML; }
+          });
+          refreshes += 1;
+          root.setAttribute("data-wa-live-refreshes", String(refreshes));
+        })
+        .catch(function () { /* the next hint or poll tries again */ });
+    }
+
+    function scheduleRefresh() {
+      window.clearTimeout(refreshTimer);
+      refreshTimer = window.setTimeout(refresh, 200);
+    }
+
+    function poll() {
+      fetch(pollUrl, { credentials: "same-origin" })
+        .then(function (resp) { return resp.ok ? resp.json() : null; })
+        .then(function (data) {
+          if (!data) { return; }
+          var seen = JSON.stringify(data.sessions);
+          if (lastPoll !== null && seen !== lastPoll) { scheduleRefresh(); }
+          lastPoll = seen;
+        })
+        .catch(function () {});
+    }
+
+    function startPolling() {
+      if (pollTimer !== null) { return; }
+      setMode("polling");
+      lastPoll = null;
+      poll();
+      pollTimer = window.setInterval(poll, pollMs);
+    }
+
+    function stopPolling() {
+      if (pollTimer !== null) { window.clearInterval(pollTimer); pollTimer = null; }
+    }
+
+    function connect() {
+      var scheme = window.location.protocol === "https:" ? "wss://" : "ws://";
+      try {
+        socket = new WebSocket(scheme + window.location.host + wsPath);
+      } catch (err) {
+        startPolling();
+        return;
+      }
+      socket.onopen = function () {
+        stopPolling();
+        retryMs = 1000;
+        setMode("websocket");
+      };
+      socket.onmessage = function (event) {
+        var msg;
+        try { msg = JSON.parse(event.data); } catch (err) { return; }
+        if (msg.event !== "session.changed") { return; }
+        if (company && String(msg.company_id) !== company) { return; }
+        scheduleRefresh();
+      };
+      socket.onclose = function () {
+        var wasLive = root.getAttribute("data-wa-live-mode") === "websocket";
+        startPolling();
+        if (wasLive) { scheduleRefresh(); }  /* catch up on what the outage hid */
+        window.setTimeout(connect, retryMs);
+        retryMs = Math.min(retryMs * 2, 30000);
+      };
+    }
+
+    setMode("connecting");
+    if (wsPath && "WebSocket" in window) { connect(); } else { startPolling(); }
+  }
 })();

@@ -1,0 +1,233 @@
+"""The admin in a real headless browser (Debian's chromium driven by Playwright)
+against a real daphne server started here, on the test database.
+
+What the operator sees: log in, open the health dashboard, watch a state
+change written by the worker's own transition service arrive without a
+reload (over the WebSocket; over polling when the WebSocket is refused),
+run an action and see its result, watch the QR code rotate. In the
+PostgreSQL + Redis pass the hint crosses processes through Redis.
+Screenshots go to test-artifacts/ (kept by CI as artifacts).
+"""
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from django.db import connection, connections
+
+from whatsapp.services import control
+from whatsapp.services import sessions as svc
+from whatsapp.services.leases import try_acquire
+
+pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True, databases="__all__")]
+
+ROOT = Path(__file__).resolve().parents[2]
+ARTIFACTS = ROOT / "test-artifacts"
+CHROMIUM = os.environ.get("AIADMIN_CHROMIUM", "/usr/bin/chromium")
+JID = "491701234567:7@s.whatsapp.net"
+LIVE_TIMEOUT_MS = 30_000  # generous: two cores shared by many processes
+
+
+def off_loop(fn, *args, **kwargs):
+    """Run `fn` in a plain thread. Playwright's sync API keeps an event loop running
+    in the test's thread, where Django refuses ORM calls and the on-commit publish
+    (async_to_sync) could not run; a worker thread is what the real worker uses too."""
+
+    def call():
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            connections.close_all()
+
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(call).result(timeout=120)
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def server_env():
+    """The test's environment, pointed at the test's databases."""
+    env = dict(os.environ)
+    db = connection.settings_dict
+    if connection.vendor == "postgresql":
+        user = db["USER"] or "postgres"
+        auth = f"{user}:{db['PASSWORD']}@" if db["PASSWORD"] else f"{user}@"
+        host = db["HOST"] or "127.0.0.1"
+        env["DATABASE_URL"] = f"postgres://{auth}{host}:{db['PORT'] or 5432}/{db['NAME']}"
+    else:
+        env["DATABASE_URL"] = f"sqlite:///{os.path.abspath(db['NAME'])}"
+        env["AIADMIN_TEST_CHANNELS_DB"] = os.path.abspath(
+            connections["channels"].settings_dict["NAME"]
+        )
+    env.update(
+        {
+            "DJANGO_SETTINGS_MODULE": "tests.server_settings",
+            "DJANGO_DEBUG": "0",
+            "WHATSAPP_ADMIN_POLL_SECONDS": "1",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    return env
+
+
+@pytest.fixture
+def server(tmp_path):
+    port = free_port()
+    log_path = tmp_path / "daphne.log"
+    log = open(log_path, "wb")  # noqa: SIM115 (closed below)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "daphne",
+            "-b",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "aiadmin.asgi:application",
+        ],
+        cwd=ROOT,
+        env=server_env(),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            with urllib.request.urlopen(f"{base}/admin/login/", timeout=5) as resp:
+                if resp.status == 200:
+                    break
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            log.close()
+            pytest.fail(f"daphne did not come up:\n{log_path.read_text()[-3000:]}")
+        time.sleep(0.2)
+    yield base
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=5)
+    log.close()
+
+
+@pytest.fixture
+def browser():
+    if not (os.path.exists(CHROMIUM) or shutil.which(CHROMIUM)):
+        pytest.fail(
+            f"The browser tests need Debian's chromium at {CHROMIUM}: run "
+            "'apt-get install -y chromium' (scripts/test does this when run as root), "
+            "or set AIADMIN_CHROMIUM to a Chromium binary."
+        )
+    from playwright.sync_api import sync_playwright
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as pw:
+        chromium = pw.chromium.launch(
+            executable_path=CHROMIUM, headless=True, args=["--no-sandbox", "--disable-gpu"]
+        )
+        yield chromium
+        chromium.close()
+
+
+def shot(page, name):
+    page.screenshot(path=str(ARTIFACTS / f"browser-{connection.vendor}-{name}.png"), full_page=True)
+
+
+def log_in(page, base, user, password, next_url):
+    page.goto(f"{base}/admin/login/?next={next_url}")
+    page.fill("#id_username", user)
+    page.fill("#id_password", password)
+    page.click("input[type=submit]")
+    page.wait_for_url(f"{base}{next_url}")
+
+
+def test_a_state_change_arrives_live_and_an_action_runs(tenants, sessions, server, browser):
+    from playwright.sync_api import expect
+
+    a, b = sessions
+    off_loop(control.start_session, tenants.a.pk)  # wants to run: a worker connects it
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    polls = []
+    page.on("request", lambda r: polls.append(r.url) if "status.json" in r.url else None)
+    log_in(page, server, "owner", "pw-owner-123!", "/admin/whatsapp/health/")
+    status = page.locator("[data-wa-live-status]")
+    expect(status).to_have_text("live", timeout=LIVE_TIMEOUT_MS)
+    badge = page.locator(f'tr[data-company="{tenants.a.pk}"] .wa-badge')
+    expect(badge).to_have_text("Stopped")
+    assert "Barber Beta" not in page.content()  # another company's session
+    page.evaluate("window.__sameDocument = true")
+    shot(page, "1-dashboard-before")
+
+    # The worker connects company A (its own service, in its own thread).
+    held = off_loop(try_acquire, "browser-worker", a.pk)
+    assert off_loop(svc.mark_connected, held, jid=JID)
+    expect(badge).to_have_text("Connected", timeout=LIVE_TIMEOUT_MS)
+    assert page.evaluate("window.__sameDocument") is True  # no reload
+    assert polls == []  # it came over the WebSocket, not by polling
+    expect(status).to_have_text("live")
+    shot(page, "2-dashboard-live-connected")
+
+    # The session page: run an action, see its result.
+    page.click(f'tr[data-company="{tenants.a.pk}"] a')
+    expect(page.locator("[data-wa-live-status]")).to_have_text("live", timeout=LIVE_TIMEOUT_MS)
+    page.click("button.wa-action-restart")
+    expect(page.locator(".messagelist")).to_contain_text("Restart requested for Salon Alpha.")
+    expect(page.locator("[data-desired-state]")).to_have_text("running")
+    expect(page.locator("tr.wa-event").first).to_contain_text("restart requested by owner")
+    shot(page, "3-session-restart-requested")
+
+    # The worker acts on it; the page follows without a reload, QR code included.
+    page.evaluate("window.__sameDocument = true")
+    assert off_loop(svc.mark_starting, held, "restart: client 2 connecting")
+    session_badge = page.locator("#wa-session-status .wa-badge")
+    expect(session_badge).to_have_text("Starting", timeout=LIVE_TIMEOUT_MS)
+    assert off_loop(svc.mark_awaiting_pairing, held, "2@first-qr,key,one", record=True)
+    qr = page.locator(".wa-qr svg")
+    expect(qr).to_be_visible(timeout=LIVE_TIMEOUT_MS)
+    first_qr = qr.inner_html()
+    assert off_loop(svc.mark_awaiting_pairing, held, "2@rotated-qr,key,two", record=False)
+    expect(qr).not_to_have_js_property("innerHTML", first_qr, timeout=LIVE_TIMEOUT_MS)
+    assert page.evaluate("window.__sameDocument") is True
+    shot(page, "4-session-qr-live")
+    page.close()
+
+
+def test_the_pages_fall_back_to_polling_when_the_websocket_is_refused(
+    tenants, sessions, server, browser
+):
+    from playwright.sync_api import expect
+
+    a, _ = sessions
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    page.route_web_socket("**/ws/admin/whatsapp/", lambda ws: ws.close())
+    polls = []
+    page.on("request", lambda r: polls.append(r.url) if "status.json" in r.url else None)
+    log_in(page, server, "root", "pw-root-123!", "/admin/whatsapp/health/")
+    expect(page.locator("[data-wa-live-status]")).to_have_text("polling", timeout=LIVE_TIMEOUT_MS)
+    badge = page.locator(f'tr[data-company="{tenants.a.pk}"] .wa-badge')
+    expect(badge).to_have_text("Stopped")
+    page.evaluate("window.__sameDocument = true")
+    held = off_loop(try_acquire, "browser-worker", a.pk)
+    assert off_loop(svc.mark_replaced, held)
+    expect(badge).to_have_text("Replaced (440 conflict)", timeout=LIVE_TIMEOUT_MS)
+    expect(page.locator("#wa-replaced")).to_contain_text("Salon Alpha")
+    assert page.evaluate("window.__sameDocument") is True
+    assert polls, "the page should have polled the status endpoint"
+    shot(page, "5-dashboard-polling-fallback")
+    page.close()
