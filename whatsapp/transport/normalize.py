@@ -18,6 +18,7 @@ from .jids import InvalidPhoneNumber, Jid, jid_phone
 MAX_TEXT_CHARS = 65536  # WhatsApp's own limit for a text message
 MAX_EVENT_BYTES = 2 * 1024 * 1024
 MAX_ID_CHARS = 128
+MAX_JID_CHARS = 128  # the JID columns of InboundMessage
 DEFAULT_PUSH_NAME = "Client"
 
 # Kinds that are not a new message from a client (nothing to answer).
@@ -92,6 +93,8 @@ def normalize_message(event):
         raise MalformedEvent("message has no ID")
     if len(message_id) > MAX_ID_CHARS:
         raise MalformedEvent(f"message ID is longer than {MAX_ID_CHARS} characters")
+    if not message_id.isprintable():
+        raise MalformedEvent(f"message ID {message_id!r} contains control characters")
     if not source.HasField("Chat") or not source.Chat.Server:
         raise MalformedEvent(f"message {message_id} has no chat JID")
 
@@ -101,6 +104,8 @@ def normalize_message(event):
         sender_alt = Jid.parse(source.SenderAlt) if source.SenderAlt.Server else None
     except ValueError as exc:
         raise MalformedEvent(f"message {message_id}: {exc}") from None
+    for role, jid in (("chat", chat), ("sender", sender), ("SenderAlt", sender_alt)):
+        _check_jid(message_id, role, jid)
 
     is_status = chat.is_status
     is_group = bool(source.IsGroup) or chat.is_group
@@ -116,16 +121,17 @@ def normalize_message(event):
         )
 
     from_me = bool(source.IsFromMe)
-    sender_phone, sender_lid = _sender_identity(message_id, sender, sender_alt,
-                                                strict=not from_me and not is_status)
+    sender_phone, sender_lid = _sender_identity(
+        message_id, sender, sender_alt, strict=not from_me and not is_status
+    )
     return NormalizedMessage(
         message_id=message_id,
         chat_jid=chat.bare(),
         sender_jid=sender.bare(),
         sender_phone=sender_phone,
         sender_lid=sender_lid,
-        push_name=(info.Pushname or "").strip()[:200] or DEFAULT_PUSH_NAME,
-        text=text,
+        push_name=_clean(info.Pushname).strip()[:200] or DEFAULT_PUSH_NAME,
+        text=_clean(text),
         kind=kind,
         timestamp=_timestamp(info.Timestamp),
         from_me=from_me,
@@ -133,6 +139,26 @@ def normalize_message(event):
         is_status=is_status,
         extra=extra,
     )
+
+
+def _check_jid(message_id, role, jid):
+    """A JID we can store and reply to: a user part, printable, fits the columns."""
+    if jid is None:
+        return
+    if not jid.user:
+        raise MalformedEvent(f"message {message_id}: {role} JID {jid} has no user part")
+    bare = jid.bare()
+    if len(bare) > MAX_JID_CHARS:
+        raise MalformedEvent(
+            f"message {message_id}: {role} JID is longer than {MAX_JID_CHARS} characters"
+        )
+    if not bare.isprintable() or " " in bare:
+        raise MalformedEvent(f"message {message_id}: {role} JID {bare!r} has invalid characters")
+
+
+def _clean(text):
+    """Drop NUL characters: PostgreSQL text columns cannot hold them (SQLite truncates)."""
+    return (text or "").replace("\x00", "")
 
 
 def _sender_identity(message_id, sender, sender_alt, strict):
@@ -187,8 +213,12 @@ _MEDIA = (
     ("audioMessage", MessageKind.AUDIO),
     ("stickerMessage", MessageKind.STICKER),
 )
-_POLLS = ("pollCreationMessage", "pollCreationMessageV2", "pollCreationMessageV3",
-          "pollUpdateMessage")
+_POLLS = (
+    "pollCreationMessage",
+    "pollCreationMessageV2",
+    "pollCreationMessageV3",
+    "pollUpdateMessage",
+)
 
 
 def _unwrap(msg, depth=0):
@@ -208,8 +238,9 @@ def _classify(event):
     msg = _unwrap(event.Message)
     if msg.HasField("protocolMessage"):
         ptype = msg.protocolMessage.type
-        extra = {"target_id": msg.protocolMessage.key.ID} if msg.protocolMessage.HasField(
-            "key") else {}
+        extra = (
+            {"target_id": msg.protocolMessage.key.ID} if msg.protocolMessage.HasField("key") else {}
+        )
         if ptype == ProtocolMessage.REVOKE:
             return MessageKind.REVOKE, "", extra
         if ptype == ProtocolMessage.MESSAGE_EDIT:
@@ -230,12 +261,18 @@ def _classify(event):
             return kind, caption, {}
     if msg.HasField("buttonsResponseMessage"):
         reply = msg.buttonsResponseMessage
-        return (MessageKind.BUTTON_REPLY, reply.selectedDisplayText or reply.selectedButtonID,
-                {"button_id": reply.selectedButtonID})
+        return (
+            MessageKind.BUTTON_REPLY,
+            reply.selectedDisplayText or reply.selectedButtonID,
+            {"button_id": reply.selectedButtonID},
+        )
     if msg.HasField("templateButtonReplyMessage"):
         reply = msg.templateButtonReplyMessage
-        return (MessageKind.BUTTON_REPLY, reply.selectedDisplayText or reply.selectedID,
-                {"button_id": reply.selectedID})
+        return (
+            MessageKind.BUTTON_REPLY,
+            reply.selectedDisplayText or reply.selectedID,
+            {"button_id": reply.selectedID},
+        )
     if msg.HasField("listResponseMessage"):
         reply = msg.listResponseMessage
         row_id = reply.singleSelectReply.selectedRowID
