@@ -262,7 +262,7 @@ LOGGING = {
 # Company API keys (`Authorization: Api-Key <key>`) or a staff login; tenant
 # scoping in companies/api/tenancy.py; one JSON error shape (aiadmin/api/errors.py).
 REST_FRAMEWORK = {
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_SCHEMA_CLASS": "aiadmin.api.schema.APIAutoSchema",
     "DEFAULT_AUTHENTICATION_CLASSES": [
         "companies.api.authentication.CompanyAPIKeyAuthentication",
         "rest_framework.authentication.SessionAuthentication",
@@ -292,6 +292,9 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
+    "PATH_CONVERTER_OVERRIDES": {
+        "id": {"type": "integer", "minimum": 0, "maximum": 999_999_999_999_999_999},
+    },
 }
 
 # --- WhatsApp --------------------------------------------------------------
