@@ -3,6 +3,7 @@
 from django.contrib import admin
 
 from .admin_pages.sessions import WhatsAppSessionAdmin
+from .admin_pages.tenancy import CompanyScopedAdmin
 from .models import (
     AutoReplyRule,
     ConnectionEvent,
@@ -19,20 +20,22 @@ admin.site.register(WhatsAppSession, WhatsAppSessionAdmin)
 
 
 @admin.register(SessionLease)
-class SessionLeaseAdmin(admin.ModelAdmin):
+class SessionLeaseAdmin(CompanyScopedAdmin):
+    company_field = "session__company"
     list_display = ["session", "owner", "epoch", "expires_at", "heartbeat_at"]
     readonly_fields = ["session", "owner", "epoch", "expires_at", "heartbeat_at", "acquired_at"]
 
 
 @admin.register(ConnectionEvent)
-class ConnectionEventAdmin(admin.ModelAdmin):
+class ConnectionEventAdmin(CompanyScopedAdmin):
+    company_field = "session__company"
     list_display = ["created_at", "session", "kind", "reason", "state", "worker_id"]
     list_filter = ["kind"]
     search_fields = ["session__company__name", "reason"]
 
 
 @admin.register(InboundMessage)
-class InboundMessageAdmin(admin.ModelAdmin):
+class InboundMessageAdmin(CompanyScopedAdmin):
     list_display = ["received_at", "company", "sender_phone", "push_name", "kind", "text",
                     "redeliveries"]
     list_filter = ["kind", "is_group"]
@@ -40,21 +43,22 @@ class InboundMessageAdmin(admin.ModelAdmin):
 
 
 @admin.register(ProcessingJob)
-class ProcessingJobAdmin(admin.ModelAdmin):
+class ProcessingJobAdmin(CompanyScopedAdmin):
+    company_field = "message__company"
     list_display = ["message", "status", "attempts", "enqueue_count", "created_at",
                     "finished_at"]
     list_filter = ["status"]
 
 
 @admin.register(OutboundMessage)
-class OutboundMessageAdmin(admin.ModelAdmin):
+class OutboundMessageAdmin(CompanyScopedAdmin):
     list_display = ["created_at", "company", "to_phone", "status", "attempts", "sent_at"]
     list_filter = ["status"]
     search_fields = ["to_phone", "to_jid", "idempotency_key", "wa_message_id"]
 
 
 @admin.register(AutoReplyRule)
-class AutoReplyRuleAdmin(admin.ModelAdmin):
+class AutoReplyRuleAdmin(CompanyScopedAdmin):
     list_display = ["company", "priority", "match", "keyword", "is_active", "reply_in_groups"]
     list_filter = ["match", "is_active"]
     search_fields = ["company__name", "keyword", "reply_text"]
