@@ -3,6 +3,8 @@ sessions that need a person: flapping, replaced, logged out, down too long."""
 
 from datetime import timedelta
 
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 
@@ -143,3 +145,17 @@ def test_it_validates_ownership(client, tenants, sessions):
     assert login(client, tenants.outsider).get(URL).status_code == 403
     client.logout()
     assert client.get(URL).status_code == 302
+
+
+def test_it_reads_every_company_without_a_query_per_row(client, tenants, sessions):
+    login(client, tenants.superuser)
+    with CaptureQueriesContext(connection) as few:
+        client.get(URL)
+    for i in range(8):
+        session = control.ensure_session(Company.objects.create(name=f"X{i}", slug=f"x{i}").pk)
+        set_session(session, desired_state=RUNNING, state=SessionState.FAILED)
+        add_events(session, Kind.RECONNECTED, count=2, minutes_ago=5)
+    with CaptureQueriesContext(connection) as many:
+        response = client.get(URL)
+    assert len(response.context["report"].sessions) == 10
+    assert len(many.captured_queries) == len(few.captured_queries)
