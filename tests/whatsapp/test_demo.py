@@ -2,14 +2,15 @@
 pairing the company's worker by itself and serving the page to write as a phone."""
 
 import asyncio
+import io
 import urllib.request
 
 import pytest
-from django.core.management import call_command
+from django.core.management import CommandError, call_command
 from django.utils.timezone import now
 
 from companies.models import Company
-from tests.e2e_processes import Simulator
+from tests.e2e_processes import Simulator, free_port
 from whatsapp.handlers import auto_reply
 from whatsapp.models import AutoReplyRule, DesiredState, InboundMessage, WhatsAppSession
 from whatsapp.services.processing import HandlerResult
@@ -19,7 +20,7 @@ from whatsapp.transport.simulator_client import SimulatorTransport
 CHAT = "4915112345678@s.whatsapp.net"
 
 
-@pytest.mark.django_db
+@pytest.mark.django_db(databases="__all__")
 def test_demo_company_creates_the_company_its_rules_and_a_running_session_once(capsys):
     call_command("demo_company")
     call_command("demo_company")  # idempotent: nothing doubled
@@ -32,7 +33,7 @@ def test_demo_company_creates_the_company_its_rules_and_a_running_session_once(c
     assert "created company" in out and "kept company" in out
 
 
-@pytest.mark.django_db
+@pytest.mark.django_db(databases="__all__")
 def test_the_demo_rules_answer_by_keyword_with_the_senders_name():
     call_command("demo_company")
     company = Company.objects.get(slug="demo-salon")
@@ -86,3 +87,66 @@ def test_a_simulator_in_demo_mode_pairs_every_new_device_by_itself(tmp_path):
         assert "/control/messages" in page and "/sends?phone=" in page
     finally:
         sim.stop()
+
+
+@pytest.mark.e2e
+@pytest.mark.django_db(transaction=True, databases="__all__")
+def test_the_send_command_writes_as_a_phone_and_prints_the_answer(tmp_path):
+    call_command("demo_company")
+    company = Company.objects.get(slug="demo-salon")
+    sim = Simulator(tmp_path, extra_args=["--auto-pair", "0.2"]).start()
+    try:
+
+        async def body():
+            replies = set()
+            client = None
+
+            connected = asyncio.Event()
+
+            async def sink(event):
+                if isinstance(event, base.Connected):
+                    connected.set()
+                if isinstance(event, base.InboundMessage):
+                    info = event.event.Info
+                    chat = f"{info.MessageSource.Chat.User}@{info.MessageSource.Chat.Server}"
+                    text = f"echo: {event.event.Message.conversation} ({info.Pushname})"
+                    # Reply from another task, as the worker's drain does.
+                    replies.add(asyncio.create_task(client.send_text(chat, text)))
+
+            t = SimulatorTransport(url=sim.url, store_dir=tmp_path / "store")
+            client = t.new_client(base.ClientSpec(company_id=company.pk), sink)
+            await client.start()
+            await asyncio.wait_for(connected.wait(), 20)  # paired by the simulator itself
+            out = io.StringIO()
+            await asyncio.to_thread(
+                call_command,
+                "whatsapp_simulator_send",
+                "hello there",
+                "--name",
+                "Ben",
+                "--simulator",
+                sim.url,
+                "--wait",
+                "20",
+                stdout=out,
+            )
+            sent = await asyncio.gather(*replies)
+            await client.stop()
+            await t.aclose()
+            return out.getvalue(), sent
+
+        output, sent = asyncio.run(body())
+    finally:
+        sim.stop()
+    assert "sent " in output and "to Demo Salon" in output
+    assert len(sent) == 1 and f"answer {sent[0]}: echo: hello there (Ben)" in output
+
+
+@pytest.mark.django_db(databases="__all__")
+def test_the_send_command_says_what_is_wrong_when_it_cannot_deliver():
+    call_command("demo_company")
+    with pytest.raises(CommandError, match="no company 'nope'"):
+        call_command("whatsapp_simulator_send", "hi", "--company", "nope")
+    dead = f"ws://127.0.0.1:{free_port()}"
+    with pytest.raises(CommandError, match="cannot reach the simulator"):
+        call_command("whatsapp_simulator_send", "hi", "--simulator", dead)

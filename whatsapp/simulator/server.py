@@ -139,7 +139,10 @@ async def sends(request):
     state = request.app[STATE]
     company = request.query.get("company")
     phone = request.query.get("phone")
-    rows = state.sends_by_phone.get(p.digits(phone), []) if phone else state.sends
+    try:
+        rows = state.sends_by_phone.get(p.digits(phone), []) if phone else state.sends
+    except p.FrameError as exc:
+        return web.json_response({"error": str(exc)}, status=400)
     if company is not None:
         rows = [r for r in rows if r["company"] == company]
     return web.json_response({"count": len(rows), "sends": rows[-5000:]})
