@@ -241,7 +241,7 @@ def deliver_webhook(delivery_id, now=None, rng=random):
     conf = _conf()
     body = encode_body(delivery.envelope())
     outcome = post_signed(endpoint.url, endpoint.secret, delivery.event_id, body, conf["TIMEOUT"])
-    finished = timezone.now()
+    finished = now + timedelta(milliseconds=outcome.duration_ms)  # on the caller's clock
 
     with transaction.atomic():
         number = WebhookAttempt.objects.filter(delivery_id=delivery_id).count() + 1
