@@ -1,11 +1,13 @@
 """`manage.py runworker whatsapp` with an event-loop lag probe (benchmarks only).
 
-    python bench/_lag_worker.py LAG_FILE runworker whatsapp [options]
+    BENCH_LAG_FILE=FILE python bench/_lag_worker.py runworker whatsapp [options]
 
 Before handing over to manage.py it patches the session supervisor so that,
 once the worker's loop runs, a probe task sleeps PERIOD seconds over and over
-and appends `<unix time> <lag ms>` lines to LAG_FILE, where lag is how late
-the loop woke it. The worker's code is otherwise untouched.
+and appends `<unix time> <lag ms>` lines to FILE, where lag is how late the
+loop woke it. The worker's code is otherwise untouched. The arguments are
+left as they are, so a worker that re-executes itself (recycling) comes back
+through this wrapper with its probe.
 """
 
 import asyncio
@@ -44,7 +46,7 @@ def install(path):
 
 
 def main():
-    lag_file = sys.argv.pop(1)
+    lag_file = os.environ["BENCH_LAG_FILE"]
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "aiadmin.settings")
     import django
 

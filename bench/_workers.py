@@ -33,8 +33,8 @@ def start_worker(name, env, log_dir):
     lag_file = os.path.join(log_dir, f"{name}.lag")
     child = Child(
         name,
-        [lag_file, "runworker", "whatsapp", "--worker-id", name],
-        env,
+        ["runworker", "whatsapp", "--worker-id", name],
+        {**env, "BENCH_LAG_FILE": lag_file},
         log_dir,
         script=LAG_WORKER,
     )
