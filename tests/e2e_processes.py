@@ -5,6 +5,7 @@ all started with the test database and the test's isolation environment.
     sim = Simulator(tmp_path).start()
     app = AppProcesses(tmp_path, sim)
     app.start_workers("w1", "w2"); app.start_qcluster()
+    pair_companies(sim, company_ids, app)       # scan each QR the workers show
     sim.post("messages", company=company_id, **{"from": "+4915112345678"}, text="hi")
     ...
     app.stop_all(); sim.stop()
@@ -281,3 +282,42 @@ class AppProcesses:
             f"--- {p.name}\n{p.read_text(errors='replace')[-tail:]}"
             for p in sorted(self.tmp.glob("*.log"))
         )
+
+
+# --- session helpers on the test database ---------------------------------------
+def wait_connected(company_ids, app, what="every company connected", timeout=60):
+    """Wait until every company's session row says connected (the worker wrote it)."""
+    from whatsapp.models import SessionState, WhatsAppSession
+
+    rows = WhatsAppSession.objects.filter(company_id__in=company_ids)
+    try:
+        wait_for(
+            lambda: rows.filter(state=SessionState.CONNECTED).count() == len(company_ids),
+            timeout,
+            what,
+            interval=0.2,
+        )
+    except AssertionError:
+        states = list(rows.values_list("company_id", "state", "last_error"))
+        raise AssertionError(f"{what}: {states}\n{app.logs()}") from None
+
+
+def pair_companies(sim, company_ids, app, timeout=60):
+    """Scan the QR of every company as soon as its session row shows one, then wait
+    until all are connected. The sessions must be started (wants running)."""
+    from whatsapp.models import SessionState, WhatsAppSession
+
+    scanned = set()
+    deadline = time.monotonic() + timeout
+    while len(scanned) < len(company_ids):
+        waiting = WhatsAppSession.objects.filter(
+            company_id__in=company_ids, state=SessionState.AWAITING_PAIRING
+        ).values_list("company_id", flat=True)
+        for company_id in waiting:
+            if company_id not in scanned:
+                sim.post("scan", company=company_id)
+                scanned.add(company_id)
+        if time.monotonic() > deadline:
+            raise AssertionError(f"only {sorted(scanned)} showed a QR\n{app.logs()}")
+        time.sleep(0.2)
+    wait_connected(company_ids, app, "every company connected after pairing", timeout)

@@ -23,13 +23,18 @@ import pytest
 from django.db.models import Sum
 
 from companies.models import Company
-from tests.e2e_processes import AppProcesses, Simulator, wait_for
+from tests.e2e_processes import (
+    AppProcesses,
+    Simulator,
+    pair_companies,
+    wait_connected,
+    wait_for,
+)
 from whatsapp.models import (
     AutoReplyRule,
     InboundMessage,
     OutboundMessage,
     ProcessingJob,
-    SessionState,
     WhatsAppSession,
 )
 from whatsapp.services.control import start_session
@@ -97,45 +102,6 @@ def stream(companies):
     return items
 
 
-def pair_all(sim, companies, app):
-    """Every company shows a QR in its session row; scan each in the simulator."""
-    ids = [c.pk for c in companies]
-
-    def awaiting():
-        rows = WhatsAppSession.objects.filter(company_id__in=ids)
-        return [r.company_id for r in rows if r.state == SessionState.AWAITING_PAIRING]
-
-    scanned = set()
-    deadline = time.monotonic() + 60
-    while len(scanned) < len(ids):
-        for company_id in awaiting():
-            if company_id not in scanned:
-                sim.post("scan", company=company_id)
-                scanned.add(company_id)
-        if time.monotonic() > deadline:
-            raise AssertionError(f"only {sorted(scanned)} showed a QR\n{app.logs()}")
-        time.sleep(0.2)
-    all_connected(ids, app, "every company connected after pairing")
-
-
-def all_connected(ids, app, what, timeout=60):
-    try:
-        wait_for(
-            lambda: (
-                WhatsAppSession.objects.filter(
-                    company_id__in=ids, state=SessionState.CONNECTED
-                ).count()
-                == len(ids)
-            ),
-            timeout,
-            what,
-            interval=0.2,
-        )
-    except AssertionError:
-        states = list(WhatsAppSession.objects.values_list("company_id", "state", "last_error"))
-        raise AssertionError(f"{what}: {states}\n{app.logs()}") from None
-
-
 def send_stream(sim, items):
     """Post the stream in batches per company; some batches end in a drop."""
     by_company = defaultdict(list)
@@ -162,7 +128,7 @@ def test_every_message_is_stored_processed_and_answered_once_despite_redeliverie
     ids = [c.pk for c in companies]
     app.start_workers("w1", "w2")
     app.start_qcluster()
-    pair_all(sim, companies, app)
+    pair_companies(sim, ids, app)
 
     items = stream(companies)
     started = time.monotonic()
@@ -182,7 +148,7 @@ def test_every_message_is_stored_processed_and_answered_once_despite_redeliverie
         print(summary(sim, ids, drops, time.monotonic() - started))
         print(app.logs())
         raise
-    all_connected(ids, app, "every company connected again after the drops")
+    wait_connected(ids, app, "every company connected again after the drops")
     time.sleep(1.5)  # anything late (a duplicate reply, a stray redelivery) shows up now
     took = time.monotonic() - started
     print(summary(sim, ids, drops, took))
