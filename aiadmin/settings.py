@@ -327,6 +327,9 @@ WHATSAPP = {
     "MAX_TEXT_LENGTH": 4096,
     # A job not enqueued this long after its message was stored is re-enqueued.
     "SWEEP_AFTER": env.float("WHATSAPP_SWEEP_AFTER", default=30.0),
+    # A handler failing with a transient error (anything but a permanent
+    # HandlerError) is retried by the sweeper until it has run this many times.
+    "JOB_MAX_ATTEMPTS": env.int("WHATSAPP_JOB_MAX_ATTEMPTS", default=3),
     # Session worker (issue 3): a connect attempt that neither connects nor
     # shows a QR within this many seconds is failed and retried with backoff.
     "CONNECT_TIMEOUT": env.float("WHATSAPP_CONNECT_TIMEOUT", default=75.0),
