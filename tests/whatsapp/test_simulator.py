@@ -476,6 +476,33 @@ def test_a_connection_must_start_with_hello_and_bad_frames_get_an_error(sim):
     assert qr["type"] == "qr" and bad["type"] == "error" and "teleport" in unknown["error"]
 
 
+def test_qr_codes_rotate_and_an_unscanned_connection_ends_in_closed(tmp_path):
+    sim = Simulator(tmp_path, extra_args=["--qr-rotate", "0.2"]).start()
+    try:
+
+        async def body():
+            t = transport(sim, tmp_path)
+            rec = Recorder()
+            client = t.new_client(base.ClientSpec(company_id=17), rec)
+            await client.start()
+            closed = await rec.wait(base.Closed, timeout=10)
+            await asyncio.sleep(0.5)  # a failed pairing is not retried by the client
+            await client.stop()
+            await t.aclose()
+            return closed, rec
+
+        closed, rec = run(body)
+        totals = sim.stats()["totals"]
+    finally:
+        sim.stop()
+    assert totals["qr_expired"] == 1 and totals["qr_issued"] == 1 and totals["hellos"] == 1
+    codes = [e.codes for e in rec.of(base.QRCode)]
+    assert len(codes) == 6 and all(len(c) == 1 for c in codes)
+    assert len({c[0] for c in codes}) == 6  # a fresh code each time
+    assert closed.error == "no QR code was scanned in time" and not closed.permanent
+    assert rec.events[-1] == closed and not rec.of(base.Connected)
+
+
 def test_the_state_file_keeps_paired_devices_across_a_simulator_restart(tmp_path):
     state = tmp_path / "simulator-state.json"
     sim = Simulator(tmp_path, state_file=state, keepalive=KEEPALIVE).start()

@@ -9,7 +9,9 @@ Client -> simulator
   ping         {n}                               keep-alive; answered by pong {n}
 
 Simulator -> client
-  qr           {ref, codes}                      unpaired: show a code, wait for a scan
+  qr           {ref, codes}                      unpaired: show this code (a new one every
+                                                 qr_rotate seconds), wait for a scan
+  qr_timeout   {}                                no code was scanned; close follows
   pair_code    {req, code}
   pair_success {jid, push_name, credential}      then restart: the client reconnects with it
   restart      {}                                close follows (whatsmeow's 515 after pairing)
@@ -36,6 +38,7 @@ CLOSE_LOGGED_OUT = 4401
 CLOSE_BANNED = 4402
 CLOSE_RESTART = 4515
 CLOSE_BAD_HELLO = 4400
+CLOSE_QR_TIMEOUT = 4408
 
 SERVERS = {"s.whatsapp.net", "lid", "g.us"}
 PAIR_ALPHABET = "123456789ABCDEFGHJKLMNPQRSTVWXYZ"  # whatsmeow's: no 0/O/I/U

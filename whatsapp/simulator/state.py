@@ -115,12 +115,14 @@ class SimulatorState:
         state_file=None,
         keepalive=20.0,
         keepalive_max_fail=180.0,
+        qr_rotate=20.0,
         receipts=True,
     ):
         self.state_file = Path(state_file) if state_file else None
         self.keepalive = keepalive
         self.keepalive_max_fail = keepalive_max_fail
         self.receipts = receipts
+        self.qr_rotate = qr_rotate
         self._tasks = set()
         self.reset()
         self._load()
@@ -192,7 +194,9 @@ class SimulatorState:
             conn.ref = secrets.token_urlsafe(12)
             self.pending[conn.ref] = conn
             self.totals["qr_issued"] += 1
-            await conn.send({"type": "qr", "ref": conn.ref, "codes": p.qr_codes(conn.ref)})
+            codes = p.qr_codes(conn.ref)
+            await conn.send({"type": "qr", "ref": conn.ref, "codes": codes[:1]})
+            self._later(0, self._rotate_qr(conn, codes[1:]))
             return "pairing"
         cred = self.credentials.get(token)
         if cred is None:
@@ -243,6 +247,20 @@ class SimulatorState:
             }
         )
         await self.pump(cred)
+
+    async def _rotate_qr(self, conn, codes):
+        """A fresh code every `qr_rotate` seconds, as whatsmeow shows them; when all
+        are used up unscanned, the connection ends (the client must start over)."""
+        for code in [*codes, None]:
+            await asyncio.sleep(self.qr_rotate)
+            if not conn.alive or conn.ref not in self.pending:
+                return
+            if code is None:
+                self.totals["qr_expired"] += 1
+                self.pending.pop(conn.ref, None)
+                await conn.end({"type": "qr_timeout"}, p.CLOSE_QR_TIMEOUT)
+                return
+            await conn.send({"type": "qr", "ref": conn.ref, "codes": [code]})
 
     def closed(self, conn):
         """The socket of `conn` ended, however it ended."""

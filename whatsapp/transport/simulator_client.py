@@ -209,7 +209,11 @@ class SimulatorClient:
                 await self._reconnect_pause()
                 continue
             await self._emit(
-                base.Closed(error=f"connection ended ({outcome}) before it was logged in")
+                base.Closed(
+                    error="connection ended before it was logged in"
+                    if outcome == "dropped"
+                    else outcome
+                )
             )
             return
 
@@ -295,6 +299,8 @@ class SimulatorClient:
             await self._emit(
                 base.PairSuccess(jid=frame["jid"], push_name=frame.get("push_name", ""))
             )
+        elif kind == "qr_timeout":
+            self._outcome = "no QR code was scanned in time"
         elif kind == "restart":
             self._outcome = "restart"
         elif kind == "stream_replaced":

@@ -35,6 +35,12 @@ class Command(BaseCommand):
             help="seconds of failed keep-alives after which clients reconnect",
         )
         parser.add_argument(
+            "--qr-rotate",
+            type=float,
+            default=20.0,
+            help="seconds each QR code is shown; after 6 unscanned codes the connection ends",
+        )
+        parser.add_argument(
             "--auto-pair",
             type=float,
             default=None,
@@ -52,14 +58,15 @@ class Command(BaseCommand):
                     f"listening on {opts['host']}: the control API has no authentication"
                 )
             )
-        if opts["keepalive"] <= 0 or opts["keepalive_max_fail"] <= 0:
-            raise CommandError("--keepalive and --keepalive-max-fail must be positive")
+        if min(opts["keepalive"], opts["keepalive_max_fail"], opts["qr_rotate"]) <= 0:
+            raise CommandError("--keepalive, --keepalive-max-fail and --qr-rotate must be positive")
         logging.basicConfig(level=logging.INFO, format="%(asctime)s simulator %(message)s")
         state = SimulatorState(
             state_file=opts["state"] or None,
             keepalive=opts["keepalive"],
             keepalive_max_fail=opts["keepalive_max_fail"],
             receipts=not opts["no_receipts"],
+            qr_rotate=opts["qr_rotate"],
         )
         self.stdout.write(
             f"WhatsApp simulator on ws://{opts['host']}:{opts['port']}/ws "
