@@ -29,38 +29,44 @@ def broker_is_transactional():
     return getattr(settings, "Q_BROKER", "orm") == "orm"
 
 
-def _enqueue_now(job_id):
-    task_id = async_task(TASK_PATH, job_id, group="inbound")
-    ProcessingJob.objects.filter(
-        pk=job_id, status__in=[ProcessingJob.Status.PENDING, ProcessingJob.Status.QUEUED]
-    ).update(
-        status=ProcessingJob.Status.QUEUED,
-        task_id=task_id or "",
-        enqueued_at=timezone.now(),
-        enqueue_count=F("enqueue_count") + 1,
-    )
+def _claim_and_enqueue(job_id, from_statuses):
+    """Move job `job_id` from one of `from_statuses` to queued and push its task,
+    in one transaction: of two callers racing for the same job only one claims
+    it, and a push that fails rolls the claim back (the sweeper tries again).
+    Returns the task id, or None when the job was not claimable."""
+    with transaction.atomic():
+        claimed = ProcessingJob.objects.filter(pk=job_id, status__in=from_statuses).update(
+            status=ProcessingJob.Status.QUEUED,
+            enqueued_at=timezone.now(),
+            enqueue_count=F("enqueue_count") + 1,
+        )
+        if not claimed:
+            return None
+        task_id = async_task(TASK_PATH, job_id, group="inbound")
+        ProcessingJob.objects.filter(pk=job_id).update(task_id=task_id or "")
     return task_id
 
 
 def enqueue_processing_job(job_id):
-    """Enqueue job `job_id`; call inside the transaction that created it."""
+    """Enqueue pending job `job_id`; call inside the transaction that created it."""
     if broker_is_transactional():
-        _enqueue_now(job_id)
+        _claim_and_enqueue(job_id, [ProcessingJob.Status.PENDING])
     else:
         transaction.on_commit(lambda: _enqueue_after_commit(job_id))
 
 
 def _enqueue_after_commit(job_id):
     try:
-        _enqueue_now(job_id)
+        _claim_and_enqueue(job_id, [ProcessingJob.Status.PENDING])
     except Exception:  # the broker is down: the sweeper will retry
         logger.exception("enqueue of processing job %s failed; the sweeper will retry", job_id)
 
 
 def sweep_unqueued_jobs(older_than=None, now=None):
     """Enqueue jobs left behind: pending too long (crash between commit and
-    enqueue, broker down) or running far past the task timeout (the cluster
-    process died mid-job). Returns how many were enqueued."""
+    enqueue, broker down, a failed attempt waiting for its retry) or running
+    far past the task timeout (the cluster process died mid-job). Returns how
+    many were enqueued; safe to run concurrently (each job is claimed once)."""
     now = now or timezone.now()
     older_than = older_than if older_than is not None else settings.WHATSAPP["SWEEP_AFTER"]
     pending_cutoff = now - timedelta(seconds=older_than)
@@ -68,16 +74,21 @@ def sweep_unqueued_jobs(older_than=None, now=None):
     stale = ProcessingJob.objects.filter(
         Q(status=ProcessingJob.Status.PENDING, created_at__lt=pending_cutoff)
         | Q(status=ProcessingJob.Status.RUNNING, started_at__lt=stale_running)
-    ).values_list("pk", flat=True)
+    ).values_list("pk", "status")
     count = 0
-    for job_id in list(stale[:1000]):
-        with transaction.atomic():
-            # A job whose cluster process died mid-run goes back to the queue.
-            ProcessingJob.objects.filter(
-                pk=job_id, status=ProcessingJob.Status.RUNNING, started_at__lt=stale_running
-            ).update(status=ProcessingJob.Status.QUEUED)
-            _enqueue_now(job_id)
-        count += 1
+    for job_id, status in list(stale[:1000]):
+        if status == ProcessingJob.Status.RUNNING:
+            # A job whose cluster process died mid-run goes back to the queue
+            # (only if it is still that stale run: it may have finished since).
+            with transaction.atomic():
+                if not ProcessingJob.objects.filter(
+                    pk=job_id, status=status, started_at__lt=stale_running
+                ).update(status=ProcessingJob.Status.PENDING):
+                    continue
+                task_id = _claim_and_enqueue(job_id, [ProcessingJob.Status.PENDING])
+        else:
+            task_id = _claim_and_enqueue(job_id, [ProcessingJob.Status.PENDING])
+        count += task_id is not None
     if count:
         logger.warning("sweeper enqueued %d processing job(s) left unqueued", count)
     return count

@@ -35,7 +35,13 @@ class HandlerResult:
 
 
 class HandlerError(Exception):
-    """A handler could not be loaded or returned something unusable."""
+    """A handler could not be loaded, returned something unusable, or refused the
+    message. Permanent by default: retrying cannot help, so the job fails at once.
+    Any other exception from a handler is taken as transient and retried."""
+
+    def __init__(self, message, permanent=True):
+        super().__init__(message)
+        self.permanent = permanent
 
 
 def handler_path_for(company):
@@ -69,7 +75,8 @@ def claim_job(job_id, now=None):
 def run_processing_job(job_id):
     """Run the handler of job `job_id` once; record the outcome on the row.
 
-    Returns the job's final status, or "skipped" when there was nothing to claim."""
+    Returns the job's status afterwards (succeeded, failed, or pending when a
+    failed attempt will be retried), or "skipped" when there was nothing to claim."""
     if not claim_job(job_id):
         return "skipped"
     job = ProcessingJob.objects.select_related("message__company").get(pk=job_id)
@@ -80,8 +87,9 @@ def run_processing_job(job_id):
         if result is None:
             result = HandlerResult()
         if not isinstance(result, HandlerResult):
-            raise HandlerError(f"handler {path!r} returned {type(result).__name__}, "
-                               "not HandlerResult")
+            raise HandlerError(
+                f"handler {path!r} returned {type(result).__name__}, not HandlerResult"
+            )
         with transaction.atomic():
             if result.reply_text:
                 queue_outbound_message(
@@ -100,14 +108,27 @@ def run_processing_job(job_id):
             )
         return ProcessingJob.Status.SUCCEEDED
     except Exception as exc:
-        logger.exception("processing job %s failed in handler %s", job_id, path)
+        # A transient error with attempts left: back to pending, and the sweeper
+        # re-enqueues it at its next round (the retry delay). A permanent error
+        # or no attempts left: failed for good (an operator can retry it).
+        final = getattr(exc, "permanent", False) or (
+            job.attempts >= settings.WHATSAPP["JOB_MAX_ATTEMPTS"]
+        )
+        status = ProcessingJob.Status.FAILED if final else ProcessingJob.Status.PENDING
+        logger.exception(
+            "processing job %s failed in handler %s (attempt %d%s)",
+            job_id,
+            path,
+            job.attempts,
+            ", giving up" if final else ", will retry",
+        )
         ProcessingJob.objects.filter(pk=job_id).update(
-            status=ProcessingJob.Status.FAILED,
+            status=status,
             handler=path,
             error=f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=8)}"[:8000],
-            finished_at=timezone.now(),
+            finished_at=timezone.now() if final else None,
         )
-        return ProcessingJob.Status.FAILED
+        return status
 
 
 def retry_processing_job(job_id):
@@ -117,7 +138,7 @@ def retry_processing_job(job_id):
     with transaction.atomic():
         updated = ProcessingJob.objects.filter(
             pk=job_id, status=ProcessingJob.Status.FAILED
-        ).update(status=ProcessingJob.Status.PENDING, error="")
+        ).update(status=ProcessingJob.Status.PENDING, error="", attempts=0)
         if updated:
             enqueue_processing_job(job_id)
     return bool(updated)

@@ -1,0 +1,345 @@
+"""Processing jobs: never zero, never two; each runs its handler once.
+
+* Redis broker (PostgreSQL pass): the enqueue runs after commit. A crash
+  between commit and enqueue is simulated by Redis refusing the push at
+  django-q2's broker boundary; the sweeper then enqueues the job exactly once.
+* ORM broker (embedded pass): the enqueue is a row in the message's own
+  transaction, so a failing enqueue takes the message with it.
+"""
+
+import threading
+from datetime import timedelta
+
+import pytest
+import redis
+from django.conf import settings
+from django.db import connection, transaction
+from django.utils import timezone
+from django_q.brokers.orm import ORM
+from django_q.brokers.redis_broker import Redis
+
+from tests.whatsapp.job_queue import inbound_tasks, purge
+from whatsapp.handlers import auto_reply
+from whatsapp.models import (
+    AutoReplyRule,
+    InboundMessage,
+    OutboundMessage,
+    ProcessingJob,
+    WhatsAppSession,
+)
+from whatsapp.services.inbound import record_inbound_message
+from whatsapp.services.jobs import broker_is_transactional, sweep_unqueued_jobs
+from whatsapp.services.processing import HandlerResult, run_processing_job
+from whatsapp.transport.build import message_event
+from whatsapp.transport.normalize import normalize_message
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+PHONE = "491701234567@s.whatsapp.net"
+GROUP = "120363025246125888@g.us"
+TASK = "whatsapp.tasks.process_inbound_message"
+calls = []  # what the test handlers below were called with
+
+
+def redis_pass():
+    if broker_is_transactional():
+        pytest.skip("Redis broker path: runs in the PostgreSQL + Redis pass")
+
+
+def orm_pass():
+    if not broker_is_transactional():
+        pytest.skip("ORM broker path: runs in the embedded (SQLite) pass")
+
+
+@pytest.fixture(autouse=True)
+def clean_queue():
+    purge()
+    calls.clear()
+    yield
+    purge()
+
+
+@pytest.fixture
+def session(company):
+    return WhatsAppSession.objects.create(company=company)
+
+
+def receive(company, message_id="3EB0JOB1", text="hello", chat=PHONE, **kw):
+    msg = normalize_message(message_event(message_id, chat, text, push_name="Anna", **kw))
+    return record_inbound_message(company.pk, msg)
+
+
+def job_of(message_id="3EB0JOB1"):
+    return ProcessingJob.objects.get(message__wa_message_id=message_id)
+
+
+def use_handler(company, name):
+    company.inbound_handler = f"tests.whatsapp.test_jobs.{name}"
+    company.save(update_fields=["inbound_handler"])
+
+
+def recording_handler(message):
+    calls.append(message.wa_message_id)
+    return HandlerResult(reply_text=f"got {message.text}", note="recorded")
+
+
+def failing_handler(message):
+    calls.append(message.wa_message_id)
+    raise RuntimeError("the AI backend answered 503")
+
+
+def redis_down(*args, **kwargs):
+    raise redis.ConnectionError("Error 111 connecting to redis: Connection refused")
+
+
+def orm_enqueue_fails(*args, **kwargs):
+    raise RuntimeError("the queue table is gone")
+
+
+# --- crash between commit and enqueue ----------------------------------------------
+def test_a_crash_between_commit_and_enqueue_still_yields_exactly_one_job(
+    company, session, monkeypatch
+):
+    redis_pass()
+    with monkeypatch.context() as m:
+        m.setattr(Redis, "enqueue", redis_down)
+        assert receive(company).created  # committed: the message is safe
+    job = job_of()
+    assert job.status == ProcessingJob.Status.PENDING
+    assert inbound_tasks() == []
+    assert sweep_unqueued_jobs() == 0  # too fresh: its own enqueue may still be on its way
+    assert sweep_unqueued_jobs(older_than=0) == 1
+    assert inbound_tasks() == [(TASK, (job.pk,))]
+    job.refresh_from_db()
+    assert (job.status, job.enqueue_count) == (ProcessingJob.Status.QUEUED, 1)
+    assert job.task_id
+    # Sweeping again, and redelivering the message, change nothing.
+    assert sweep_unqueued_jobs(older_than=0) == 0
+    assert receive(company).status == "duplicate"
+    assert inbound_tasks() == [(TASK, (job.pk,))]
+    assert ProcessingJob.objects.count() == 1
+
+
+def test_a_sweep_while_redis_is_still_down_keeps_the_job_for_the_next_sweep(
+    company, session, monkeypatch
+):
+    redis_pass()
+    monkeypatch.setattr(Redis, "enqueue", redis_down)
+    receive(company)
+    with pytest.raises(redis.ConnectionError):
+        sweep_unqueued_jobs(older_than=0)
+    assert job_of().status == ProcessingJob.Status.PENDING
+    monkeypatch.undo()
+    assert sweep_unqueued_jobs(older_than=0) == 1
+    assert len(inbound_tasks()) == 1
+
+
+def test_with_the_orm_broker_a_failing_enqueue_rolls_back_the_message(
+    company, session, monkeypatch
+):
+    orm_pass()
+    monkeypatch.setattr(ORM, "enqueue", orm_enqueue_fails)
+    with pytest.raises(RuntimeError, match="queue table is gone"):
+        receive(company)
+    assert InboundMessage.objects.count() == 0
+    assert ProcessingJob.objects.count() == 0
+    assert WhatsAppSession.objects.get(pk=session.pk).messages_in == 0
+    monkeypatch.undo()
+    assert receive(company).created  # the redelivery is a new message, not a duplicate
+    assert inbound_tasks() == [(TASK, (job_of().pk,))]
+
+
+def test_with_the_orm_broker_the_task_is_part_of_the_message_transaction(company, session):
+    orm_pass()
+    with pytest.raises(ZeroDivisionError), transaction.atomic():
+        receive(company)
+        assert len(inbound_tasks()) == 1
+        1 / 0  # the caller's transaction fails after the message was recorded
+    assert InboundMessage.objects.count() == 0
+    assert inbound_tasks() == []
+
+
+# --- the sweeper -----------------------------------------------------------------
+def test_the_sweeper_leaves_queued_and_finished_jobs_alone(company, session):
+    receive(company, "3EB0A")
+    receive(company, "3EB0B")
+    use_handler(company, "recording_handler")
+    run_processing_job(job_of("3EB0B").pk)
+    before = inbound_tasks()
+    assert len(before) == 2
+    assert sweep_unqueued_jobs(older_than=0) == 0
+    assert inbound_tasks() == before
+
+
+def test_concurrent_sweepers_enqueue_each_left_over_job_once(company, session):
+    for i in range(20):
+        receive(company, f"3EB0S{i:02d}")
+    purge()  # as if every enqueue had been lost
+    ProcessingJob.objects.update(status=ProcessingJob.Status.PENDING, enqueue_count=0)
+    jobs = sorted(ProcessingJob.objects.values_list("pk", flat=True))
+    barrier = threading.Barrier(4)
+    counts, errors = [], []
+
+    def sweep():
+        try:
+            barrier.wait(timeout=30)
+            counts.append(sweep_unqueued_jobs(older_than=0))
+        except Exception as exc:
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=sweep) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors, errors
+    assert sum(counts) == 20
+    assert sorted(args[0] for _, args in inbound_tasks()) == jobs
+    assert set(ProcessingJob.objects.values_list("enqueue_count", flat=True)) == {1}
+
+
+def test_the_sweeper_requeues_a_job_whose_cluster_died_mid_run(company, session):
+    receive(company)
+    purge()
+    job = job_of()
+    long_ago = timezone.now() - timedelta(seconds=settings.Q_CLUSTER["timeout"] + 60)
+    ProcessingJob.objects.filter(pk=job.pk).update(
+        status=ProcessingJob.Status.RUNNING, started_at=long_ago, attempts=1
+    )
+    assert sweep_unqueued_jobs() == 1
+    assert inbound_tasks() == [(TASK, (job.pk,))]
+    use_handler(company, "recording_handler")
+    assert run_processing_job(job.pk) == ProcessingJob.Status.SUCCEEDED
+    assert calls == ["3EB0JOB1"]
+
+
+def test_a_job_running_now_is_not_swept(company, session):
+    receive(company)
+    purge()
+    ProcessingJob.objects.update(status=ProcessingJob.Status.RUNNING, started_at=timezone.now())
+    assert sweep_unqueued_jobs(older_than=0) == 0
+    assert inbound_tasks() == []
+
+
+# --- running jobs ------------------------------------------------------------------
+def test_rerunning_a_job_of_an_already_processed_message_does_nothing(company, session):
+    use_handler(company, "recording_handler")
+    receive(company, text="price?")
+    job = job_of()
+    assert run_processing_job(job.pk) == ProcessingJob.Status.SUCCEEDED
+    assert run_processing_job(job.pk) == "skipped"
+    assert calls == ["3EB0JOB1"]
+    job.refresh_from_db()
+    assert (job.status, job.attempts, job.result) == (ProcessingJob.Status.SUCCEEDED, 1, "recorded")
+    assert OutboundMessage.objects.get().text == "got price?"
+
+
+def test_a_handler_error_is_recorded_and_retried_up_to_the_maximum_attempts(company, session):
+    use_handler(company, "failing_handler")
+    receive(company)
+    job = job_of()
+    purge()
+    max_attempts = settings.WHATSAPP["JOB_MAX_ATTEMPTS"]
+    assert max_attempts >= 2
+    for attempt in range(1, max_attempts + 1):
+        status = run_processing_job(job.pk)
+        job.refresh_from_db()
+        assert job.attempts == attempt
+        assert "RuntimeError: the AI backend answered 503" in job.error
+        assert job.handler == "tests.whatsapp.test_jobs.failing_handler"
+        if attempt < max_attempts:
+            # Back to pending: the sweeper re-enqueues it (its retry delay).
+            assert status == ProcessingJob.Status.PENDING == job.status
+            assert sweep_unqueued_jobs(older_than=0) == 1
+            assert inbound_tasks()[-1] == (TASK, (job.pk,))
+        else:
+            assert status == ProcessingJob.Status.FAILED == job.status
+    assert calls == ["3EB0JOB1"] * max_attempts
+    assert sweep_unqueued_jobs(older_than=0) == 0  # a failed job stays failed
+    assert run_processing_job(job.pk) == "skipped"
+    assert OutboundMessage.objects.count() == 0
+
+
+def test_a_permanent_handler_error_fails_the_job_at_once(company, session):
+    company.inbound_handler = "whatsapp.handlers.no_such_handler"
+    company.save(update_fields=["inbound_handler"])
+    receive(company)
+    purge()
+    assert run_processing_job(job_of().pk) == ProcessingJob.Status.FAILED
+    job = job_of()
+    assert "cannot import handler" in job.error
+    assert (job.attempts, job.finished_at is not None) == (1, True)
+    assert sweep_unqueued_jobs(older_than=0) == 0
+    assert inbound_tasks() == []
+
+
+# --- the auto-reply handler ----------------------------------------------------------
+def rule(company, match, keyword, reply, priority=100, **kw):
+    return AutoReplyRule.objects.create(
+        company=company, match=match, keyword=keyword, reply_text=reply, priority=priority, **kw
+    )
+
+
+@pytest.fixture
+def rules(tenants):
+    a = tenants.a
+    rule(a, "contains", "price", "Hi {name}, a cut is 30 EUR.", priority=10)
+    rule(a, "exact", "hours", "Open 9-18, {name}.", priority=20)
+    rule(a, "contains", "price", "never used: lower priority", priority=50)
+    rule(a, "contains", "group", "Hello group!", priority=30, reply_in_groups=True)
+    rule(a, "contains", "off", "inactive rule", priority=1, is_active=False)
+    rule(a, "any", "", "Thanks {name}, we will answer soon.", priority=1000)
+    rule(tenants.b, "any", "", "company B's fallback", priority=1)
+    WhatsAppSession.objects.create(company=a)
+    return a
+
+
+@pytest.mark.parametrize(
+    "text,reply",
+    [
+        ("What's the PRICE of a cut?", "Hi Anna, a cut is 30 EUR."),
+        ("  Hours ", "Open 9-18, Anna."),
+        ("opening hours please", "Thanks Anna, we will answer soon."),  # not exact
+        ("turn it off", "Thanks Anna, we will answer soon."),  # inactive rule skipped
+    ],
+)
+def test_the_auto_reply_handler_queues_exactly_one_reply_from_the_first_matching_rule(
+    rules, text, reply
+):
+    receive(rules, text=text)
+    job = job_of()
+    assert run_processing_job(job.pk) == ProcessingJob.Status.SUCCEEDED
+    assert run_processing_job(job.pk) == "skipped"
+    out = OutboundMessage.objects.get()
+    assert (out.text, out.to_jid, out.to_phone) == (reply, PHONE, "+491701234567")
+    assert out.company_id == rules.pk
+    assert out.in_reply_to.wa_message_id == "3EB0JOB1"
+    assert out.status == OutboundMessage.Status.QUEUED
+    assert job_of().result.startswith("rule ")
+
+
+def test_in_groups_only_rules_meant_for_groups_answer_and_to_the_group(rules):
+    receive(rules, "3EB0G1", "price?", chat=GROUP, sender=PHONE)
+    receive(rules, "3EB0G2", "hello group", chat=GROUP, sender=PHONE)
+    for mid in ("3EB0G1", "3EB0G2"):
+        run_processing_job(job_of(mid).pk)
+    assert job_of("3EB0G1").result == "no rule matched"
+    out = OutboundMessage.objects.get()
+    assert (out.text, out.to_jid) == ("Hello group!", GROUP)
+
+
+def test_without_a_matching_rule_nothing_is_queued(tenants):
+    WhatsAppSession.objects.create(company=tenants.a)
+    rule(tenants.a, "exact", "yes", "ok")
+    receive(tenants.a, text="no")
+    assert run_processing_job(job_of().pk) == ProcessingJob.Status.SUCCEEDED
+    assert job_of().result == "no rule matched"
+    assert OutboundMessage.objects.count() == 0
+
+
+def test_a_push_name_missing_from_the_event_is_greeted_as_client(rules):
+    msg = normalize_message(message_event("3EB0NONAME", PHONE, "price"))
+    record_inbound_message(rules.pk, msg)
+    assert auto_reply(InboundMessage.objects.get()).reply_text == "Hi Client, a cut is 30 EUR."
