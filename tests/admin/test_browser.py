@@ -205,6 +205,18 @@ def test_a_state_change_arrives_live_and_an_action_runs(tenants, sessions, serve
     expect(qr).not_to_have_js_property("innerHTML", first_qr, timeout=LIVE_TIMEOUT_MS)
     assert page.evaluate("window.__sameDocument") is True
     shot(page, "4-session-qr-live")
+
+    # The session list follows too.
+    page.goto(f"{server}/admin/whatsapp/whatsappsession/")
+    expect(page.locator("[data-wa-live-status]")).to_have_text("live", timeout=LIVE_TIMEOUT_MS)
+    row_badge = page.locator("#result_list tbody tr", has_text="Salon Alpha").locator(".wa-badge")
+    expect(row_badge).to_have_text("Awaiting QR / pairing code")
+    page.evaluate("window.__sameDocument = true")
+    assert off_loop(svc.mark_connected, held, jid=JID)
+    expect(row_badge).to_have_text("Connected", timeout=LIVE_TIMEOUT_MS)
+    assert page.evaluate("window.__sameDocument") is True
+    assert polls == []
+    shot(page, "5-session-list-live")
     page.close()
 
 
@@ -229,5 +241,5 @@ def test_the_pages_fall_back_to_polling_when_the_websocket_is_refused(
     expect(page.locator("#wa-replaced")).to_contain_text("Salon Alpha")
     assert page.evaluate("window.__sameDocument") is True
     assert polls, "the page should have polled the status endpoint"
-    shot(page, "5-dashboard-polling-fallback")
+    shot(page, "6-dashboard-polling-fallback")
     page.close()
