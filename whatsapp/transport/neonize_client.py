@@ -2,7 +2,7 @@
 
 `NeonizeClient` implements `whatsapp.transport.base.Client` and turns
 neonize's protobuf events into the events of `base.py`. What it handles for
-the worker (see docs/whatsapp-quirks.md for the measurements):
+the worker (see docs/worker.md for the quirks and measurements):
 
 * neonize dispatches handlers with ``run_coroutine_threadsafe`` and never
   looks at the result: an exception in a handler vanishes. Every handler here
