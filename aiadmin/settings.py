@@ -370,6 +370,8 @@ WHATSAPP_WEBHOOKS = {
     "ALLOW_PRIVATE": env.bool("WEBHOOK_ALLOW_PRIVATE", default=False),
     # The webhook_reply message handler waits this long for the reply.
     "HANDLER_TIMEOUT": env.float("WEBHOOK_HANDLER_TIMEOUT", default=20.0),
+    # CA bundle (PEM path) verifying https targets; default: certifi's (as requests).
+    "CA_BUNDLE": env.str("WEBHOOK_CA_BUNDLE", default=""),
 }
 WHATSAPP_ALERTS = {
     # A worker whose heartbeat is older than this while it still owns leases is dead.
