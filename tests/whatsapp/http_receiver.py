@@ -35,6 +35,10 @@ class Receiver:
         host, port = self.server.server_address[:2]
         return f"http://{host}:{port}/hook"
 
+    @property
+    def port(self):
+        return self.server.server_address[1]
+
     def answer(self, *responses):
         """Queue responses: status, or (status, body) or (status, body, delay)."""
         with self.lock:
@@ -53,7 +57,8 @@ class Receiver:
             return self.script.pop(0) if self.script else self.default
 
 
-def start_receiver():
+def start_receiver(ssl_context=None):
+    """Start the server (HTTPS when `ssl_context`, a server-side SSLContext, is given)."""
     holder = {}
 
     class Handler(BaseHTTPRequestHandler):
@@ -80,6 +85,8 @@ def start_receiver():
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     server.daemon_threads = True
+    if ssl_context is not None:
+        server.socket = ssl_context.wrap_socket(server.socket, server_side=True)
     receiver = Receiver(server)
     holder["receiver"] = receiver
     thread = threading.Thread(target=server.serve_forever, daemon=True)
@@ -94,9 +101,9 @@ def stop_receiver(receiver, thread):
 
 
 @contextmanager
-def running_receiver():
+def running_receiver(ssl_context=None):
     """A running Receiver, stopped on exit (test modules wrap it in a fixture)."""
-    started, thread = start_receiver()
+    started, thread = start_receiver(ssl_context)
     try:
         yield started
     finally:

@@ -6,11 +6,13 @@ import hmac
 import json
 import random
 import re
+import ssl
 import uuid
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
+import trustme
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.db import transaction
 from django.urls import reverse
@@ -30,7 +32,7 @@ from whatsapp.services import leases, sending
 from whatsapp.services import sessions as session_svc
 from whatsapp.services.inbound import record_inbound_message
 from whatsapp.services.outbound import queue_outbound_message
-from whatsapp.services.webhook_http import UnsafeWebhookURL, validate_webhook_url
+from whatsapp.services.webhook_http import UnsafeWebhookURL, post_signed, validate_webhook_url
 from whatsapp.services.webhooks import (
     deliver_webhook,
     dispatch_due_webhooks,
@@ -64,6 +66,10 @@ def hooks(settings):
         "BACKOFF_CAP": 60.0,
     }
     return settings.WHATSAPP_WEBHOOKS
+
+
+def receiver_url_as_https(receiver):
+    return receiver.url.replace("http://", "https://")
 
 
 def inbound(company, message_id="WAMID-1", text="Hello"):
@@ -331,9 +337,9 @@ class TestDelivery:
         delivery = WebhookDelivery.objects.get()
         assert deliver_webhook(delivery.pk) == Status.RETRYING
         attempt = delivery.attempt_log.get()
-        assert attempt.status_code is None and "ConnectionError" in attempt.error
+        assert attempt.status_code is None and "connection failed" in attempt.error
         endpoint.refresh_from_db()
-        assert endpoint.last_attempt_at is not None and "ConnectionError" in endpoint.last_error
+        assert endpoint.last_attempt_at is not None and "connection failed" in endpoint.last_error
 
     def test_the_dispatcher_picks_up_lost_and_stuck_deliveries(self, tenants, hooks):
         endpoint = WebhookEndpoint.objects.create(company=tenants.a, url="http://127.0.0.1:9/x")
@@ -400,6 +406,65 @@ class TestTargets:
     def test_the_setting_allows_private_targets(self, settings):
         settings.WHATSAPP_WEBHOOKS = {**settings.WHATSAPP_WEBHOOKS, "ALLOW_PRIVATE": True}
         assert validate_webhook_url("http://127.0.0.1:8080/hook")
+
+    def test_the_request_goes_to_the_checked_address_without_a_second_lookup(
+        self, receiver, settings
+    ):
+        settings.WHATSAPP_WEBHOOKS = {**settings.WHATSAPP_WEBHOOKS, "ALLOW_PRIVATE": True}
+        port = receiver.server.server_address[1]
+        lookups = []
+
+        def resolve(host, port, type=None):  # .invalid never resolves in real DNS
+            lookups.append(host)
+            return [(2, 1, 6, "", ("127.0.0.1", port))]
+
+        url = f"http://receiver.invalid:{port}/in/hook?tenant=a"
+        outcome = post_signed(url, "whsec_x", uuid.uuid4(), b"{}", 2.0, resolve=resolve)
+        assert outcome.ok, outcome.error
+        assert lookups == ["receiver.invalid"]  # checked once, connected to what was checked
+        (request,) = receiver.requests
+        assert request.path == "/in/hook?tenant=a"
+        assert request.headers["Host"] == f"receiver.invalid:{port}"
+
+    def test_an_https_target_is_verified_by_host_name_while_connecting_to_the_checked_address(
+        self, settings, tmp_path
+    ):
+        ca = trustme.CA()
+        server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ca.issue_cert("hooks.example.test").configure_cert(server_context)
+        ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+        settings.WHATSAPP_WEBHOOKS = {
+            **settings.WHATSAPP_WEBHOOKS,
+            "ALLOW_PRIVATE": True,
+            "CA_BUNDLE": str(tmp_path / "ca.pem"),
+        }
+
+        def resolve(host, port, type=None):
+            return [(2, 1, 6, "", ("127.0.0.1", port))]
+
+        with running_receiver(server_context) as tls:
+            good = post_signed(
+                f"https://hooks.example.test:{tls.port}/h",
+                "s",
+                uuid.uuid4(),
+                b"{}",
+                5.0,
+                resolve=resolve,
+            )
+            wrong_name = post_signed(
+                f"https://other.example.test:{tls.port}/h",
+                "s",
+                uuid.uuid4(),
+                b"{}",
+                5.0,
+                resolve=resolve,
+            )
+            plain = post_signed(receiver_url_as_https(tls), "s", uuid.uuid4(), b"{}", 5.0)
+        assert good.ok, good.error
+        assert len(tls.requests) == 1
+        assert tls.requests[0].headers["Host"] == f"hooks.example.test:{tls.port}"
+        assert not wrong_name.ok and "other.example.test" in wrong_name.error
+        assert not plain.ok and "SSL" in plain.error  # 127.0.0.1 is not in the certificate
 
     def test_a_delivery_to_a_private_target_is_dead_lettered_without_a_request(
         self, tenants, receiver, settings

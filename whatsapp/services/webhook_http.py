@@ -2,8 +2,11 @@
 
 Targets are checked when an endpoint is saved and again before every request
 (DNS may change in between): every address the host resolves to must be a
-public one, unless settings.WHATSAPP_WEBHOOKS["ALLOW_PRIVATE"] is set.
-Redirects are not followed (a public URL could redirect to a private one).
+public one, unless settings.WHATSAPP_WEBHOOKS["ALLOW_PRIVATE"] is set. The
+request connects to the address that was checked (TLS still verifies the
+certificate for the host name), so a DNS answer that changes between check
+and connect (rebinding) cannot redirect it. Redirects are not followed either
+(a public URL could redirect to a private one).
 """
 
 import ipaddress
@@ -13,7 +16,8 @@ import time
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-import requests
+import requests.certs
+import urllib3
 from django.conf import settings
 
 from whatsapp.models.webhooks import sign_payload
@@ -32,8 +36,28 @@ def _refused(ip):
     return not ip.is_global or ip.is_multicast
 
 
-def validate_webhook_url(url, allow_private=None, resolve=socket.getaddrinfo):
-    """Return `url` if webhooks may POST to it, else raise UnsafeWebhookURL."""
+@dataclass(frozen=True)
+class Target:
+    """A checked webhook URL: where to connect (the addresses that were checked)
+    and what to ask for."""
+
+    scheme: str
+    host: str
+    port: int
+    request_uri: str
+    addresses: tuple
+
+    @property
+    def host_header(self):
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        default = 443 if self.scheme == "https" else 80
+        return host if self.port == default else f"{host}:{self.port}"
+
+
+def resolve_webhook_target(url, allow_private=None, resolve=socket.getaddrinfo):
+    """Parse and resolve `url`; raise UnsafeWebhookURL unless every address is
+    allowed. The request then connects to these very addresses (no second DNS
+    lookup that a rebinding attacker could answer differently)."""
     if allow_private is None:
         allow_private = settings.WHATSAPP_WEBHOOKS["ALLOW_PRIVATE"]
     try:
@@ -46,23 +70,31 @@ def validate_webhook_url(url, allow_private=None, resolve=socket.getaddrinfo):
     host = parts.hostname
     if not host:
         raise UnsafeWebhookURL("the URL has no host")
-    if allow_private:
-        return url
     port = port or (443 if parts.scheme == "https" else 80)
     try:
         infos = resolve(host, port, type=socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError) as exc:
         raise UnsafeWebhookURL(f"cannot resolve {host}: {exc}") from None
-    addresses = {info[4][0].split("%")[0] for info in infos}
+    addresses = tuple(dict.fromkeys(info[4][0].split("%")[0] for info in infos))
     if not addresses:
         raise UnsafeWebhookURL(f"{host} resolves to no address")
-    for address in sorted(addresses):
-        if _refused(ipaddress.ip_address(address)):
-            raise UnsafeWebhookURL(
-                f"{host} resolves to {address}, a private/loopback/link-local or reserved "
-                "address; webhooks only reach public addresses (set WEBHOOK_ALLOW_PRIVATE=1 "
-                "to allow internal receivers)"
-            )
+    if not allow_private:
+        for address in addresses:
+            if _refused(ipaddress.ip_address(address)):
+                raise UnsafeWebhookURL(
+                    f"{host} resolves to {address}, a private/loopback/link-local or reserved "
+                    "address; webhooks only reach public addresses (set "
+                    "WEBHOOK_ALLOW_PRIVATE=1 to allow internal receivers)"
+                )
+    uri = parts.path or "/"
+    if parts.query:
+        uri = f"{uri}?{parts.query}"
+    return Target(parts.scheme, host, port, uri, addresses)
+
+
+def validate_webhook_url(url, allow_private=None, resolve=socket.getaddrinfo):
+    """Return `url` if webhooks may POST to it, else raise UnsafeWebhookURL."""
+    resolve_webhook_target(url, allow_private, resolve)
     return url
 
 
@@ -107,7 +139,27 @@ def signed_headers(secret, event_id, body, timestamp=None):
     }
 
 
-def post_signed(url, secret, event_id, body, timeout):
+def _pool(target, address, timeout):
+    common = {
+        "timeout": urllib3.Timeout(connect=timeout, read=timeout),
+        "retries": False,
+        "maxsize": 1,
+    }
+    if target.scheme == "https":
+        # Connect to the checked address; verify the certificate for the URL's host name.
+        return urllib3.HTTPSConnectionPool(
+            address,
+            target.port,
+            cert_reqs="CERT_REQUIRED",
+            ca_certs=settings.WHATSAPP_WEBHOOKS.get("CA_BUNDLE") or requests.certs.where(),
+            assert_hostname=target.host,
+            server_hostname=target.host,
+            **common,
+        )
+    return urllib3.HTTPConnectionPool(address, target.port, **common)
+
+
+def post_signed(url, secret, event_id, body, timeout, resolve=socket.getaddrinfo):
     """POST `body` (bytes) to `url`, signed; never raises for network trouble."""
     started = time.monotonic()
 
@@ -115,19 +167,33 @@ def post_signed(url, secret, event_id, body, timeout):
         return int((time.monotonic() - started) * 1000)
 
     try:
-        validate_webhook_url(url)
+        target = resolve_webhook_target(url, resolve=resolve)
     except UnsafeWebhookURL as exc:
         return PostOutcome(None, elapsed(), f"refused: {exc}", refused=True)
-    headers = signed_headers(secret, event_id, body)
+    headers = {**signed_headers(secret, event_id, body), "Host": target.host_header}
+    pool = _pool(target, target.addresses[0], timeout)
     try:
-        with requests.post(
-            url, data=body, headers=headers, timeout=timeout, allow_redirects=False, stream=True
-        ) as response:
-            content = response.raw.read(MAX_RESPONSE_BYTES, decode_content=True) or b""
-            status = response.status_code
-    except requests.Timeout:
+        response = pool.urlopen(
+            "POST",
+            target.request_uri,
+            body=body,
+            headers=headers,
+            redirect=False,
+            assert_same_host=False,
+            preload_content=False,
+        )
+        try:
+            content = response.read(MAX_RESPONSE_BYTES, decode_content=True) or b""
+            status = response.status
+        finally:
+            response.release_conn()
+    except urllib3.exceptions.NewConnectionError as exc:  # a ConnectTimeoutError subclass
+        return PostOutcome(None, elapsed(), f"connection failed: {exc}"[:1000])
+    except urllib3.exceptions.TimeoutError:
         return PostOutcome(None, elapsed(), f"timeout after {timeout:g}s")
-    except requests.RequestException as exc:
+    except urllib3.exceptions.HTTPError as exc:
         return PostOutcome(None, elapsed(), f"{type(exc).__name__}: {exc}"[:1000])
+    finally:
+        pool.close()
     error = "" if 200 <= status < 300 else f"HTTP {status}"
     return PostOutcome(status, elapsed(), error, content)
