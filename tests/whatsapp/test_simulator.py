@@ -1,9 +1,9 @@
-"""The WhatsApp simulator in a real subprocess, driven by the real simulator transport.
+"""The WhatsApp simulator's connections, driven by the real simulator transport.
 
-Each test talks to `manage.py whatsapp_simulator` over loopback exactly as a
-session worker does (SimulatorTransport / SimulatorClient) and checks two
-things: the events the worker would see (the same ones the neonize adapter
-emits) and the simulator's own counters from its control API.
+Each test talks to `manage.py whatsapp_simulator` (a real subprocess) over
+loopback exactly as a session worker does and checks two things: the events
+the worker would see (the same ones the neonize adapter emits) and the
+simulator's own counters from its control API. Messages: test_simulator_messages.
 """
 
 import asyncio
@@ -11,102 +11,26 @@ import json
 import re
 import time
 
-import aiohttp
 import pytest
 
 from tests.e2e_processes import ControlError, Simulator, free_port
 from whatsapp.transport import base
-from whatsapp.transport.normalize import normalize_message
 from whatsapp.transport.simulator_client import SimulatorTransport
 
+from .simulator_clients import (  # noqa: F401  (simulator/sim are fixtures)
+    KEEPALIVE,
+    PHONE,
+    Recorder,
+    inject,
+    paired_client,
+    resumed_client,
+    run,
+    sim_fixture,
+    simulator_fixture,
+    transport,
+)
+
 pytestmark = pytest.mark.e2e
-
-KEEPALIVE = 0.3
-PHONE = "4915112345678"
-WEB_ID = re.compile(r"^3EB0[0-9A-F]{18}$")
-
-
-@pytest.fixture(scope="module")
-def simulator(tmp_path_factory):
-    sim = Simulator(
-        tmp_path_factory.mktemp("simulator"),
-        keepalive=KEEPALIVE,
-        extra_args=["--keepalive-max-fail", "1.5"],
-    ).start()
-    yield sim
-    sim.stop()
-
-
-@pytest.fixture
-def sim(simulator):
-    simulator.post("reset")
-    return simulator
-
-
-class Recorder:
-    """An event sink that remembers everything, with waits for tests."""
-
-    def __init__(self, fail_first_message=False):
-        self.events = []
-        self.fail_first_message = fail_first_message
-
-    async def __call__(self, event):
-        if isinstance(event, base.InboundMessage) and self.fail_first_message:
-            self.fail_first_message = False
-            self.events.append(("handler failed", event.event.Info.ID))
-            raise RuntimeError("handler failed")
-        self.events.append(event)
-
-    def of(self, kind):
-        return [e for e in self.events if isinstance(e, kind)]
-
-    def message_ids(self):
-        return [e.event.Info.ID for e in self.of(base.InboundMessage)]
-
-    async def wait(self, kind, count=1, timeout=10.0):
-        deadline = time.monotonic() + timeout
-        while len(self.of(kind)) < count:
-            if time.monotonic() > deadline:
-                raise AssertionError(
-                    f"waited {timeout}s for {count} {kind.__name__}; got {self.events}"
-                )
-            await asyncio.sleep(0.02)
-        return self.of(kind)[count - 1]
-
-
-def run(body):
-    return asyncio.run(asyncio.wait_for(body(), 60))
-
-
-def transport(sim, tmp_path, **kwargs):
-    return SimulatorTransport(
-        url=sim.url,
-        store_dir=tmp_path / "store",
-        reconnect_step=kwargs.pop("reconnect_step", 0.2),
-        **kwargs,
-    )
-
-
-async def paired_client(sim, t, company_id, recorder=None, phone=None):
-    """A client of `company_id` paired by scanning its QR; returns (client, recorder)."""
-    recorder = recorder or Recorder()
-    client = t.new_client(base.ClientSpec(company_id=company_id), recorder)
-    await client.start()
-    await recorder.wait(base.QRCode)
-    await asyncio.to_thread(sim.post, "scan", company=company_id, phone=phone)
-    await recorder.wait(base.Connected)
-    return client, recorder
-
-
-async def resumed_client(t, company_id):
-    recorder = Recorder()
-    client = t.new_client(base.ClientSpec(company_id=company_id), recorder)
-    await client.start()
-    return client, recorder
-
-
-async def inject(sim, company_id, **body):
-    return await asyncio.to_thread(sim.post, "messages", company=company_id, **body)
 
 
 def test_a_qr_scan_pairs_the_device_and_a_restarted_client_resumes_without_pairing(sim, tmp_path):
@@ -182,122 +106,6 @@ def test_a_second_connection_with_the_same_credential_replaces_the_first(sim, tm
     assert company["connections"] == 2 and company["conflicts"] == 1
     conflict = sim.stats()["conflicts"][0]
     assert conflict["company"] == "3" and conflict["replaced_agent"] and conflict["by_agent"]
-
-
-def test_inbound_messages_are_real_message_protobufs_with_realistic_ids_and_jids(sim, tmp_path):
-    async def body():
-        t = transport(sim, tmp_path)
-        client, rec = await paired_client(sim, t, 4)
-        sent = await inject(
-            sim,
-            4,
-            messages=[
-                {"from": PHONE, "text": "plain", "push_name": "Anna"},
-                {
-                    "from": PHONE,
-                    "text": "from a linked device",
-                    "mode": "device",
-                    "style": "iphone",
-                },
-                {"from": PHONE, "text": "privacy id", "mode": "lid"},
-                {"from": PHONE, "text": "in a group", "mode": "group"},
-            ],
-        )
-        await rec.wait(base.InboundMessage, 4)
-        await client.stop()
-        await t.aclose()
-        return sent["ids"], [normalize_message(e.event) for e in rec.of(base.InboundMessage)]
-
-    ids, (plain, device, lid, group) = run(body)
-    assert re.match(r"^[0-9A-F]{32}$", ids[0]) and re.match(r"^3A[0-9A-F]{18}$", ids[1])
-    assert [m.message_id for m in (plain, device, lid, group)] == ids
-    assert plain.text == "plain" and plain.push_name == "Anna"
-    assert plain.chat_jid == f"{PHONE}@s.whatsapp.net" and plain.sender_lid.endswith("@lid")
-    for message in (plain, device, lid, group):
-        assert message.sender_phone == f"+{PHONE}"
-    assert device.chat_jid == f"{PHONE}@s.whatsapp.net" and not device.is_group
-    assert lid.chat_jid.endswith("@lid") and lid.chat_jid == lid.sender_lid
-    assert group.is_group and group.chat_jid.endswith("@g.us")
-    assert group.sender_lid == lid.sender_lid  # one phone, one LID
-
-
-def test_unacknowledged_messages_are_redelivered_when_the_client_reconnects(sim, tmp_path):
-    async def body():
-        t = transport(sim, tmp_path)
-        client, rec = await paired_client(sim, t, 5, Recorder(fail_first_message=True))
-        first = await inject(sim, 5, **{"from": PHONE}, text="handler fails")
-        # Written, then the connection drops before any ack can arrive.
-        burst = await inject(sim, 5, **{"from": PHONE}, text="burst", count=3, drop_after=True)
-        assert burst["dropped"]
-        await rec.wait(base.Disconnected)
-        await rec.wait(base.Connected, 2)
-        await rec.wait(base.InboundMessage, 7)
-        await asyncio.sleep(0.3)
-        await client.stop()
-        await t.aclose()
-        return first["ids"] + burst["ids"], rec
-
-    ids, rec = run(body)
-    seen = rec.message_ids()
-    # The failed one (never acked) and the burst (acks lost) all come again.
-    assert sorted(seen) == sorted(ids[1:] + ids)
-    assert rec.events[0:3] and ("handler failed", ids[0]) in rec.events
-    company = sim.company(5)
-    assert company["delivered"] == 4 and company["redelivered"] == 4
-    assert company["acked"] == 4 and company["queued"] == 0 and company["drops"] == 1
-
-
-def test_messages_for_an_offline_device_wait_in_its_queue(sim, tmp_path):
-    async def body():
-        t = transport(sim, tmp_path)
-        client, _ = await paired_client(sim, t, 6)
-        await client.stop()
-        queued = await inject(sim, 6, **{"from": PHONE}, text="while away", count=4)
-        assert not queued["online"] and queued["queued"] == 4
-        again, rec = await resumed_client(t, 6)
-        await rec.wait(base.InboundMessage, 4)
-        assert type(rec.events[0]) is base.Connected  # connected first, then the queue
-        await asyncio.sleep(0.2)
-        await again.stop()
-        await t.aclose()
-        return queued["ids"], rec.message_ids()
-
-    ids, seen = run(body)
-    assert seen == ids  # in order, once each
-    company = sim.company(6)
-    assert company["delivered"] == 4 and company["redelivered"] == 0 and company["queued"] == 0
-
-
-def test_sends_are_acknowledged_with_an_id_and_recorded_for_the_receiving_phone(sim, tmp_path):
-    async def body():
-        t = transport(sim, tmp_path)
-        client, rec = await paired_client(sim, t, 7)
-        await inject(sim, 7, **{"from": PHONE}, text="hi", mode="lid")
-        lid_jid = (await rec.wait(base.InboundMessage)).event.Info.MessageSource.Chat.User
-        to_phone = await client.send_text(f"{PHONE}@s.whatsapp.net", "to the phone")
-        to_lid = await client.send_text(f"{lid_jid}@lid", "to the lid")
-        receipt = await rec.wait(base.Receipt, 2)
-        errors = []
-        for jid, text in (("not-a-jid", "x"), (f"{PHONE}@s.whatsapp.net", "  ")):
-            with pytest.raises(base.TransportError) as err:
-                await client.send_text(jid, text)
-            errors.append(err.value)
-        await client.stop()
-        with pytest.raises(base.TransportError) as offline:
-            await client.send_text(f"{PHONE}@s.whatsapp.net", "after stop")
-        await t.aclose()
-        return to_phone, to_lid, receipt, errors, offline.value
-
-    to_phone, to_lid, receipt, errors, offline = run(body)
-    assert WEB_ID.match(to_phone) and WEB_ID.match(to_lid) and to_phone != to_lid
-    assert receipt.message_ids == (to_lid,) and receipt.kind == "delivered"
-    assert all(e.permanent for e in errors) and not offline.permanent
-    sends = sim.sends(phone=PHONE)
-    assert [(s["id"], s["text"]) for s in sends] == [
-        (to_phone, "to the phone"),
-        (to_lid, "to the lid"),
-    ]
-    assert sim.company(7)["sends"] == 2 and sim.sends(company="7", phone="4915100000009") == []
 
 
 def test_a_logout_from_the_phone_ends_the_client_and_the_credential(sim, tmp_path):
@@ -420,60 +228,6 @@ def test_a_first_dial_that_fails_ends_in_closed_without_retrying(tmp_path):
     closed, rec = run(body)
     assert "cannot reach the simulator" in closed.error and not closed.permanent
     assert rec.events == [closed]
-
-
-def test_bad_control_requests_get_a_clear_error_and_queue_nothing(sim, tmp_path):
-    async def body():
-        t = transport(sim, tmp_path)
-        client, _ = await paired_client(sim, t, 14)
-        await client.stop()
-        await t.aclose()
-
-    run(body)
-    before = sim.stats()["totals"].get("injected", 0)
-    cases = [
-        ({"text": "no company", "from": PHONE}, 400, "company"),
-        ({"company": 99, "from": PHONE, "text": "x"}, 404, "company 99 has no paired device"),
-        ({"company": 14, "from": "12", "text": "x"}, 400, "not a phone number"),
-        ({"company": 14, "from": PHONE, "text": "x", "count": 0}, 400, "count"),
-        (
-            {"company": 14, "messages": [{"from": PHONE, "text": "ok"}, {"from": PHONE}]},
-            400,
-            "from (the phone) and text",
-        ),
-        ({"company": 14, "from": PHONE, "text": "x", "mode": "carrier-pigeon"}, 400, "mode"),
-    ]
-    for body, status, words in cases:
-        with pytest.raises(ControlError) as err:
-            sim.post("messages", **body)
-        assert err.value.status == status and words in err.value.body, (body, err.value)
-    with pytest.raises(ControlError) as err:
-        sim.post("ban", company=14, seconds="soon")
-    assert err.value.status == 400 and "seconds" in err.value.body
-    assert sim.stats()["totals"].get("injected", 0) == before
-    assert sim.company(14)["queued"] == 0
-
-
-def test_a_connection_must_start_with_hello_and_bad_frames_get_an_error(sim):
-    async def body():
-        async with aiohttp.ClientSession() as http:
-            async with http.ws_connect(f"{sim.url}/ws") as ws:
-                await ws.send_str(json.dumps({"type": "send", "to": "x", "text": "y"}))
-                error = await ws.receive_json(timeout=5)
-                closing = await ws.receive(timeout=5)
-            async with http.ws_connect(f"{sim.url}/ws") as ws:
-                await ws.send_json({"type": "hello", "company": "15"})
-                qr = await ws.receive_json(timeout=5)
-                await ws.send_str("not json")
-                bad = await ws.receive_json(timeout=5)
-                await ws.send_json({"type": "teleport"})
-                unknown = await ws.receive_json(timeout=5)
-        return error, closing, qr, bad, unknown
-
-    error, closing, qr, bad, unknown = run(body)
-    assert error["type"] == "error" and "hello" in error["error"]
-    assert closing.type == aiohttp.WSMsgType.CLOSE and closing.data == 4400
-    assert qr["type"] == "qr" and bad["type"] == "error" and "teleport" in unknown["error"]
 
 
 def test_qr_codes_rotate_and_an_unscanned_connection_ends_in_closed(tmp_path):

@@ -8,6 +8,7 @@ are redelivered on reconnect), an offline queue, acks for sends, logout from
 the phone, temporary bans, connection drops and keep-alive timeouts on command.
 
 * `protocol` -- the JSON frames and the realistic ids, JIDs and codes;
+* `records` -- a client connection and a device credential;
 * `state` -- credentials, connections, queues and counters (no I/O);
 * `server` -- the aiohttp application: the websocket for clients, the
   HTTP JSON control API and the demo page.

@@ -27,7 +27,8 @@ from pathlib import Path
 from aiohttp import WSMsgType, web
 
 from . import protocol as p
-from .state import Connection, SimulatorState
+from .records import Connection
+from .state import SimulatorState
 
 logger = logging.getLogger(__name__)
 

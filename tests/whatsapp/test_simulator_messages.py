@@ -1,0 +1,199 @@
+"""The WhatsApp simulator's messages: inbound from phones (ids, JIDs, redelivery,
+the offline queue), sends and their receipts, and bad requests and frames."""
+
+import asyncio
+import json
+import re
+
+import aiohttp
+import pytest
+
+from tests.e2e_processes import ControlError
+from whatsapp.transport import base
+from whatsapp.transport.normalize import normalize_message
+
+from .simulator_clients import (  # noqa: F401  (simulator/sim are fixtures)
+    PHONE,
+    Recorder,
+    inject,
+    paired_client,
+    resumed_client,
+    run,
+    sim_fixture,
+    simulator_fixture,
+    transport,
+)
+
+pytestmark = pytest.mark.e2e
+
+WEB_ID = re.compile(r"^3EB0[0-9A-F]{18}$")
+
+
+def test_inbound_messages_are_real_message_protobufs_with_realistic_ids_and_jids(sim, tmp_path):
+    async def body():
+        t = transport(sim, tmp_path)
+        client, rec = await paired_client(sim, t, 4)
+        sent = await inject(
+            sim,
+            4,
+            messages=[
+                {"from": PHONE, "text": "plain", "push_name": "Anna"},
+                {
+                    "from": PHONE,
+                    "text": "from a linked device",
+                    "mode": "device",
+                    "style": "iphone",
+                },
+                {"from": PHONE, "text": "privacy id", "mode": "lid"},
+                {"from": PHONE, "text": "in a group", "mode": "group"},
+            ],
+        )
+        await rec.wait(base.InboundMessage, 4)
+        await client.stop()
+        await t.aclose()
+        return sent["ids"], [normalize_message(e.event) for e in rec.of(base.InboundMessage)]
+
+    ids, (plain, device, lid, group) = run(body)
+    assert re.match(r"^[0-9A-F]{32}$", ids[0]) and re.match(r"^3A[0-9A-F]{18}$", ids[1])
+    assert [m.message_id for m in (plain, device, lid, group)] == ids
+    assert plain.text == "plain" and plain.push_name == "Anna"
+    assert plain.chat_jid == f"{PHONE}@s.whatsapp.net" and plain.sender_lid.endswith("@lid")
+    for message in (plain, device, lid, group):
+        assert message.sender_phone == f"+{PHONE}"
+    assert device.chat_jid == f"{PHONE}@s.whatsapp.net" and not device.is_group
+    assert lid.chat_jid.endswith("@lid") and lid.chat_jid == lid.sender_lid
+    assert group.is_group and group.chat_jid.endswith("@g.us")
+    assert group.sender_lid == lid.sender_lid  # one phone, one LID
+
+
+def test_unacknowledged_messages_are_redelivered_when_the_client_reconnects(sim, tmp_path):
+    async def body():
+        t = transport(sim, tmp_path)
+        client, rec = await paired_client(sim, t, 5, Recorder(fail_first_message=True))
+        first = await inject(sim, 5, **{"from": PHONE}, text="handler fails")
+        # Written, then the connection drops before any ack can arrive.
+        burst = await inject(sim, 5, **{"from": PHONE}, text="burst", count=3, drop_after=True)
+        assert burst["dropped"]
+        await rec.wait(base.Disconnected)
+        await rec.wait(base.Connected, 2)
+        await rec.wait(base.InboundMessage, 7)
+        await asyncio.sleep(0.3)
+        await client.stop()
+        await t.aclose()
+        return first["ids"] + burst["ids"], rec
+
+    ids, rec = run(body)
+    seen = rec.message_ids()
+    # The failed one (never acked) and the burst (acks lost) all come again.
+    assert sorted(seen) == sorted(ids[1:] + ids)
+    assert rec.events[0:3] and ("handler failed", ids[0]) in rec.events
+    company = sim.company(5)
+    assert company["delivered"] == 4 and company["redelivered"] == 4
+    assert company["acked"] == 4 and company["queued"] == 0 and company["drops"] == 1
+
+
+def test_messages_for_an_offline_device_wait_in_its_queue(sim, tmp_path):
+    async def body():
+        t = transport(sim, tmp_path)
+        client, _ = await paired_client(sim, t, 6)
+        await client.stop()
+        queued = await inject(sim, 6, **{"from": PHONE}, text="while away", count=4)
+        assert not queued["online"] and queued["queued"] == 4
+        again, rec = await resumed_client(t, 6)
+        await rec.wait(base.InboundMessage, 4)
+        assert type(rec.events[0]) is base.Connected  # connected first, then the queue
+        await asyncio.sleep(0.2)
+        await again.stop()
+        await t.aclose()
+        return queued["ids"], rec.message_ids()
+
+    ids, seen = run(body)
+    assert seen == ids  # in order, once each
+    company = sim.company(6)
+    assert company["delivered"] == 4 and company["redelivered"] == 0 and company["queued"] == 0
+
+
+def test_sends_are_acknowledged_with_an_id_and_recorded_for_the_receiving_phone(sim, tmp_path):
+    async def body():
+        t = transport(sim, tmp_path)
+        client, rec = await paired_client(sim, t, 7)
+        await inject(sim, 7, **{"from": PHONE}, text="hi", mode="lid")
+        lid_jid = (await rec.wait(base.InboundMessage)).event.Info.MessageSource.Chat.User
+        to_phone = await client.send_text(f"{PHONE}@s.whatsapp.net", "to the phone")
+        to_lid = await client.send_text(f"{lid_jid}@lid", "to the lid")
+        receipt = await rec.wait(base.Receipt, 2)
+        errors = []
+        for jid, text in (("not-a-jid", "x"), (f"{PHONE}@s.whatsapp.net", "  ")):
+            with pytest.raises(base.TransportError) as err:
+                await client.send_text(jid, text)
+            errors.append(err.value)
+        await client.stop()
+        with pytest.raises(base.TransportError) as offline:
+            await client.send_text(f"{PHONE}@s.whatsapp.net", "after stop")
+        await t.aclose()
+        return to_phone, to_lid, receipt, errors, offline.value
+
+    to_phone, to_lid, receipt, errors, offline = run(body)
+    assert WEB_ID.match(to_phone) and WEB_ID.match(to_lid) and to_phone != to_lid
+    assert receipt.message_ids == (to_lid,) and receipt.kind == "delivered"
+    assert all(e.permanent for e in errors) and not offline.permanent
+    sends = sim.sends(phone=PHONE)
+    assert [(s["id"], s["text"]) for s in sends] == [
+        (to_phone, "to the phone"),
+        (to_lid, "to the lid"),
+    ]
+    assert sim.company(7)["sends"] == 2 and sim.sends(company="7", phone="4915100000009") == []
+
+
+def test_bad_control_requests_get_a_clear_error_and_queue_nothing(sim, tmp_path):
+    async def body():
+        t = transport(sim, tmp_path)
+        client, _ = await paired_client(sim, t, 14)
+        await client.stop()
+        await t.aclose()
+
+    run(body)
+    before = sim.stats()["totals"].get("injected", 0)
+    cases = [
+        ({"text": "no company", "from": PHONE}, 400, "company"),
+        ({"company": 99, "from": PHONE, "text": "x"}, 404, "company 99 has no paired device"),
+        ({"company": 14, "from": "12", "text": "x"}, 400, "not a phone number"),
+        ({"company": 14, "from": PHONE, "text": "x", "count": 0}, 400, "count"),
+        (
+            {"company": 14, "messages": [{"from": PHONE, "text": "ok"}, {"from": PHONE}]},
+            400,
+            "from (the phone) and text",
+        ),
+        ({"company": 14, "from": PHONE, "text": "x", "mode": "carrier-pigeon"}, 400, "mode"),
+    ]
+    for body, status, words in cases:
+        with pytest.raises(ControlError) as err:
+            sim.post("messages", **body)
+        assert err.value.status == status and words in err.value.body, (body, err.value)
+    with pytest.raises(ControlError) as err:
+        sim.post("ban", company=14, seconds="soon")
+    assert err.value.status == 400 and "seconds" in err.value.body
+    assert sim.stats()["totals"].get("injected", 0) == before
+    assert sim.company(14)["queued"] == 0
+
+
+def test_a_connection_must_start_with_hello_and_bad_frames_get_an_error(sim):
+    async def body():
+        async with aiohttp.ClientSession() as http:
+            async with http.ws_connect(f"{sim.url}/ws") as ws:
+                await ws.send_str(json.dumps({"type": "send", "to": "x", "text": "y"}))
+                error = await ws.receive_json(timeout=5)
+                closing = await ws.receive(timeout=5)
+            async with http.ws_connect(f"{sim.url}/ws") as ws:
+                await ws.send_json({"type": "hello", "company": "15"})
+                qr = await ws.receive_json(timeout=5)
+                await ws.send_str("not json")
+                bad = await ws.receive_json(timeout=5)
+                await ws.send_json({"type": "teleport"})
+                unknown = await ws.receive_json(timeout=5)
+        return error, closing, qr, bad, unknown
+
+    error, closing, qr, bad, unknown = run(body)
+    assert error["type"] == "error" and "hello" in error["error"]
+    assert closing.type == aiohttp.WSMsgType.CLOSE and closing.data == 4400
+    assert qr["type"] == "qr" and bad["type"] == "error" and "teleport" in unknown["error"]
