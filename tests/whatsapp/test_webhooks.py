@@ -416,7 +416,8 @@ class TestTargets:
 
         def resolve(host, port, type=None):  # .invalid never resolves in real DNS
             lookups.append(host)
-            return [(2, 1, 6, "", ("127.0.0.1", port))]
+            # Nothing listens on 127.0.0.2: the next checked address is tried.
+            return [(2, 1, 6, "", ("127.0.0.2", port)), (2, 1, 6, "", ("127.0.0.1", port))]
 
         url = f"http://receiver.invalid:{port}/in/hook?tenant=a"
         outcome = post_signed(url, "whsec_x", uuid.uuid4(), b"{}", 2.0, resolve=resolve)

@@ -171,7 +171,24 @@ def post_signed(url, secret, event_id, body, timeout, resolve=socket.getaddrinfo
     except UnsafeWebhookURL as exc:
         return PostOutcome(None, elapsed(), f"refused: {exc}", refused=True)
     headers = {**signed_headers(secret, event_id, body), "Host": target.host_header}
-    pool = _pool(target, target.addresses[0], timeout)
+    failures = []
+    for address in target.addresses:  # the next checked address only if one refuses
+        try:
+            status, content = _post_once(target, address, headers, body, timeout)
+        except urllib3.exceptions.NewConnectionError as exc:  # a ConnectTimeoutError subclass
+            failures.append(f"{address}: {exc}")
+            continue
+        except urllib3.exceptions.TimeoutError:
+            return PostOutcome(None, elapsed(), f"timeout after {timeout:g}s")
+        except urllib3.exceptions.HTTPError as exc:
+            return PostOutcome(None, elapsed(), f"{type(exc).__name__}: {exc}"[:1000])
+        error = "" if 200 <= status < 300 else f"HTTP {status}"
+        return PostOutcome(status, elapsed(), error, content)
+    return PostOutcome(None, elapsed(), f"connection failed: {'; '.join(failures)}"[:1000])
+
+
+def _post_once(target, address, headers, body, timeout):
+    pool = _pool(target, address, timeout)
     try:
         response = pool.urlopen(
             "POST",
@@ -183,17 +200,8 @@ def post_signed(url, secret, event_id, body, timeout, resolve=socket.getaddrinfo
             preload_content=False,
         )
         try:
-            content = response.read(MAX_RESPONSE_BYTES, decode_content=True) or b""
-            status = response.status
+            return response.status, response.read(MAX_RESPONSE_BYTES, decode_content=True) or b""
         finally:
             response.release_conn()
-    except urllib3.exceptions.NewConnectionError as exc:  # a ConnectTimeoutError subclass
-        return PostOutcome(None, elapsed(), f"connection failed: {exc}"[:1000])
-    except urllib3.exceptions.TimeoutError:
-        return PostOutcome(None, elapsed(), f"timeout after {timeout:g}s")
-    except urllib3.exceptions.HTTPError as exc:
-        return PostOutcome(None, elapsed(), f"{type(exc).__name__}: {exc}"[:1000])
     finally:
         pool.close()
-    error = "" if 200 <= status < 300 else f"HTTP {status}"
-    return PostOutcome(status, elapsed(), error, content)
