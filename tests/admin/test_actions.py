@@ -6,6 +6,7 @@ refused or invalid request changes nothing."""
 import pytest
 from django.urls import reverse
 
+from companies.models import Company, Membership
 from whatsapp.models import ConnectionEvent, DesiredState, WhatsAppSession
 
 from .conftest import login, set_session
@@ -175,3 +176,20 @@ def test_it_validates_ownership(client, tenants, sessions):
     assert fresh(b).desired_state == DesiredState.STOPPED
     assert b.events.first().reason == "stop requested by other (admin)"
     assert snapshot(b) != before_b
+
+
+def test_a_company_without_a_session_is_started_from_the_dashboard(client, tenants, sessions):
+    gamma = Company.objects.create(name="Cafe Gamma", slug="gamma")
+    start = reverse("whatsapp_health_start", args=[gamma.pk])
+    assert login(client, tenants.owner).post(start).status_code == 404  # not their company
+    assert client.get(reverse("whatsapp_health_start", args=[tenants.a.pk])).status_code == 405
+    assert not WhatsAppSession.objects.filter(company=gamma).exists()
+    response = login(client, tenants.superuser).post(start)
+    session = WhatsAppSession.objects.get(company=gamma)
+    assert response.url == reverse("admin:whatsapp_whatsappsession_change", args=[session.pk])
+    assert session.desired_state == DesiredState.RUNNING
+    # A plain member may see a company but not start it.
+    Membership.objects.create(company=gamma, user=tenants.member)
+    WhatsAppSession.objects.filter(company=gamma).delete()
+    assert login(client, tenants.member).post(start).status_code == 403
+    assert not WhatsAppSession.objects.filter(company=gamma).exists()

@@ -1,15 +1,19 @@
 """The health dashboard: every visible company at a glance, worst first."""
 
 from django.conf import settings
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
+from django.http import Http404
+from django.shortcuts import redirect
 from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils import timezone
+from django.views.decorators.http import require_POST
 
 from companies.models import Company
 from whatsapp.models import WhatsAppSession
 from whatsapp.models.health import health_report
+from whatsapp.services import control
 
 from .sessions import live_context
 
@@ -38,7 +42,27 @@ def health_dashboard(request):
         "flap_reconnects": conf["FLAP_RECONNECTS"],
         "flap_window": conf["FLAP_WINDOW_MINUTES"],
         "down_threshold": conf["DOWN_THRESHOLD_MINUTES"],
+        "managed_ids": set(Company.objects.managed_by(request.user).values_list("pk", flat=True)),
         "opts": WhatsAppSession._meta,
         "media": admin.site._registry[WhatsAppSession].media,
     }
     return TemplateResponse(request, "admin/whatsapp/health.html", context)
+
+
+@require_POST
+def start_company_session(request, company_id):
+    """Start the first session of a company that never had one (the session list
+    shows existing sessions only)."""
+    if not Company.objects.visible_to(request.user).filter(pk=company_id).exists():
+        raise Http404("No such company (or not yours).")
+    if not Company.objects.managed_by(request.user).filter(pk=company_id).exists():
+        raise PermissionDenied("Only the company's owners and admins control its session.")
+    try:
+        session = control.start_session(
+            company_id, actor=f"by {request.user.get_username()} (admin)"
+        )
+    except control.SessionCommandError as exc:
+        messages.error(request, f"Start refused: {exc}")
+        return redirect("whatsapp_health")
+    messages.success(request, f"Start requested for {session.company.name}.")
+    return redirect("admin:whatsapp_whatsappsession_change", session.pk)

@@ -3,8 +3,13 @@
 from django.contrib import admin
 from django.urls import path
 
-from .dashboard import health_dashboard
+from .dashboard import health_dashboard, start_company_session
 
 urlpatterns = [
     path("", admin.site.admin_view(health_dashboard), name="whatsapp_health"),
+    path(
+        "start/<int:company_id>/",
+        admin.site.admin_view(start_company_session),
+        name="whatsapp_health_start",
+    ),
 ]
