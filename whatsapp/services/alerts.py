@@ -174,9 +174,10 @@ def run_alert_checks(now=None, notify=True):
             Incident.objects.filter(
                 subject=finding.subject, kind=finding.kind, resolved_at__isnull=True
             ).update(last_seen_at=now, summary=finding.summary[:300], details=finding.details)
-    for pk, subject, kind in Incident.objects.filter(resolved_at__isnull=True).values_list(
-        "pk", "subject", "kind"
-    ):
+    # Only incidents opened up to this run's moment: one a concurrent, later run just
+    # opened is not this run's to judge.
+    open_now = Incident.objects.filter(resolved_at__isnull=True, opened_at__lte=now)
+    for pk, subject, kind in open_now.values_list("pk", "subject", "kind"):
         if (subject, kind) in findings:
             continue
         if Incident.objects.filter(pk=pk, resolved_at__isnull=True).update(resolved_at=now):
