@@ -1,5 +1,7 @@
 """Cursor pagination: stable under inserts, opaque cursors, bad cursor = 400."""
 
+import re
+
 from rest_framework import exceptions
 from rest_framework.pagination import CursorPagination
 
@@ -20,7 +22,9 @@ class IdCursorPagination(CursorPagination):
 
     def get_page_size(self, request):
         raw = request.query_params.get(self.page_size_query_param)
-        if raw is not None and not (raw.isdigit() and int(raw) > 0):
+        if raw is not None and not (
+            re.fullmatch(r"[0-9]{1,4}", raw) and 1 <= int(raw) <= self.max_page_size
+        ):
             raise exceptions.ValidationError(
                 {
                     self.page_size_query_param: [
@@ -29,6 +33,13 @@ class IdCursorPagination(CursorPagination):
                 }
             )
         return super().get_page_size(request)
+
+    def get_schema_operation_parameters(self, view):
+        parameters = super().get_schema_operation_parameters(view)
+        for parameter in parameters:
+            if parameter["name"] == self.page_size_query_param:
+                parameter["schema"].update({"minimum": 1, "maximum": self.max_page_size})
+        return parameters
 
 
 class AscendingIdCursorPagination(IdCursorPagination):

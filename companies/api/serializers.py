@@ -1,9 +1,10 @@
 from rest_framework import serializers
 
+from aiadmin.api.strict import StrictTypesMixin
 from companies.models import Company
 
 
-class CompanySerializer(serializers.ModelSerializer):
+class CompanySerializer(StrictTypesMixin, serializers.ModelSerializer):
     class Meta:
         model = Company
         fields = [

@@ -1,6 +1,6 @@
 """Companies: list and detail of what the caller may see; superusers create and update."""
 
-from drf_spectacular.utils import extend_schema, extend_schema_view
+from drf_spectacular.utils import OpenApiExample, extend_schema, extend_schema_view
 from rest_framework import mixins, status
 from rest_framework.response import Response
 
@@ -13,7 +13,18 @@ from .tenancy import TenantAPIView
 
 @extend_schema_view(
     get=extend_schema(summary="List the companies the caller may see", tags=["companies"]),
-    post=extend_schema(summary="Create a company (superusers only)", tags=["companies"]),
+    post=extend_schema(
+        summary="Create a company (superusers only)",
+        tags=["companies"],
+        responses={201: CompanySerializer},
+        examples=[
+            OpenApiExample(
+                "Company",
+                request_only=True,
+                value={"name": "Salon Gamma", "slug": "gamma", "timezone": "Europe/Berlin"},
+            )
+        ],
+    ),
 )
 class CompanyListView(mixins.ListModelMixin, mixins.CreateModelMixin, TenantAPIView):
     queryset = Company.objects.all()

@@ -54,6 +54,8 @@ def test_a_superuser_creates_a_company(callers):
         ({"slug": "x"}, "name"),
         ({"name": "X", "slug": "x", "contact_phone": "123"}, "contact_phone"),
         ({"name": "X", "slug": "x", "contact_email": "nope"}, "contact_email"),
+        ({"name": "X", "slug": "x", "is_active": "yes"}, "is_active"),
+        ({"name": 7, "slug": "x"}, "name"),
     ],
 )
 def test_invalid_company_data_is_a_400_naming_the_field(body, field, callers, tenants):

@@ -167,7 +167,7 @@ def test_the_matrix_covers_every_api_route():
     routes = {str(p.pattern) for p in whatsapp_routes + company_routes}
     covered = {e.path.replace("/api/v1/", "", 1) for e in ENDPOINTS}
     normalised = {
-        r.replace("<int:company_id>", "{a}").replace("<int:message_id>", "{in}") for r in routes
+        r.replace("<id:company_id>", "{a}").replace("<id:message_id>", "{in}") for r in routes
     }
     covered = {c.replace("{out}", "{in}") for c in covered}
     assert normalised <= covered, normalised - covered

@@ -115,6 +115,8 @@ def test_a_malformed_idempotency_key_is_a_400(key, api_a, tenants):
         ({"to": "+491707654321"}, "text"),
         ({"to": "+491707654321", "text": 5 * "x" * 1000}, "text"),
         ({"to": "+491707654321", "text": "nul\x00byte"}, "text"),
+        ({"to": "+491707654321", "text": 12345}, "text"),
+        ({"to": 491707654321, "text": "numbers are not strings"}, "to"),
     ],
 )
 def test_invalid_input_is_a_400_naming_the_field(body, field, api_a, tenants):

@@ -8,7 +8,12 @@ a 409 that says so. Keys are per company.
 """
 
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from drf_spectacular.utils import (
+    OpenApiExample,
+    OpenApiParameter,
+    OpenApiResponse,
+    extend_schema,
+)
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 
@@ -75,6 +80,18 @@ class OutboundListView(TenantAPIView):
         summary="Send a text message (queued; the company's worker sends it)",
         tags=TAGS,
         request=SendTextSerializer,
+        examples=[
+            OpenApiExample(
+                "To a phone number",
+                request_only=True,
+                value={"to": "+49 170 1234567", "text": "Your table is booked."},
+            ),
+            OpenApiExample(
+                "To a group",
+                request_only=True,
+                value={"to": "120363025246125486@g.us", "text": "Hello all"},
+            ),
+        ],
         parameters=[
             OpenApiParameter(
                 IDEMPOTENCY_HEADER,
@@ -149,7 +166,8 @@ class InboundListView(TenantAPIView):
         },
     )
     def get(self, request, company_id):
-        filters = InboundFilterSerializer(data=request.query_params)
+        # A plain dict: an empty value (`?status=`) is then an error, not a missing filter.
+        filters = InboundFilterSerializer(data=request.query_params.dict())
         filters.is_valid(raise_exception=True)
         page = self.paginate_queryset(filters.filter(self.get_queryset()))
         return self.get_paginated_response(InboundMessageSerializer(page, many=True).data)

@@ -4,6 +4,7 @@ serializers that validate what callers send (clear 400s, field by field)."""
 from django.conf import settings
 from rest_framework import serializers
 
+from aiadmin.api.strict import StrictTypesMixin
 from whatsapp.models import (
     ConnectionEvent,
     InboundMessage,
@@ -79,7 +80,7 @@ class QRCodeSerializer(serializers.Serializer):
     state = serializers.CharField()
 
 
-class PairingCodeRequestSerializer(serializers.Serializer):
+class PairingCodeRequestSerializer(StrictTypesMixin, serializers.Serializer):
     phone = serializers.CharField(
         max_length=32,
         help_text="The phone number of the WhatsApp account to link, e.g. +49 170 1234567.",
@@ -220,7 +221,7 @@ class OutboundMessageSerializer(serializers.ModelSerializer):
         ]
 
 
-class SendTextSerializer(serializers.Serializer):
+class SendTextSerializer(StrictTypesMixin, serializers.Serializer):
     to = serializers.CharField(
         max_length=128,
         help_text="A phone number (+49 170 1234567) or a JID (phone, @lid or group @g.us).",

@@ -13,7 +13,7 @@ import segno
 from django.db.models import Count
 from django.http import HttpResponse
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiResponse, extend_schema
+from drf_spectacular.utils import OpenApiExample, OpenApiResponse, extend_schema
 from rest_framework import status
 from rest_framework.negotiation import BaseContentNegotiation
 from rest_framework.response import Response
@@ -147,6 +147,7 @@ class PairingCodeView(TenantAPIView):
         "worker has fetched it from WhatsApp.",
         tags=TAGS,
         request=PairingCodeRequestSerializer,
+        examples=[OpenApiExample("Phone", value={"phone": "+49 170 1234567"}, request_only=True)],
         responses={
             202: SessionSerializer,
             400: OpenApiResponse(description="Invalid phone."),

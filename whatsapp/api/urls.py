@@ -1,8 +1,10 @@
 from django.urls import path
 
+import aiadmin.api.converters  # noqa: F401  (registers <id:...>)
+
 from . import messages, sessions
 
-S = "whatsapp/sessions/<int:company_id>/"
+S = "whatsapp/sessions/<id:company_id>/"
 
 urlpatterns = [
     path("whatsapp/sessions/", sessions.SessionListView.as_view(), name="session-list"),
@@ -20,16 +22,16 @@ urlpatterns = [
     path(S + "events", sessions.ConnectionEventListView.as_view(), name="session-events"),
     path(S + "outbound/", messages.OutboundListView.as_view(), name="outbound-list"),
     path(
-        S + "outbound/<int:message_id>/",
+        S + "outbound/<id:message_id>/",
         messages.OutboundDetailView.as_view(),
         name="outbound-detail",
     ),
     path(S + "inbound/", messages.InboundListView.as_view(), name="inbound-list"),
     path(
-        S + "inbound/<int:message_id>/", messages.InboundDetailView.as_view(), name="inbound-detail"
+        S + "inbound/<id:message_id>/", messages.InboundDetailView.as_view(), name="inbound-detail"
     ),
     path(
-        S + "inbound/<int:message_id>/processing",
+        S + "inbound/<id:message_id>/processing",
         messages.ProcessingStatusView.as_view(),
         name="inbound-processing",
     ),
