@@ -114,10 +114,11 @@ if DATABASE_URL:
         _default_db = env.db_url_config(DATABASE_URL)
     except Exception as exc:  # django-environ raises several types here
         raise ImproperlyConfigured(f"DATABASE_URL is not a valid database URL: {exc}") from exc
-    _engine = _default_db["ENGINE"]
+    _engine = _default_db.get("ENGINE") or ""
     if not _engine.endswith(("postgresql", "sqlite3")):
+        _scheme = DATABASE_URL.split("://", 1)[0] if "://" in DATABASE_URL else "no scheme"
         raise ImproperlyConfigured(
-            f"DATABASE_URL must be postgres://... (or sqlite:///...), not {_engine!r}."
+            f"DATABASE_URL must be postgres://... (or sqlite:///...), not {_engine or _scheme!r}."
         )
     if _engine.endswith("sqlite3"):
         _default_db["OPTIONS"] = dict(_SQLITE_OPTIONS)
