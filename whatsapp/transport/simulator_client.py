@@ -249,10 +249,9 @@ class SimulatorClient:
             pass
         finally:
             self._logged_in = False
-            if self._keepalive is not None:
-                if self._keepalive is not asyncio.current_task():
-                    self._keepalive.cancel()
-                self._keepalive = None
+            keepalive, self._keepalive = self._keepalive, None
+            if keepalive is not None and keepalive not in self._emitting:
+                keepalive.cancel()  # (one inside the handler ends by itself: ws is closed)
             self._fail_waiting("the connection to the simulator ended")
             if self._ws is ws:
                 self._ws = None
