@@ -1,6 +1,7 @@
 """Leases: who may hold a company's live client, decided by the database."""
 
 import asyncio
+import os
 import threading
 import time
 from datetime import timedelta
@@ -262,3 +263,35 @@ def test_a_worker_that_cannot_renew_stops_its_clients_before_the_lease_expires(
     run(scenario)
     assert stopped_at["before_expiry"] > 0, stopped_at  # stopped while the lease still held
     assert stopped_at["after"] < 3.0
+
+
+@pytest.mark.django_db
+class TestWorkerIdentity:
+    def test_a_second_live_process_cannot_run_under_the_same_worker_id(self):
+        WorkerProcess.objects.create(
+            worker_id="w-fixed",
+            channel_name="c",
+            hostname="other-host",
+            pid=4242,
+            heartbeat_at=timezone.now(),
+        )
+        with pytest.raises(leases.WorkerIdInUse, match="in use by pid 4242 on other-host"):
+            leases.claim_worker_id("w-fixed", wait=0)
+        assert WorkerProcess.objects.get(worker_id="w-fixed").pid == 4242  # untouched
+
+    def test_a_dead_or_stopped_predecessor_leaves_the_worker_id_free(self):
+        stale = timezone.now() - timedelta(minutes=5)
+        WorkerProcess.objects.create(
+            worker_id="w-dead", channel_name="c", hostname="h", pid=1, heartbeat_at=stale
+        )
+        WorkerProcess.objects.create(
+            worker_id="w-stopped",
+            channel_name="c",
+            hostname="h",
+            pid=2,
+            heartbeat_at=timezone.now(),
+            stopped_at=timezone.now(),
+        )
+        for worker_id in ("w-dead", "w-stopped"):
+            worker = leases.claim_worker_id(worker_id, wait=0)
+            assert worker.pid == os.getpid() and worker.stopped_at is None

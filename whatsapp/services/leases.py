@@ -18,6 +18,7 @@ import logging
 import math
 import os
 import socket
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import timedelta
@@ -81,6 +82,41 @@ def register_worker(worker_id, channel_name=None):
         },
     )
     return worker
+
+
+class WorkerIdInUse(Exception):
+    """Another live process runs under this worker id."""
+
+
+def claim_worker_id(worker_id, channel_name=None, wait=None):
+    """Register as `worker_id` unless another live process runs under it.
+
+    Two processes with one id would both "hold" every lease of that id (the
+    owner column is the id) and connect the same companies: the 440 cycling this
+    system exists to prevent. A process restarted under a fixed id after a
+    SIGKILL waits (up to a TTL by default) for its dead predecessor's heartbeat
+    to lapse; a predecessor that is still alive makes it fail with a clear error."""
+    host, pid = socket.gethostname()[:200], os.getpid()
+    wait = settings.WHATSAPP["LEASE_TTL"] + 1 if wait is None else wait
+    deadline = time.monotonic() + wait
+    while True:
+        other = (
+            WorkerProcess.objects.filter(
+                worker_id=worker_id,
+                stopped_at__isnull=True,
+                heartbeat_at__gt=timezone.now() - _ttl(),
+            )
+            .exclude(hostname=host, pid=pid)
+            .first()
+        )
+        if other is None:
+            return register_worker(worker_id, channel_name)
+        if time.monotonic() >= deadline:
+            raise WorkerIdInUse(
+                f"worker id {worker_id!r} is in use by pid {other.pid} on {other.hostname} "
+                f"(heartbeat {other.heartbeat_at:%H:%M:%S}); stop it or pick another --worker-id"
+            )
+        time.sleep(0.5)
 
 
 def heartbeat_worker(worker_id, sessions_owned):

@@ -26,9 +26,10 @@ import threading
 from channels.management.commands.runworker import Command as ChannelsRunworker
 from channels.worker import Worker
 from django.conf import settings
+from django.core.management.base import CommandError
 from django.db import close_old_connections, connections
 
-from whatsapp.services.leases import new_worker_id, register_worker
+from whatsapp.services.leases import WorkerIdInUse, claim_worker_id, new_worker_id
 from whatsapp.worker.commands import describe
 from whatsapp.worker.runtime import install_supervisor
 from whatsapp.worker.supervisor import SessionSupervisor
@@ -151,7 +152,10 @@ class Command(ChannelsRunworker):
             return super().handle(*args, **options)
         worker_id = options.get("worker_id") or new_worker_id()
         supervisor = install_supervisor(SessionSupervisor(worker_id=worker_id))
-        register_worker(worker_id, supervisor.channel_name)
+        try:
+            claim_worker_id(worker_id, supervisor.channel_name)
+        except WorkerIdInUse as exc:
+            raise CommandError(str(exc)) from None
         close_old_connections()
         connections.close_all()
         channels = [
