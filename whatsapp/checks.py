@@ -76,20 +76,3 @@ def check_webhook_and_alert_settings(app_configs, **kwargs):
     if chat and not chat.startswith(("https://", "http://")):
         errors.append(Error("ALERT_CHAT_WEBHOOK_URL must be an http(s) URL.", id="whatsapp.E104"))
     return errors
-
-
-@register(deploy=True)
-def check_monitoring(app_configs, **kwargs):
-    warnings = []
-    if not settings.METRICS_TOKEN:
-        warnings.append(Warning(
-            "METRICS_TOKEN is not set: /metrics is readable by anyone who can reach it.",
-            id="whatsapp.W101",
-        ))
-    if not settings.ADMINS and not settings.WHATSAPP_ALERTS["CHAT_WEBHOOK_URL"]:
-        warnings.append(Warning(
-            "Alerts have nowhere to go: set DJANGO_ADMINS (and EMAIL_URL) or "
-            "ALERT_CHAT_WEBHOOK_URL.",
-            id="whatsapp.W102",
-        ))
-    return warnings
