@@ -125,7 +125,7 @@ def test_a_logout_from_the_phone_ends_the_client_and_the_credential(sim, tmp_pat
         return logged_out, on_connect
 
     logged_out, on_connect = run(body)
-    assert not logged_out.on_connect and logged_out.reason == "removed from the phone"
+    assert not logged_out.on_connect and logged_out.reason == "LOGGED_OUT"
     assert on_connect.on_connect
     assert sim.company(8)["logouts"] == 1
 
@@ -153,7 +153,7 @@ def test_a_temporary_ban_ends_the_client_until_it_expires(sim, tmp_path):
     async def body():
         t = transport(sim, tmp_path)
         client, rec = await paired_client(sim, t, 10)
-        await asyncio.to_thread(sim.post, "ban", company=10, seconds=2, code="101")
+        await asyncio.to_thread(sim.post, "ban", company=10, seconds=2, code="BLOCKED_BY_USERS")
         ban = await rec.wait(base.TemporaryBan)
         await client.stop()
         during, rec2 = await resumed_client(t, 10)
@@ -167,7 +167,7 @@ def test_a_temporary_ban_ends_the_client_until_it_expires(sim, tmp_path):
         return ban, again
 
     ban, again = run(body)
-    assert ban.code == "101" and ban.expires_in_seconds == 2
+    assert ban.code == "BLOCKED_BY_USERS" and ban.expires_in_seconds == 2
     assert 1 <= again.expires_in_seconds <= 3
     assert sim.company(10)["bans"] == 1
 

@@ -170,11 +170,18 @@ def test_bad_control_requests_get_a_clear_error_and_queue_nothing(sim, tmp_path)
         with pytest.raises(ControlError) as err:
             sim.post("messages", **body)
         assert err.value.status == status and words in err.value.body, (body, err.value)
-    with pytest.raises(ControlError) as err:
-        sim.post("ban", company=14, seconds="soon")
-    assert err.value.status == 400 and "seconds" in err.value.body
+    for action, body, words in [
+        ("ban", {"company": 14, "seconds": "soon"}, "seconds"),
+        ("ban", {"company": 14, "seconds": 60, "code": "101"}, "SEND_TO_TOO_MANY_PEOPLE"),
+        ("logout", {"company": 14, "reason": "bored"}, "LOGGED_OUT"),
+        ("scan", {}, "company"),
+    ]:
+        with pytest.raises(ControlError) as err:
+            sim.post(action, **body)
+        assert err.value.status == 400 and words in err.value.body, (action, err.value)
     assert sim.stats()["totals"].get("injected", 0) == before
-    assert sim.company(14)["queued"] == 0
+    company = sim.company(14)
+    assert company["queued"] == 0 and company["bans"] == 0 and company["logouts"] == 0
 
 
 def test_a_connection_must_start_with_hello_and_bad_frames_get_an_error(sim):

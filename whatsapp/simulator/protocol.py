@@ -41,6 +41,16 @@ CLOSE_BAD_HELLO = 4400
 CLOSE_QR_TIMEOUT = 4408
 
 SERVERS = {"s.whatsapp.net", "lid", "g.us"}
+# The reasons and codes whatsmeow reports (neonize's enum names), so that the
+# worker records the same words whichever transport it drives.
+LOGOUT_REASONS = ("LOGGED_OUT", "MAIN_DEVICE_GONE", "UNKNOWN_LOGOUT", "GENERIC")
+BAN_CODES = (
+    "SEND_TO_TOO_MANY_PEOPLE",
+    "BLOCKED_BY_USERS",
+    "CREATED_TOO_MANY_GROUPS",
+    "SENT_TOO_MANY_SAME_MESSAGE",
+    "BROADCAST_LIST",
+)
 PAIR_ALPHABET = "123456789ABCDEFGHJKLMNPQRSTVWXYZ"  # whatsmeow's: no 0/O/I/U
 
 

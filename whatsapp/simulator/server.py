@@ -289,7 +289,9 @@ async def keepalive_timeout(state, body):
 @control
 async def logout(state, body):
     cred = _target(state, body)
-    reason = str(body.get("reason") or "removed from the phone")[:200]
+    reason = body.get("reason") or "LOGGED_OUT"
+    if reason not in p.LOGOUT_REASONS:
+        raise BadRequest(f"reason must be one of {', '.join(p.LOGOUT_REASONS)}")
     return {"was_online": await state.phone_logout(cred, reason), "jid": cred.jid}
 
 
@@ -297,7 +299,10 @@ async def logout(state, body):
 async def ban(state, body):
     cred = _target(state, body)
     seconds = _seconds(body, 3600)
-    return {"was_online": await state.ban(cred, seconds, body.get("code", "101")), "jid": cred.jid}
+    code = body.get("code") or "SEND_TO_TOO_MANY_PEOPLE"
+    if code not in p.BAN_CODES:
+        raise BadRequest(f"code must be one of {', '.join(p.BAN_CODES)}")
+    return {"was_online": await state.ban(cred, seconds, code), "jid": cred.jid}
 
 
 @control

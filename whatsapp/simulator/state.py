@@ -119,7 +119,7 @@ class SimulatorState:
         if cred is None:
             self.totals["unknown_credentials"] += 1
             await conn.end(
-                {"type": "logged_out", "reason": "device removed", "on_connect": True},
+                {"type": "logged_out", "reason": "LOGGED_OUT", "on_connect": True},
                 p.CLOSE_LOGGED_OUT,
             )
             return "logged_out"
@@ -352,7 +352,7 @@ class SimulatorState:
         await conn.send({"type": "logout_ok", "req": frame.get("req")})
         await conn.end(None, p.CLOSE_LOGGED_OUT)
 
-    async def phone_logout(self, cred, reason="removed from the phone"):
+    async def phone_logout(self, cred, reason="LOGGED_OUT"):
         self._forget(cred)
         cred.counts["logouts"] += 1
         self.totals["logouts"] += 1
@@ -370,7 +370,7 @@ class SimulatorState:
             del self.by_company[cred.company]
         self.save()
 
-    async def ban(self, cred, seconds, code="101"):
+    async def ban(self, cred, seconds, code="SEND_TO_TOO_MANY_PEOPLE"):
         cred.banned_until = time.time() + float(seconds)
         cred.ban_code = str(code)
         cred.counts["bans"] += 1
