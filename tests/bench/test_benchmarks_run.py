@@ -1,0 +1,85 @@
+"""The worker and latency benchmarks run end to end, on small numbers.
+
+They start real processes (qcluster, runworker, the WhatsApp simulator) on a
+database of their own. Nothing about speed is asserted (figures are printed,
+see docs/benchmarks.md); what is checked is that every command still works
+and measures every message and every session it was given. The SQLite pass
+runs them on the embedded default, the PostgreSQL pass on PostgreSQL + Redis.
+"""
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run_bench(script, *args):
+    env = dict(os.environ)
+    database_url = env.get("DATABASE_URL", "")
+    if database_url.startswith(("postgres://", "postgresql://")):
+        env["BENCH_PG_URL"] = database_url
+        env["BENCH_REDIS_URL"] = env["REDIS_URL"]
+        args = (*args, "--db", "postgres", "--broker", "redis")
+    else:
+        args = (*args, "--db", "sqlite")
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / script), *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=280,
+    )
+    out = done.stdout + done.stderr
+    assert done.returncode == 0, out
+    return done.stdout
+
+
+def figures(line):
+    return [float(x) for x in re.findall(r"\d+\.\d+", line)]
+
+
+def line_starting(out, prefix):
+    lines = [ln for ln in out.splitlines() if ln.startswith(prefix)]
+    assert lines, f"no line starting with {prefix!r} in:\n{out}"
+    return lines[0]
+
+
+def test_latency_benchmark_times_every_message_from_event_to_handler_start():
+    out = run_bench("latency.py", "-n", "12", "--rate", "20", "--idle", "1")
+    assert "12 messages at 20/s" in out
+    p50, p90, p99, worst = figures(line_starting(out, "event -> handler start"))
+    assert 0 < p50 <= p90 <= p99 <= worst
+    # The split adds up: recording and queueing are both part of the total.
+    commit_p50 = figures(line_starting(out, "  event -> committed"))[0]
+    assert commit_p50 <= worst
+
+
+def test_sessions_per_worker_benchmark_connects_every_session_through_the_simulator():
+    out = run_bench(
+        "sessions_per_worker.py", "--transport", "simulator", "-n", "8", "--settle", "2"
+    )
+    assert "DIED" not in out, out
+    assert re.search(r"^all connected: +\d+\.\d s$", out, re.M), out
+    assert "'owned': 8, 'connected': 8" in out
+    assert "leases released" in out and "9 of 9 leases released" in out
+
+
+def test_failover_benchmark_sees_every_session_owned_and_connected_again_after_kill_and_term():
+    out = run_bench(
+        "failover.py", "--transport", "simulator", "-n", "4", "--ttl", "3", "--interval", "1"
+    )
+    kill = line_starting(out, "SIGKILL of A -> B")
+    term = line_starting(out, "SIGTERM of B -> C")
+    assert "never" not in kill and "never" not in term, out
+    # After SIGKILL nobody can take over before the killed worker's leases expire.
+    first_owned, all_owned, all_connected, expired = figures(kill)
+    assert expired <= first_owned <= all_owned <= all_connected
+    assert "4 leases released" in out
