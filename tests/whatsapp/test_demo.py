@@ -3,14 +3,17 @@ pairing the company's worker by itself and serving the page to write as a phone.
 
 import asyncio
 import io
+import os
+import shutil
 import urllib.request
+from pathlib import Path
 
 import pytest
 from django.core.management import CommandError, call_command
 from django.utils.timezone import now
 
 from companies.models import Company
-from tests.e2e_processes import Simulator, free_port
+from tests.e2e_processes import AppProcesses, Simulator, free_port, wait_connected
 from whatsapp.handlers import auto_reply
 from whatsapp.models import AutoReplyRule, DesiredState, InboundMessage, WhatsAppSession
 from whatsapp.services.processing import HandlerResult
@@ -150,3 +153,61 @@ def test_the_send_command_says_what_is_wrong_when_it_cannot_deliver():
     dead = f"ws://127.0.0.1:{free_port()}"
     with pytest.raises(CommandError, match="cannot reach the simulator"):
         call_command("whatsapp_simulator_send", "hi", "--simulator", dead)
+
+
+@pytest.mark.e2e
+@pytest.mark.django_db(transaction=True, databases="__all__")
+def test_a_person_writes_on_the_demo_page_and_sees_the_answer_in_a_real_browser(tmp_path):
+    """The whole demo: simulator (auto-pairing), a worker and the job cluster as real
+    processes; the page in headless chromium; the answer comes from the company's rule."""
+    chromium = os.environ.get("AIADMIN_CHROMIUM", "/usr/bin/chromium")
+    if not (os.path.exists(chromium) or shutil.which(chromium)):
+        pytest.fail(
+            f"this test needs Debian's chromium at {chromium} (apt-get install chromium) "
+            "or AIADMIN_CHROMIUM set to a Chromium binary"
+        )
+    call_command("demo_company")
+    company = Company.objects.get(slug="demo-salon")
+    sim = Simulator(tmp_path, extra_args=["--auto-pair", "0.3"]).start()
+    app = AppProcesses(tmp_path, sim, WHATSAPP_RECONCILE_INTERVAL=1)
+    try:
+        app.start_workers("w1")
+        app.start_qcluster()
+        wait_connected([company.pk], app, "the demo company paired by itself")
+        chat = run_page(chromium, sim.base, company.pk)
+    finally:
+        app.stop_all()
+        sim.stop()
+    assert "you" in chat and "what are your opening hours?" in chat
+    assert "Hi Anna! We are open Monday to Friday, 9:00-18:00." in chat
+    message = InboundMessage.objects.get()
+    assert message.text == "what are your opening hours?" and message.push_name == "Anna"
+    assert message.job.status == "succeeded"
+    assert message.reply.wa_message_id in chat  # the page shows the id WhatsApp gave it
+
+
+def run_page(chromium, base, company_id):
+    from playwright.sync_api import expect, sync_playwright
+
+    artifacts = Path(__file__).resolve().parents[2] / "test-artifacts"
+    artifacts.mkdir(exist_ok=True)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=chromium, headless=True, args=["--no-sandbox", "--disable-gpu"]
+        )
+        try:
+            page = browser.new_page(viewport={"width": 1000, "height": 800})
+            page.goto(f"{base}/")
+            expect(page.locator(f'#company option:text-is("{company_id}")')).to_have_count(
+                1, timeout=20_000
+            )
+            page.select_option("#company", str(company_id))
+            page.fill("#name", "Anna")
+            page.fill("#text", "what are your opening hours?")
+            page.click("#send")
+            answer = page.locator("#chat .them")
+            expect(answer).to_contain_text("We are open Monday to Friday", timeout=60_000)
+            page.screenshot(path=str(artifacts / "demo-simulator-page.png"), full_page=True)
+            return page.locator("#chat").inner_text()
+        finally:
+            browser.close()
