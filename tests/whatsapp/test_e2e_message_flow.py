@@ -7,7 +7,8 @@ deliver them (phone JIDs, device suffixes, LIDs), with connection drops forced
 in the middle of the stream so that messages the workers already stored come
 again. Expected, and checked from the database and the simulator's counters:
 
-* exactly N InboundMessage rows and N succeeded processing jobs;
+* exactly N InboundMessage rows and N succeeded processing jobs (status
+  updates sent afterwards are acknowledged but neither stored nor answered);
 * exactly N auto-replies received by the simulator, each by the phone that
   wrote the message it answers (the reply names the phone's push name);
 * every redelivery blocked and counted: the simulator's redeliveries equal the
@@ -149,11 +150,18 @@ def test_every_message_is_stored_processed_and_answered_once_despite_redeliverie
         print(app.logs())
         raise
     wait_connected(ids, app, "every company connected again after the drops")
+    # Status updates of the same phones: delivered and acknowledged, never stored.
+    for company_id in ids:
+        statuses = [{"from": phone(p), "text": "my status", "mode": "status"} for p in range(3)]
+        sim.post("messages", company=company_id, messages=statuses)
+    total = N_MESSAGES + 3 * len(ids)
+    wait_for(lambda: sim.stats()["totals"].get("acked", 0) == total, 60, "statuses acked")
     time.sleep(1.5)  # anything late (a duplicate reply, a stray redelivery) shows up now
     took = time.monotonic() - started
     print(summary(sim, ids, drops, took))
 
-    # Exactly N stored, N jobs, all succeeded.
+    # Exactly N stored (the statuses ignored), N jobs, all succeeded.
+    assert stats_total(sim, "delivered") == total and stats_total(sim, "acked") == total
     assert InboundMessage.objects.count() == N_MESSAGES
     assert ProcessingJob.objects.count() == N_MESSAGES
     assert ProcessingJob.objects.filter(status=ProcessingJob.Status.SUCCEEDED).count() == (
@@ -190,6 +198,10 @@ def test_every_message_is_stored_processed_and_answered_once_despite_redeliverie
     assert stats["totals"].get("conflicts", 0) == 0
     assert sum(WhatsAppSession.objects.values_list("conflict_count", flat=True)) == 0
     assert sum(WhatsAppSession.objects.values_list("reconnect_count", flat=True)) >= drops
+
+
+def stats_total(sim, name):
+    return sim.stats()["totals"].get(name, 0)
 
 
 def summary(sim, ids, drops, took):

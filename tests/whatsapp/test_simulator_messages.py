@@ -46,16 +46,17 @@ def test_inbound_messages_are_real_message_protobufs_with_realistic_ids_and_jids
                 },
                 {"from": PHONE, "text": "privacy id", "mode": "lid"},
                 {"from": PHONE, "text": "in a group", "mode": "group"},
+                {"from": PHONE, "text": "my status", "mode": "status"},
             ],
         )
-        await rec.wait(base.InboundMessage, 4)
+        await rec.wait(base.InboundMessage, 5)
         await client.stop()
         await t.aclose()
         return sent["ids"], [normalize_message(e.event) for e in rec.of(base.InboundMessage)]
 
-    ids, (plain, device, lid, group) = run(body)
+    ids, (plain, device, lid, group, status) = run(body)
     assert re.match(r"^[0-9A-F]{32}$", ids[0]) and re.match(r"^3A[0-9A-F]{18}$", ids[1])
-    assert [m.message_id for m in (plain, device, lid, group)] == ids
+    assert [m.message_id for m in (plain, device, lid, group, status)] == ids
     assert plain.text == "plain" and plain.push_name == "Anna"
     assert plain.chat_jid == f"{PHONE}@s.whatsapp.net" and plain.sender_lid.endswith("@lid")
     for message in (plain, device, lid, group):
@@ -64,6 +65,8 @@ def test_inbound_messages_are_real_message_protobufs_with_realistic_ids_and_jids
     assert lid.chat_jid.endswith("@lid") and lid.chat_jid == lid.sender_lid
     assert group.is_group and group.chat_jid.endswith("@g.us")
     assert group.sender_lid == lid.sender_lid  # one phone, one LID
+    assert status.is_status and not status.is_client_message  # delivered, never answered
+    assert all(m.is_client_message for m in (plain, device, lid, group))
 
 
 def test_unacknowledged_messages_are_redelivered_when_the_client_reconnects(sim, tmp_path):

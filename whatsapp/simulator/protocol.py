@@ -51,6 +51,7 @@ BAN_CODES = (
     "SENT_TOO_MANY_SAME_MESSAGE",
     "BROADCAST_LIST",
 )
+MODES = ("phone", "device", "lid", "group", "status")
 PAIR_ALPHABET = "123456789ABCDEFGHJKLMNPQRSTVWXYZ"  # whatsmeow's: no 0/O/I/U
 
 
@@ -139,10 +140,10 @@ def inbound_frame(
 
     mode: phone (4915...@s.whatsapp.net), device (a linked device of that phone,
     4915...:3@s.whatsapp.net), lid (the sender's @lid with the phone as SenderAlt),
-    group (a group chat; the sender is the participant)."""
+    group (a group chat; the sender is the participant), status (status@broadcast)."""
     phone = digits(sender_phone)
-    if mode not in {"phone", "device", "lid", "group"}:
-        raise FrameError(f"unknown sender mode {mode!r} (phone, device, lid, group)")
+    if mode not in MODES:
+        raise FrameError(f"unknown sender mode {mode!r} ({', '.join(MODES)})")
     if not isinstance(text, str):
         raise FrameError("text must be a string")
     phone_jid = f"{phone}@s.whatsapp.net"
@@ -152,6 +153,8 @@ def inbound_frame(
         sender = f"{phone}:{device or 3}@s.whatsapp.net"
     elif mode == "lid":
         sender, sender_alt, chat = lid_jid, phone_jid, lid_jid
+    elif mode == "status":  # a status update: WhatsApp delivers it, nobody answers it
+        chat = "status@broadcast"
     elif mode == "group":
         chat = group if group else group_jid(company_jid)
         parse_jid(chat)
