@@ -2,12 +2,18 @@
 
 from whatsapp.services.alerts import run_alert_checks
 from whatsapp.services.jobs import sweep_unqueued_jobs
-from whatsapp.services.processing import run_processing_job
+from whatsapp.services.processing import run_message_job, run_processing_job
 from whatsapp.services.webhooks import deliver_webhook as deliver_webhook_service
 from whatsapp.services.webhooks import dispatch_due_webhooks
 
 
+def process_message_job(message_id):
+    """Run the processing job of inbound message `message_id`."""
+    return run_message_job(int(message_id))
+
+
 def process_inbound_message(job_id):
+    """Run processing job `job_id` (tasks queued by earlier versions)."""
     return run_processing_job(int(job_id))
 
 

@@ -29,7 +29,7 @@ def inbound_tasks():
     return [
         (t["func"], tuple(t["args"]))
         for t in queued_tasks()
-        if t["func"] == "whatsapp.tasks.process_inbound_message"
+        if t["func"].startswith("whatsapp.tasks.process_")
     ]
 
 

@@ -50,7 +50,7 @@ def assert_exactly_one(company, copies, message_id="3EB0AAAA0001"):
     assert InboundMessage.objects.filter(company=company).count() == 1
     job = ProcessingJob.objects.get(message=row)
     assert ProcessingJob.objects.count() == 1
-    assert inbound_tasks() == [("whatsapp.tasks.process_inbound_message", (job.pk,))]
+    assert inbound_tasks() == [("whatsapp.tasks.process_message_job", (row.pk,))]
     assert job.status == ProcessingJob.Status.QUEUED
     assert job.enqueue_count == 1
     assert job.task_id

@@ -37,7 +37,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 PHONE = "491701234567@s.whatsapp.net"
 GROUP = "120363025246125888@g.us"
-TASK = "whatsapp.tasks.process_inbound_message"
+TASK = "whatsapp.tasks.process_message_job"
 calls = []  # what the test handlers below were called with
 
 
@@ -109,14 +109,14 @@ def test_a_crash_between_commit_and_enqueue_still_yields_exactly_one_job(
     assert inbound_tasks() == []
     assert sweep_unqueued_jobs() == 0  # too fresh: its own enqueue may still be on its way
     assert sweep_unqueued_jobs(older_than=0) == 1
-    assert inbound_tasks() == [(TASK, (job.pk,))]
+    assert inbound_tasks() == [(TASK, (job.message_id,))]
     job.refresh_from_db()
     assert (job.status, job.enqueue_count) == (ProcessingJob.Status.QUEUED, 1)
     assert job.task_id
     # Sweeping again, and redelivering the message, change nothing.
     assert sweep_unqueued_jobs(older_than=0) == 0
     assert receive(company).status == "duplicate"
-    assert inbound_tasks() == [(TASK, (job.pk,))]
+    assert inbound_tasks() == [(TASK, (job.message_id,))]
     assert ProcessingJob.objects.count() == 1
 
 
@@ -146,7 +146,7 @@ def test_with_the_orm_broker_a_failing_enqueue_rolls_back_the_message(
     assert WhatsAppSession.objects.get(pk=session.pk).messages_in == 0
     monkeypatch.undo()
     assert receive(company).created  # the redelivery is a new message, not a duplicate
-    assert inbound_tasks() == [(TASK, (job_of().pk,))]
+    assert inbound_tasks() == [(TASK, (job_of().message_id,))]
 
 
 def test_with_the_orm_broker_the_task_is_part_of_the_message_transaction(company, session):
@@ -176,7 +176,7 @@ def test_concurrent_sweepers_enqueue_each_left_over_job_once(company, session):
         receive(company, f"3EB0S{i:02d}")
     purge()  # as if every enqueue had been lost
     ProcessingJob.objects.update(status=ProcessingJob.Status.PENDING, enqueue_count=0)
-    jobs = sorted(ProcessingJob.objects.values_list("pk", flat=True))
+    messages = sorted(ProcessingJob.objects.values_list("message_id", flat=True))
     barrier = threading.Barrier(4)
     counts, errors = [], []
 
@@ -196,7 +196,7 @@ def test_concurrent_sweepers_enqueue_each_left_over_job_once(company, session):
         t.join(timeout=120)
     assert not errors, errors
     assert sum(counts) == 20
-    assert sorted(args[0] for _, args in inbound_tasks()) == jobs
+    assert sorted(args[0] for _, args in inbound_tasks()) == messages
     assert set(ProcessingJob.objects.values_list("enqueue_count", flat=True)) == {1}
 
 
@@ -209,7 +209,7 @@ def test_the_sweeper_requeues_a_job_whose_cluster_died_mid_run(company, session)
         status=ProcessingJob.Status.RUNNING, started_at=long_ago, attempts=1
     )
     assert sweep_unqueued_jobs() == 1
-    assert inbound_tasks() == [(TASK, (job.pk,))]
+    assert inbound_tasks() == [(TASK, (job.message_id,))]
     use_handler(company, "recording_handler")
     assert run_processing_job(job.pk) == ProcessingJob.Status.SUCCEEDED
     assert calls == ["3EB0JOB1"]
@@ -253,7 +253,7 @@ def test_a_handler_error_is_recorded_and_retried_up_to_the_maximum_attempts(comp
             # Back to pending: the sweeper re-enqueues it (its retry delay).
             assert status == ProcessingJob.Status.PENDING == job.status
             assert sweep_unqueued_jobs(older_than=0) == 1
-            assert inbound_tasks()[-1] == (TASK, (job.pk,))
+            assert inbound_tasks()[-1] == (TASK, (job.message_id,))
         else:
             assert status == ProcessingJob.Status.FAILED == job.status
     assert calls == ["3EB0JOB1"] * max_attempts
@@ -343,3 +343,16 @@ def test_a_push_name_missing_from_the_event_is_greeted_as_client(rules):
     msg = normalize_message(message_event("3EB0NONAME", PHONE, "price"))
     record_inbound_message(rules.pk, msg)
     assert auto_reply(InboundMessage.objects.get()).reply_text == "Hi Client, a cut is 30 EUR."
+
+
+def test_the_task_entry_points_run_the_job_of_a_message_or_a_job_id(company, session):
+    from whatsapp import tasks
+
+    use_handler(company, "recording_handler")
+    receive(company, "3EB0T1")
+    receive(company, "3EB0T2")
+    assert tasks.process_message_job(job_of("3EB0T1").message_id) == ProcessingJob.Status.SUCCEEDED
+    assert tasks.process_inbound_message(job_of("3EB0T2").pk) == ProcessingJob.Status.SUCCEEDED
+    assert tasks.process_message_job(job_of("3EB0T1").message_id) == "skipped"
+    assert tasks.process_message_job(10**9) == "skipped"  # no such message: nothing to run
+    assert calls == ["3EB0T1", "3EB0T2"]

@@ -2,31 +2,107 @@
 
 * ORM broker (default): the enqueue is a row in the same transaction as the
   message, so commit means "stored and enqueued" and rollback means neither.
-* Redis broker: Redis is not part of the transaction, so the job is enqueued
-  on commit. A crash between commit and enqueue leaves the job `pending`;
-  `sweep_unqueued_jobs` (scheduled every minute, and run by the worker)
-  enqueues those. The job itself claims its row before running, so an extra
-  enqueue can never run the handler twice.
+  The job row is inserted already `queued`, carrying its task id.
+* Redis broker: Redis is not part of the transaction, so the job is inserted
+  `pending` and pushed on commit. A crash between commit and push leaves it
+  `pending`; `sweep_unqueued_jobs` (scheduled every minute) enqueues those.
+  The job claims its row before running, so an extra task can never run the
+  handler twice.
+
+The task takes the message's id (known before the job row exists, which
+lets the ORM path write the job once); the job is found by its message.
 """
 
 import logging
+import threading
 from datetime import timedelta
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import F, Q
 from django.utils import timezone
+from django_q.brokers import get_broker
 from django_q.tasks import async_task
 
 from whatsapp.models import ProcessingJob
 
 logger = logging.getLogger(__name__)
 
-TASK_PATH = "whatsapp.tasks.process_inbound_message"
+TASK_PATH = "whatsapp.tasks.process_message_job"
+Status = ProcessingJob.Status
+_local = threading.local()
 
 
 def broker_is_transactional():
     return getattr(settings, "Q_BROKER", "orm") == "orm"
+
+
+def _broker():
+    """One django-q2 broker per thread: async_task builds a new one per call
+    otherwise (with Redis, a new connection pool and TCP connection per task)."""
+    broker = getattr(_local, "broker", None)
+    if broker is None:
+        broker = _local.broker = get_broker()
+    return broker
+
+
+def push_task(message_id):
+    """Put the processing task of message `message_id` on the queue; its task id."""
+    return async_task(
+        TASK_PATH,
+        message_id,
+        group="inbound",
+        task_name=f"inbound-{message_id}",
+        broker=_broker(),
+    )
+
+
+_INSERT_JOB = None
+
+
+def _insert_job_sql():
+    global _INSERT_JOB
+    if _INSERT_JOB is None:
+        table = connection.ops.quote_name(ProcessingJob._meta.db_table)
+        _INSERT_JOB = (
+            f"INSERT INTO {table} (message_id, status, attempts, enqueue_count, task_id, "
+            "handler, result, error, created_at, enqueued_at) "
+            "VALUES (%s, %s, 0, %s, %s, '', '', '', %s, %s) RETURNING id"
+        )
+    return _INSERT_JOB
+
+
+def create_job(cursor, message_id, now):
+    """Insert the one job of a newly stored message and enqueue it; the job id.
+
+    Call inside the transaction that stored the message, with its cursor."""
+    when = connection.ops.adapt_datetimefield_value(now)
+    if broker_is_transactional():
+        # The task row commits (or rolls back) with the message and the job.
+        task_id = push_task(message_id)
+        cursor.execute(_insert_job_sql(), [message_id, Status.QUEUED, 1, task_id, when, when])
+        return cursor.fetchone()[0]
+    cursor.execute(_insert_job_sql(), [message_id, Status.PENDING, 0, "", when, None])
+    job_id = cursor.fetchone()[0]
+    transaction.on_commit(lambda: _enqueue_after_commit(job_id, message_id))
+    return job_id
+
+
+def _enqueue_after_commit(job_id, message_id):
+    """Push first, then mark queued in one UPDATE: if the push fails, the job
+    stays pending for the sweeper; if the sweeper got there first, the extra
+    task finds nothing to claim."""
+    try:
+        task_id = push_task(message_id)
+    except Exception:  # the broker is down: the sweeper will retry
+        logger.exception("enqueue of processing job %s failed; the sweeper will retry", job_id)
+        return
+    ProcessingJob.objects.filter(pk=job_id, status=Status.PENDING).update(
+        status=Status.QUEUED,
+        task_id=task_id or "",
+        enqueued_at=timezone.now(),
+        enqueue_count=F("enqueue_count") + 1,
+    )
 
 
 def _claim_and_enqueue(job_id, from_statuses):
@@ -36,28 +112,29 @@ def _claim_and_enqueue(job_id, from_statuses):
     Returns the task id, or None when the job was not claimable."""
     with transaction.atomic():
         claimed = ProcessingJob.objects.filter(pk=job_id, status__in=from_statuses).update(
-            status=ProcessingJob.Status.QUEUED,
+            status=Status.QUEUED,
             enqueued_at=timezone.now(),
             enqueue_count=F("enqueue_count") + 1,
         )
         if not claimed:
             return None
-        task_id = async_task(TASK_PATH, job_id, group="inbound")
+        message_id = ProcessingJob.objects.values_list("message_id", flat=True).get(pk=job_id)
+        task_id = push_task(message_id)
         ProcessingJob.objects.filter(pk=job_id).update(task_id=task_id or "")
     return task_id
 
 
 def enqueue_processing_job(job_id):
-    """Enqueue pending job `job_id`; call inside the transaction that created it."""
+    """Enqueue pending job `job_id` (an operator's retry); call in a transaction."""
     if broker_is_transactional():
-        _claim_and_enqueue(job_id, [ProcessingJob.Status.PENDING])
+        _claim_and_enqueue(job_id, [Status.PENDING])
     else:
-        transaction.on_commit(lambda: _enqueue_after_commit(job_id))
+        transaction.on_commit(lambda: _claim_after_commit(job_id))
 
 
-def _enqueue_after_commit(job_id):
+def _claim_after_commit(job_id):
     try:
-        _claim_and_enqueue(job_id, [ProcessingJob.Status.PENDING])
+        _claim_and_enqueue(job_id, [Status.PENDING])
     except Exception:  # the broker is down: the sweeper will retry
         logger.exception("enqueue of processing job %s failed; the sweeper will retry", job_id)
 
@@ -72,22 +149,22 @@ def sweep_unqueued_jobs(older_than=None, now=None):
     pending_cutoff = now - timedelta(seconds=older_than)
     stale_running = now - timedelta(seconds=settings.Q_CLUSTER["timeout"] + 30)
     stale = ProcessingJob.objects.filter(
-        Q(status=ProcessingJob.Status.PENDING, created_at__lt=pending_cutoff)
-        | Q(status=ProcessingJob.Status.RUNNING, started_at__lt=stale_running)
+        Q(status=Status.PENDING, created_at__lt=pending_cutoff)
+        | Q(status=Status.RUNNING, started_at__lt=stale_running)
     ).values_list("pk", "status")
     count = 0
     for job_id, status in list(stale[:1000]):
-        if status == ProcessingJob.Status.RUNNING:
+        if status == Status.RUNNING:
             # A job whose cluster process died mid-run goes back to the queue
             # (only if it is still that stale run: it may have finished since).
             with transaction.atomic():
                 if not ProcessingJob.objects.filter(
                     pk=job_id, status=status, started_at__lt=stale_running
-                ).update(status=ProcessingJob.Status.PENDING):
+                ).update(status=Status.PENDING):
                     continue
-                task_id = _claim_and_enqueue(job_id, [ProcessingJob.Status.PENDING])
+                task_id = _claim_and_enqueue(job_id, [Status.PENDING])
         else:
-            task_id = _claim_and_enqueue(job_id, [ProcessingJob.Status.PENDING])
+            task_id = _claim_and_enqueue(job_id, [Status.PENDING])
         count += task_id is not None
     if count:
         logger.warning("sweeper enqueued %d processing job(s) left unqueued", count)

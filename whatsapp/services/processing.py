@@ -131,6 +131,17 @@ def run_processing_job(job_id):
         return status
 
 
+def run_message_job(message_id):
+    """Run the processing job of inbound message `message_id` (see run_processing_job)."""
+    job_id = (
+        ProcessingJob.objects.filter(message_id=message_id).values_list("pk", flat=True).first()
+    )
+    if job_id is None:
+        logger.warning("no processing job for inbound message %s", message_id)
+        return "skipped"
+    return run_processing_job(job_id)
+
+
 def retry_processing_job(job_id):
     """Operator action: put a failed job back on the queue."""
     from .jobs import enqueue_processing_job
