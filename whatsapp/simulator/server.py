@@ -332,7 +332,7 @@ async def auto_pairer(state, delay):
     """Demo mode: every QR is "scanned" `delay` seconds after it is shown."""
     seen = {}
     while True:
-        await asyncio.sleep(min(0.25, delay))
+        await asyncio.sleep(max(0.02, min(0.25, delay)))  # --auto-pair 0: no busy loop
         now = asyncio.get_running_loop().time()
         for ref, conn in list(state.pending.items()):
             first = seen.setdefault(ref, now)
