@@ -280,6 +280,21 @@ REST_FRAMEWORK = {
     "EXCEPTION_HANDLER": "aiadmin.api.errors.api_exception_handler",
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
 }
+# API throttle counters: in Redis when there is one, so every web process shares
+# one budget per key; otherwise per process (local memory).
+CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+if REDIS_URL:
+    CACHES["api_throttle"] = {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": REDIS_URL,
+        "KEY_PREFIX": env.str("CHANNELS_PREFIX", default="aiadmin") + ":throttle",
+        "OPTIONS": {"socket_timeout": 2, "socket_connect_timeout": 2},
+    }
+else:
+    CACHES["api_throttle"] = {
+        "BACKEND": "django.core.cache.backends.locmem.LocMemCache",
+        "LOCATION": "api-throttle",
+    }
 # Largest API request body (DRF reads the stream itself, so Django's
 # DATA_UPLOAD_MAX_MEMORY_SIZE does not apply to it): 413 above this.
 API_MAX_BODY_BYTES = env.int("API_MAX_BODY_BYTES", default=128 * 1024)

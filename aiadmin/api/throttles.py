@@ -4,12 +4,20 @@ Rates come from REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"] (set from the
 environment in settings) and are read at request time, so a settings change
 applies at once. A view picks its bucket with `throttle_scope` ("api" unless
 it says otherwise; sending messages has its own, stricter "send" bucket).
+Counters live in the "api_throttle" cache (Redis in production, so all web
+processes share one budget per key).
 """
 
+import logging
+
+from django.conf import settings
+from django.core.cache import caches
 from rest_framework.settings import api_settings
 from rest_framework.throttling import SimpleRateThrottle
 
 from companies.models import CompanyAPIKey
+
+logger = logging.getLogger(__name__)
 
 
 class TenantRateThrottle(SimpleRateThrottle):
@@ -24,7 +32,12 @@ class TenantRateThrottle(SimpleRateThrottle):
         if self.rate is None:
             return True
         self.num_requests, self.duration = self.parse_rate(self.rate)
-        return super().allow_request(request, view)
+        self.cache = caches["api_throttle"]
+        try:
+            return super().allow_request(request, view)
+        except Exception:  # the counter store is down: serve rather than fail every call
+            logger.warning("API throttle store unavailable; not throttling", exc_info=True)
+            return True
 
     def get_cache_key(self, request, view):
         if isinstance(request.auth, CompanyAPIKey):
@@ -33,4 +46,5 @@ class TenantRateThrottle(SimpleRateThrottle):
             ident = f"user:{request.user.pk}"
         else:
             ident = f"addr:{self.get_ident(request)}"
-        return f"throttle:{self.scope}:{ident}"
+        namespace = getattr(settings, "API_THROTTLE_NAMESPACE", "")
+        return f"throttle:{namespace}:{self.scope}:{ident}"

@@ -91,3 +91,33 @@ def test_the_rates_are_set_from_the_environment():
         cwd=settings.BASE_DIR,
     ).stdout
     assert out.strip() == "{'api': '7/second', 'send': '5/hour'}"
+
+
+@pytest.mark.redis
+@pytest.mark.skipif(not settings.REDIS_URL, reason="runs in the PostgreSQL + Redis pass")
+@pytest.mark.usefixtures("three_per_minute")
+def test_with_redis_the_counters_are_shared_by_every_web_process(api_a, keys, tenants):
+    from django.core.cache import caches
+
+    for _ in range(2):
+        api_a.get(SESSIONS)
+    key = CompanyAPIKey.objects.get(name="a main")
+    another_process = caches.create_connection("api_throttle")  # its own connection pool
+    cache_key = f"throttle:{settings.API_THROTTLE_NAMESPACE}:api:key:{key.pk}"
+    assert len(another_process.get(cache_key)) == 2
+
+
+@pytest.mark.usefixtures("three_per_minute")
+def test_an_unreachable_counter_store_does_not_break_the_api(api_a, tenants, caplog):
+    dead = {
+        **settings.CACHES,
+        "api_throttle": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": "redis://127.0.0.1:1/0",
+            "OPTIONS": {"socket_connect_timeout": 1},
+        },
+    }
+    with override_settings(CACHES=dead):
+        statuses = [api_a.get(SESSIONS).status_code for _ in range(5)]
+    assert statuses == [200] * 5
+    assert "throttle store unavailable" in caplog.text
