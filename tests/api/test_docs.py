@@ -57,3 +57,13 @@ def test_swagger_ui_is_served_with_local_assets(client, db):
     assert b"SwaggerUI" in b"".join(
         static.streaming_content if static.streaming else [static.content]
     )
+
+
+def test_each_control_endpoint_has_its_own_summary(client, db):
+    paths = json.loads(client.get("/api/v1/schema/", {"format": "json"}).content)["paths"]
+    summaries = {
+        action: paths[f"/api/v1/whatsapp/sessions/{{company_id}}/{action}"]["post"]["summary"]
+        for action in ("start", "stop", "restart", "logout")
+    }
+    assert len(set(summaries.values())) == 4, summaries
+    assert summaries["logout"].startswith("Log the device out")

@@ -88,31 +88,35 @@ class SessionDetailView(TenantAPIView):
 
 
 class SessionControlView(TenantAPIView):
-    """POST only; `command` is the control service to call."""
+    """Base of the POST-only control endpoints; each calls one control service."""
 
     serializer_class = SessionSerializer
-    command = None
 
     def check_write_access(self, request):
         self.require_manager()
 
-    def post(self, request, company_id):
+    def run(self, command, request):
         try:
-            session = self.command(self.company.pk, actor=actor(request))
+            session = command(self.company.pk, actor=actor(request))
         except control.SessionCommandError as exc:
             raise Conflict(str(exc), code="session_command_rejected") from None
         return Response(SessionSerializer(session).data, status=status.HTTP_202_ACCEPTED)
 
 
 def control_view(name, command, summary):
-    view = type(name, (SessionControlView,), {"command": staticmethod(command)})
-    view.post = extend_schema(
+    """A control endpoint calling `command` (a function of its own, so that each
+    endpoint keeps its own OpenAPI summary)."""
+
+    @extend_schema(
         summary=summary,
         tags=TAGS,
         request=None,
         responses={202: SessionSerializer, **CONTROL_ERRORS},
-    )(view.post)
-    return view
+    )
+    def post(self, request, company_id):
+        return self.run(command, request)
+
+    return type(name, (SessionControlView,), {"post": post, "__doc__": summary})
 
 
 SessionStartView = control_view(
