@@ -39,8 +39,28 @@ class CompanyAPIKeyAdmin(APIKeyModelAdmin):
     list_display = ["prefix", "name", "company", "created", "expiry_date", "revoked"]
     list_filter = ["revoked", "company"]
     search_fields = ["name", "prefix", "company__name"]
-    autocomplete_fields = ["company"]
     actions = ["revoke_keys"]
+
+    # Staff who are not superusers (given the key permissions) manage the keys of the
+    # companies where they are owner or admin, and no others: a key is a tenant's credential.
+    def managed_companies(self, request):
+        if request.user.is_superuser:
+            return Company.objects.all()
+        managing = [Membership.Role.OWNER, Membership.Role.ADMIN]
+        return Company.objects.filter(
+            memberships__user=request.user, memberships__role__in=managing
+        ).distinct()
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).filter(company__in=self.managed_companies(request))
+
+    def get_autocomplete_fields(self, request):
+        return ["company"] if request.user.is_superuser else []
+
+    def formfield_for_foreignkey(self, db_field, request, **kwargs):
+        if db_field.name == "company":
+            kwargs["queryset"] = self.managed_companies(request)
+        return super().formfield_for_foreignkey(db_field, request, **kwargs)
 
     def get_readonly_fields(self, request, obj=None):
         fields = tuple(super().get_readonly_fields(request, obj))

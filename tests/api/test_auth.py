@@ -3,6 +3,8 @@ and shown once) and staff sessions; refusals in the one error shape."""
 
 import re
 
+import pytest
+from django.contrib.auth.models import Permission
 from django.test import Client
 from rest_framework.test import APIClient
 
@@ -135,3 +137,40 @@ def test_the_library_s_company_less_key_model_is_not_in_the_admin(tenants):
     client = Client()
     client.force_login(tenants.superuser)
     assert client.get("/admin/rest_framework_api_key/apikey/").status_code == 404
+
+
+@pytest.fixture
+def key_manager(tenants):
+    """A's owner, given the admin permissions on company API keys."""
+    perms = Permission.objects.filter(
+        content_type__app_label="companies", codename__endswith="companyapikey"
+    )
+    tenants.owner.user_permissions.add(*perms)
+    client = Client()
+    client.force_login(tenants.owner)
+    return client
+
+
+def test_an_owner_in_the_admin_sees_only_their_company_s_keys(key_manager, keys, tenants):
+    page = key_manager.get("/admin/companies/companyapikey/").content.decode()
+    assert "a main" in page
+    assert "b main" not in page
+    b_key = CompanyAPIKey.objects.get(name="b main")
+    assert key_manager.get(f"/admin/companies/companyapikey/{b_key.pk}/change/").status_code in (
+        302,
+        404,
+    )
+
+
+def test_an_owner_cannot_create_a_key_for_another_company(key_manager, tenants):
+    response = key_manager.post(
+        "/admin/companies/companyapikey/add/", {"name": "sneaky", "company": tenants.b.pk}
+    )
+    assert response.status_code == 200  # the form again, with an error
+    assert "Select a valid choice" in response.content.decode()
+    assert not CompanyAPIKey.objects.filter(name="sneaky").exists()
+    response = key_manager.post(
+        "/admin/companies/companyapikey/add/", {"name": "mine", "company": tenants.a.pk}
+    )
+    assert response.status_code == 302
+    assert CompanyAPIKey.objects.get(name="mine").company == tenants.a
