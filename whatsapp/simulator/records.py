@@ -34,8 +34,15 @@ class Connection:
         self.pair_phones = {}  # pairing code -> phone
 
     async def send(self, frame):
-        if self.alive:
+        """Write `frame`; a peer that vanished makes this connection dead, not an error."""
+        if not self.alive:
+            return False
+        try:
             await self._send(frame)
+        except (OSError, RuntimeError):  # aiohttp: cannot write to closing transport
+            self.drop()
+            return False
+        return True
 
     async def end(self, frame=None, code=1000):
         """Say why (frame), then close; nothing from this client counts any more."""

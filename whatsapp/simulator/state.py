@@ -271,11 +271,15 @@ class SimulatorState:
                     if mid not in cred.outbox or mid in conn.sent:
                         continue
                     conn.sent.add(mid)
-                    kind = "redelivered" if mid in cred.handed_out else "delivered"
-                    cred.handed_out.add(mid)
+                    first = mid not in cred.handed_out
+                    cred.handed_out.add(mid)  # before the await: its ack may come at once
+                    if not await conn.send(frame):
+                        if first:
+                            cred.handed_out.discard(mid)  # the client never got this one
+                        break
+                    kind = "delivered" if first else "redelivered"
                     cred.counts[kind] += 1
                     self.totals[kind] += 1
-                    await conn.send(frame)
         finally:
             conn.pumping = False
 

@@ -60,6 +60,8 @@ class Command(BaseCommand):
             )
         if min(opts["keepalive"], opts["keepalive_max_fail"], opts["qr_rotate"]) <= 0:
             raise CommandError("--keepalive, --keepalive-max-fail and --qr-rotate must be positive")
+        if opts["auto_pair"] is not None and opts["auto_pair"] < 0:
+            raise CommandError("--auto-pair must be 0 or more seconds")
         logging.basicConfig(level=logging.INFO, format="%(asctime)s simulator %(message)s")
         state = SimulatorState(
             state_file=opts["state"] or None,
