@@ -9,6 +9,7 @@ simulator's own counters from its control API. Messages: test_simulator_messages
 import asyncio
 import json
 import re
+import socket
 import time
 
 import pytest
@@ -319,3 +320,18 @@ def test_one_simulator_serves_hundreds_of_connections_at_once(sim, tmp_path):
     totals = sim.stats()["totals"]
     assert totals["connections"] == count and totals["delivered"] == count
     assert totals.get("conflicts", 0) == 0
+
+
+def test_the_command_refuses_bad_options_and_a_port_in_use():
+    from django.core.management import CommandError, call_command
+
+    with pytest.raises(CommandError, match="must be positive"):
+        call_command("whatsapp_simulator", "--keepalive", "0")
+    with pytest.raises(CommandError, match="--auto-pair"):
+        call_command("whatsapp_simulator", "--auto-pair", "-1")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(CommandError, match=f"cannot listen on 127.0.0.1:{port}"):
+            call_command("whatsapp_simulator", "--port", str(port))
