@@ -211,6 +211,8 @@ if Q_BROKER == "redis":
     Q_CLUSTER["redis"] = REDIS_URL
 else:
     Q_CLUSTER["orm"] = "default"
+    # django-q2's ORM broker with a one-statement enqueue (whatsapp/job_broker.py).
+    Q_CLUSTER["broker_class"] = "whatsapp.job_broker.ORMBroker"
 
 # --- Auth, i18n, static ----------------------------------------------------
 AUTH_PASSWORD_VALIDATORS = [
@@ -352,7 +354,6 @@ WHATSAPP = {
     "STOP_TIMEOUT": env.float("WHATSAPP_STOP_TIMEOUT", default=15.0),
     # SIGTERM: a worker still running this long after the signal exits anyway.
     "SHUTDOWN_GRACE": env.float("WHATSAPP_SHUTDOWN_GRACE", default=10.0),
-    "SEND_BATCH": env.int("WHATSAPP_SEND_BATCH", default=20),
     # neonize leaves the device store open after every client (a file handle, or
     # a PostgreSQL connection): a worker re-executes itself after this many
     # ended clients. 0 = automatic (25 on a postgres store, 500 on SQLite files).
