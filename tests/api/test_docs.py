@@ -67,3 +67,9 @@ def test_each_control_endpoint_has_its_own_summary(client, db):
     }
     assert len(set(summaries.values())) == 4, summaries
     assert summaries["logout"].startswith("Log the device out")
+
+
+def test_the_docs_address_without_a_slash_redirects(client, db):
+    response = client.get("/api/v1/docs")
+    assert response.status_code == 302
+    assert response["Location"] == "/api/v1/docs/"

@@ -272,9 +272,7 @@ class ConnectionEventListView(TenantAPIView):
         page = self.paginate_queryset(queryset)
         paginated = self.get_paginated_response(ConnectionEventSerializer(page, many=True).data)
         session = session_of(self.company)
-        by_kind = dict(
-            queryset.order_by().values_list("kind").annotate(n=Count("id")).values_list("kind", "n")
-        )
+        by_kind = dict(queryset.order_by().values_list("kind").annotate(Count("id")))
         counts = {
             "reconnect_count": session.reconnect_count,
             "conflict_count": session.conflict_count,
