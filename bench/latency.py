@@ -19,6 +19,7 @@ about poll/2 is added on average. The Redis broker blocks on BLPOP instead.
 """
 
 import os
+import shutil
 import tempfile
 import time
 
@@ -125,6 +126,7 @@ def main():
             queued.append((started - t_commit) * 1000)
     finally:
         cluster.stop()
+    shutil.rmtree(log_dir, ignore_errors=True)  # kept when the run failed
 
     conf = settings.Q_CLUSTER
     broker = f"ORM broker, poll {conf['poll']:g} s" if args.broker == "orm" else "Redis broker"
