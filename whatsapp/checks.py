@@ -16,6 +16,12 @@ def check_whatsapp_settings(app_configs, **kwargs):
             f"WHATSAPP_TRANSPORT={conf['TRANSPORT']!r} is not one of {sorted(TRANSPORTS)}.",
             id="whatsapp.E001",
         ))
+    if conf["TRANSPORT"] == "simulator" and not conf["SIMULATOR_URL"].startswith(
+            ("ws://", "wss://")):
+        errors.append(Error(
+            f"WHATSAPP_SIMULATOR_URL={conf['SIMULATOR_URL']!r} must be a ws:// or wss:// URL.",
+            id="whatsapp.E007",
+        ))
     if conf["LEASE_TTL"] < 3:
         errors.append(Error("WHATSAPP_LEASE_TTL must be at least 3 seconds.", id="whatsapp.E002"))
     if conf["RECONCILE_INTERVAL"] >= conf["LEASE_TTL"]:
@@ -49,6 +55,12 @@ def check_production_services(app_configs, **kwargs):
         warnings.append(Warning(
             "SQLite is the embedded default; set DATABASE_URL to PostgreSQL in production.",
             id="whatsapp.W002",
+        ))
+    if settings.WHATSAPP["TRANSPORT"] == "simulator":
+        warnings.append(Warning(
+            "WHATSAPP_TRANSPORT=simulator: the workers talk to the WhatsApp simulator, not to "
+            "WhatsApp; unset it (the default is neonize) in production.",
+            id="whatsapp.W003",
         ))
     return warnings
 

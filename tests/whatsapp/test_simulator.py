@@ -335,3 +335,25 @@ def test_the_command_refuses_bad_options_and_a_port_in_use():
         port = taken.getsockname()[1]
         with pytest.raises(CommandError, match=f"cannot listen on 127.0.0.1:{port}"):
             call_command("whatsapp_simulator", "--port", str(port))
+
+
+def test_the_setting_selects_the_simulator_transport_and_checks_guard_it(settings, tmp_path):
+    from whatsapp.checks import check_production_services, check_whatsapp_settings
+    from whatsapp.transport.base import get_transport
+
+    settings.WHATSAPP = {
+        **settings.WHATSAPP,
+        "TRANSPORT": "simulator",
+        "SIMULATOR_URL": "ws://127.0.0.1:9999",
+        "STORE_DIR": str(tmp_path),
+    }
+    chosen = get_transport()
+    assert isinstance(chosen, SimulatorTransport) and chosen.url == "ws://127.0.0.1:9999/ws"
+    assert chosen.store_for(5) == str(tmp_path / "company-5.simulator.json")
+    assert not [e for e in check_whatsapp_settings(None) if e.id == "whatsapp.E007"]
+    assert "whatsapp.W003" in [w.id for w in check_production_services(None)]
+
+    settings.WHATSAPP = {**settings.WHATSAPP, "SIMULATOR_URL": "http://127.0.0.1:9999"}
+    assert "whatsapp.E007" in [e.id for e in check_whatsapp_settings(None)]
+    settings.WHATSAPP = {**settings.WHATSAPP, "TRANSPORT": "neonize"}
+    assert "whatsapp.W003" not in [w.id for w in check_production_services(None)]
