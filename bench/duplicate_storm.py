@@ -44,7 +44,7 @@ def main():
     p = parser(__doc__)
     p.add_argument("-n", type=int, default=100_000, help="distinct messages")
     args = p.parse_args()
-    label = configure(args.db, args.broker)
+    label = configure(args.db, args.broker, debug=False)
     import os
 
     from django.db import connections

@@ -21,7 +21,7 @@ def main():
     p.add_argument("-n", type=int, default=3000, help="messages per measurement")
     p.add_argument("--profile", action="store_true", help="cProfile the inbound path")
     args = p.parse_args()
-    label = configure(args.db, args.broker)
+    label = configure(args.db, args.broker, debug=False)
 
     from django.db import connection, transaction
     from django.utils import timezone

@@ -6,13 +6,14 @@ SignedPackage, so tests see the task function and its arguments.
 """
 
 from django_q.brokers import get_broker
+from django_q.brokers.orm import ORM
 from django_q.signing import SignedPackage
 
 
 def queued_tasks():
     """Decoded tasks currently on the queue (oldest first)."""
     broker = get_broker()
-    if broker.__class__.__name__ == "ORM":
+    if isinstance(broker, ORM):
         payloads = list(
             broker.get_connection()
             .filter(key=broker.list_key)

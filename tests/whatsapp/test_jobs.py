@@ -15,8 +15,10 @@ import redis
 from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
+from django_q.brokers import get_broker
 from django_q.brokers.orm import ORM
 from django_q.brokers.redis_broker import Redis
+from django_q.signing import SignedPackage
 
 from tests.whatsapp.job_queue import inbound_tasks, purge
 from whatsapp.handlers import auto_reply
@@ -138,7 +140,9 @@ def test_with_the_orm_broker_a_failing_enqueue_rolls_back_the_message(
     company, session, monkeypatch
 ):
     orm_pass()
-    monkeypatch.setattr(ORM, "enqueue", orm_enqueue_fails)
+    broker_class = type(get_broker())
+    assert issubclass(broker_class, ORM)
+    monkeypatch.setattr(broker_class, "enqueue", orm_enqueue_fails)
     with pytest.raises(RuntimeError, match="queue table is gone"):
         receive(company)
     assert InboundMessage.objects.count() == 0
@@ -356,3 +360,16 @@ def test_the_task_entry_points_run_the_job_of_a_message_or_a_job_id(company, ses
     assert tasks.process_message_job(job_of("3EB0T1").message_id) == "skipped"
     assert tasks.process_message_job(10**9) == "skipped"  # no such message: nothing to run
     assert calls == ["3EB0T1", "3EB0T2"]
+
+
+def test_the_orm_broker_enqueue_writes_a_task_django_q_dequeues(company, session):
+    orm_pass()
+    broker = get_broker()
+    receive(company)
+    [(package_id, payload)] = broker.dequeue()
+    task = SignedPackage.loads(payload)
+    assert (task["func"], task["args"], task["group"]) == (TASK, (job_of().message_id,), "inbound")
+    assert task["id"] == job_of().task_id
+    assert broker.dequeue() is None  # locked while being worked on
+    broker.acknowledge(package_id)
+    assert inbound_tasks() == []
