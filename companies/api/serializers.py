@@ -2,6 +2,7 @@ from rest_framework import serializers
 
 from aiadmin.api.strict import StrictTypesMixin
 from companies.models import Company
+from whatsapp.transport.jids import InvalidPhoneNumber, phone_to_e164
 
 
 class CompanySerializer(StrictTypesMixin, serializers.ModelSerializer):
@@ -22,8 +23,6 @@ class CompanySerializer(StrictTypesMixin, serializers.ModelSerializer):
         extra_kwargs = {"timezone": {"help_text": "IANA time zone, e.g. Europe/Berlin."}}
 
     def validate_contact_phone(self, value):
-        from whatsapp.transport.jids import InvalidPhoneNumber, phone_to_e164
-
         if not value:
             return value
         try:

@@ -15,6 +15,7 @@ from django.http import HttpResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiExample, OpenApiResponse, extend_schema
 from rest_framework import status
+from rest_framework.exceptions import NotFound
 from rest_framework.negotiation import BaseContentNegotiation
 from rest_framework.response import Response
 
@@ -192,8 +193,6 @@ class QRCodeBase(TenantAPIView):
 
 
 def raise_no_qr(session):
-    from rest_framework.exceptions import NotFound
-
     if session.is_paired:
         hint = "the session is paired; no QR code is needed"
     else:
