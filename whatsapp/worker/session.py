@@ -409,9 +409,13 @@ class ManagedSession:
 
     # --- outbound -------------------------------------------------------------
     async def drain(self):
-        """Send this company's due queued messages through the current client."""
+        """Send this company's due queued messages through the current client.
+
+        One row is claimed at a time, right before it is sent: a worker killed
+        mid-send leaves at most that one row in `sending` (marked "outcome
+        unknown" by the next owner), never a claimed batch it had not started."""
         while not self.closed and self.connected and self.client is not None:
-            batch = await db(sending.claim_outbound)(self.held, self.sup.send_batch)
+            batch = await db(sending.claim_outbound)(self.held, 1)
             if not batch:
                 return
             for item in batch:

@@ -50,7 +50,6 @@ class SessionSupervisor:
         self.max_sessions = conf["MAX_SESSIONS_PER_WORKER"]
         self.connect_timeout = conf.get("CONNECT_TIMEOUT", 75.0)
         self.stop_timeout = conf.get("STOP_TIMEOUT", 15.0)
-        self.send_batch = conf.get("SEND_BATCH", 20)
         self.rebalance = conf.get("REBALANCE", True)
         self.rebalance_batch = conf.get("REBALANCE_BATCH", 5)
         # Stop clients this long before our leases could expire if renewing stalls.
