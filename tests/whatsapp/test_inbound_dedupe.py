@@ -188,3 +188,32 @@ def test_a_message_with_nul_characters_is_stored_without_them(company, session):
     )
     row = InboundMessage.objects.get()
     assert (row.text, row.push_name) == ("ab", "An")
+
+
+@pytest.mark.parametrize("with_session", [True, False], ids=["session", "no session row"])
+def test_a_company_with_a_webhook_endpoint_gets_one_event_per_message(tenants, with_session):
+    from whatsapp.models import WebhookDelivery, WebhookEndpoint
+
+    if with_session:
+        WhatsAppSession.objects.create(company=tenants.a)
+    WebhookEndpoint.objects.create(company=tenants.a, url="http://127.0.0.1:9/a")
+    WebhookEndpoint.objects.create(company=tenants.b, url="http://127.0.0.1:9/b")
+    WebhookEndpoint.objects.create(company=tenants.b, url="http://127.0.0.1:9/c", is_active=False)
+    for _ in range(3):
+        record_inbound_message(tenants.a.pk, event())
+    record_inbound_message(tenants.b.pk, event("3EB0BBBB"))
+    record_inbound_message(tenants.b.pk, event("3EB0BBBB"))
+    deliveries = list(WebhookDelivery.objects.order_by("company_id"))
+    assert [(d.company_id, d.event_type) for d in deliveries] == [
+        (tenants.a.pk, "message.received"),
+        (tenants.b.pk, "message.received"),
+    ]
+    assert deliveries[0].payload["message"]["id"] == "3EB0AAAA0001"
+
+
+def test_a_company_without_active_endpoints_gets_no_event(company, session):
+    from whatsapp.models import WebhookDelivery, WebhookEndpoint
+
+    WebhookEndpoint.objects.create(company=company, url="http://127.0.0.1:9/a", is_active=False)
+    record_inbound_message(company.pk, event())
+    assert not WebhookDelivery.objects.exists()

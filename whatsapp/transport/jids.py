@@ -11,6 +11,7 @@ LIDs and groups. A JID is `user[.agent][:device]@server`:
 """
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import phonenumbers
 
@@ -90,6 +91,7 @@ def _device(text):
         raise ValueError(f"JID device suffix is not a number: {text!r}") from None
 
 
+@lru_cache(maxsize=8192)  # a pure function; clients write again and again
 def phone_to_e164(raw, default_region=None):
     """Normalise a phone number typed by a person or taken from a JID to E.164.
 
