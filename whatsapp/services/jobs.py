@@ -91,18 +91,27 @@ def create_job(cursor, message_id, now):
 def _enqueue_after_commit(job_id, message_id):
     """Push first, then mark queued in one UPDATE: if the push fails, the job
     stays pending for the sweeper; if the sweeper got there first, the extra
-    task finds nothing to claim."""
+    task finds nothing to claim.
+
+    On PostgreSQL the marker commits with synchronous_commit off: it is a hint
+    for the sweeper, not data. Losing it in a crash only makes the sweeper
+    push a second task that finds nothing to claim, while waiting for a WAL
+    flush here would halve the inbound rate (two durable commits a message)."""
     try:
         task_id = push_task(message_id)
     except Exception:  # the broker is down: the sweeper will retry
         logger.exception("enqueue of processing job %s failed; the sweeper will retry", job_id)
         return
-    ProcessingJob.objects.filter(pk=job_id, status=Status.PENDING).update(
-        status=Status.QUEUED,
-        task_id=task_id or "",
-        enqueued_at=timezone.now(),
-        enqueue_count=F("enqueue_count") + 1,
-    )
+    table = connection.ops.quote_name(ProcessingJob._meta.db_table)
+    when = connection.ops.adapt_datetimefield_value(timezone.now())
+    with transaction.atomic(), connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute("SET LOCAL synchronous_commit TO OFF")
+        cursor.execute(
+            f"UPDATE {table} SET status = %s, task_id = %s, enqueued_at = %s, "
+            "enqueue_count = enqueue_count + 1 WHERE id = %s AND status = %s",
+            [Status.QUEUED, task_id or "", when, job_id, Status.PENDING],
+        )
 
 
 def _claim_and_enqueue(job_id, from_statuses):
