@@ -226,6 +226,7 @@ def test_the_pages_fall_back_to_polling_when_the_websocket_is_refused(
     from playwright.sync_api import expect
 
     a, _ = sessions
+    off_loop(control.start_session, tenants.a.pk)
     page = browser.new_page(viewport={"width": 1400, "height": 900})
     page.route_web_socket("**/ws/admin/whatsapp/", lambda ws: ws.close())
     polls = []
@@ -239,6 +240,7 @@ def test_the_pages_fall_back_to_polling_when_the_websocket_is_refused(
     assert off_loop(svc.mark_replaced, held)
     expect(badge).to_have_text("Replaced (440 conflict)", timeout=LIVE_TIMEOUT_MS)
     expect(page.locator("#wa-replaced")).to_contain_text("Salon Alpha")
+    expect(page.locator('[data-total="error"]')).to_have_text("1")
     assert page.evaluate("window.__sameDocument") is True
     assert polls, "the page should have polled the status endpoint"
     shot(page, "6-dashboard-polling-fallback")
