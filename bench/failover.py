@@ -42,7 +42,7 @@ def main():
     p.add_argument("--interval", type=float, default=5.0, help="WHATSAPP_RECONCILE_INTERVAL")
     p.add_argument("--concurrency", type=int, default=4, help="CONNECT_CONCURRENCY (default 4)")
     args = p.parse_args()
-    label = configure(args.db, args.broker)
+    label = configure(args.db, args.broker, debug=False)
 
     from _workers import (
         counts,

@@ -46,7 +46,7 @@ def main():
     if args.poll is not None:
         os.environ["Q_POLL"] = str(args.poll)
     os.environ["Q_WORKERS"] = str(args.q_workers)
-    label = configure(args.db, args.broker)
+    label = configure(args.db, args.broker, debug=False)
 
     from _procs import Child, child_env, percentile, wait_until
     from django.conf import settings

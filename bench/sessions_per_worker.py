@@ -39,7 +39,7 @@ def main():
     p.add_argument("--settle", type=float, default=30.0, help="seconds measured after all are up")
     p.add_argument("--timeout", type=float, default=900.0, help="give up after (seconds)")
     args = p.parse_args()
-    label = configure(args.db, args.broker)
+    label = configure(args.db, args.broker, debug=False)
 
     from _procs import percentile
     from _workers import (
