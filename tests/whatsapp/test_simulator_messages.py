@@ -69,6 +69,36 @@ def test_inbound_messages_are_real_message_protobufs_with_realistic_ids_and_jids
     assert all(m.is_client_message for m in (plain, device, lid, group))
 
 
+def test_media_locations_and_reactions_arrive_as_the_message_types_phones_send(sim, tmp_path):
+    kinds = ["image", "video", "document", "audio", "location"]
+
+    async def body():
+        t = transport(sim, tmp_path)
+        client, rec = await paired_client(sim, t, 18)
+        sent = await inject(
+            sim,
+            18,
+            messages=[{"from": PHONE, "text": f"a {k}", "kind": k} for k in kinds],
+        )
+        await inject(
+            sim, 18, **{"from": PHONE}, text="\U0001f44d", kind="reaction", reacts_to=sent["ids"][0]
+        )
+        await rec.wait(base.InboundMessage, 6)
+        await client.stop()
+        await t.aclose()
+        return rec.of(base.InboundMessage)
+
+    events = run(body)
+    messages = [normalize_message(e.event) for e in events]
+    assert [m.kind for m in messages] == [*kinds, "reaction"]
+    assert [m.text for m in messages[:3]] == ["a image", "a video", "a document"]
+    assert events[3].event.Message.audioMessage.PTT
+    assert events[4].event.Message.locationMessage.name == "a location"
+    reaction = events[5].event.Message.reactionMessage
+    assert reaction.key.ID == messages[0].message_id and reaction.text == "\U0001f44d"
+    assert all(m.is_client_message for m in messages[:5]) and not messages[5].is_client_message
+
+
 def test_unacknowledged_messages_are_redelivered_when_the_client_reconnects(sim, tmp_path):
     async def body():
         t = transport(sim, tmp_path)
@@ -168,6 +198,8 @@ def test_bad_control_requests_get_a_clear_error_and_queue_nothing(sim, tmp_path)
             "from (the phone) and text",
         ),
         ({"company": 14, "from": PHONE, "text": "x", "mode": "carrier-pigeon"}, 400, "mode"),
+        ({"company": 14, "from": PHONE, "text": "x", "kind": "hologram"}, 400, "kind"),
+        ({"company": 14, "from": PHONE, "text": "x", "kind": "reaction"}, 400, "reacts_to"),
     ]
     for body, status, words in cases:
         with pytest.raises(ControlError) as err:

@@ -16,7 +16,9 @@ Simulator -> client
   pair_success {jid, push_name, credential}      then restart: the client reconnects with it
   restart      {}                                close follows (whatsmeow's 515 after pairing)
   connected    {jid, push_name, keepalive, keepalive_max_fail}
-  message      {id, chat, sender, sender_alt, push_name, text, timestamp, is_group}
+  message      {id, chat, sender, sender_alt, push_name, text, timestamp, is_group,
+                kind?, reacts_to?}                kind: image, video, document, audio,
+                                                 location, reaction (default text)
   receipt      {ids, kind, chat}
   send_ack     {req, id}  /  send_error {req, error, permanent}
   logout_ok    {req}
@@ -52,6 +54,7 @@ BAN_CODES = (
     "BROADCAST_LIST",
 )
 MODES = ("phone", "device", "lid", "group", "status")
+KINDS = ("text", "image", "video", "document", "audio", "location", "reaction")
 PAIR_ALPHABET = "123456789ABCDEFGHJKLMNPQRSTVWXYZ"  # whatsmeow's: no 0/O/I/U
 
 
@@ -135,17 +138,26 @@ def inbound_frame(
     message_id="",
     style="android",
     device=0,
+    kind="text",
+    reacts_to="",
 ):
     """The `message` frame of a text written on a simulated phone.
 
     mode: phone (4915...@s.whatsapp.net), device (a linked device of that phone,
     4915...:3@s.whatsapp.net), lid (the sender's @lid with the phone as SenderAlt),
-    group (a group chat; the sender is the participant), status (status@broadcast)."""
+    group (a group chat; the sender is the participant), status (status@broadcast).
+    kind: text, or image/video/document (`text` is the caption), audio (a voice
+    note), location (`text` names the place), reaction (`text` is the emoji,
+    `reacts_to` the id of the message it reacts to)."""
     phone = digits(sender_phone)
     if mode not in MODES:
         raise FrameError(f"unknown sender mode {mode!r} ({', '.join(MODES)})")
     if not isinstance(text, str):
         raise FrameError("text must be a string")
+    if kind not in KINDS:
+        raise FrameError(f"unknown message kind {kind!r} ({', '.join(KINDS)})")
+    if kind == "reaction" and not reacts_to:
+        raise FrameError("a reaction needs reacts_to (the id of a message)")
     phone_jid = f"{phone}@s.whatsapp.net"
     lid_jid = f"{lid_of(phone)}@lid"
     sender, sender_alt, chat = phone_jid, lid_jid, phone_jid
@@ -169,4 +181,6 @@ def inbound_frame(
         "text": text,
         "timestamp": int(time.time()),
         "is_group": mode == "group",
+        **({"kind": kind} if kind != "text" else {}),
+        **({"reacts_to": str(reacts_to)} if kind == "reaction" else {}),
     }

@@ -256,6 +256,8 @@ def _message_frames(cred, body):
                 message_id=str(item.get("id") or ""),
                 style=item.get("style", "android"),
                 device=int(item.get("device") or 0),
+                kind=item.get("kind", "text"),
+                reacts_to=item.get("reacts_to", ""),
             )
         )
     return frames

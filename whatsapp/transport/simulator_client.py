@@ -50,6 +50,43 @@ RECONNECT_CAP = 60.0
 TERMINAL = {"stream_replaced", "logged_out", "temporary_ban"}
 
 
+def message_content(frame):
+    """The waE2E.Message of a `message` frame: text, media with a caption, a voice
+    note, a location or a reaction, as a phone would send them."""
+    from neonize.proto.waCommon.WACommon_pb2 import MessageKey
+    from neonize.proto.waE2E import WAWebProtobufsE2E_pb2 as wa
+
+    kind, text = frame.get("kind", "text"), str(frame.get("text", ""))
+    if kind == "text":
+        return wa.Message(conversation=text)
+    if kind == "image":
+        return wa.Message(imageMessage=wa.ImageMessage(caption=text, mimetype="image/jpeg"))
+    if kind == "video":
+        return wa.Message(
+            videoMessage=wa.VideoMessage(caption=text, mimetype="video/mp4", seconds=12)
+        )
+    if kind == "document":
+        return wa.Message(
+            documentMessage=wa.DocumentMessage(
+                caption=text, fileName="document.pdf", mimetype="application/pdf"
+            )
+        )
+    if kind == "audio":
+        return wa.Message(
+            audioMessage=wa.AudioMessage(PTT=True, seconds=7, mimetype="audio/ogg; codecs=opus")
+        )
+    if kind == "location":
+        return wa.Message(
+            locationMessage=wa.LocationMessage(
+                degreesLatitude=52.52, degreesLongitude=13.405, name=text
+            )
+        )
+    if kind == "reaction":
+        key = MessageKey(remoteJID=frame["chat"], fromMe=True, ID=str(frame["reacts_to"]))
+        return wa.Message(reactionMessage=wa.ReactionMessage(key=key, text=text))
+    raise ValueError(f"unknown message kind {kind!r}")
+
+
 class SimulatorTransport:
     name = "simulator"
 
@@ -329,7 +366,7 @@ class SimulatorClient:
             event = message_event(
                 str(frame["id"]),
                 frame["chat"],
-                frame.get("text", ""),
+                content=message_content(frame),
                 sender=frame.get("sender") or None,
                 sender_alt=frame.get("sender_alt") or "",
                 push_name=frame.get("push_name", ""),
