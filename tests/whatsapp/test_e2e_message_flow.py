@@ -84,7 +84,7 @@ def phone(i):
 
 
 def stream(companies):
-    """N messages: (company id, message spec), phones and sender modes interleaved."""
+    """N messages: (company id, message spec), phones, sender modes and kinds interleaved."""
     items = []
     for i in range(N_MESSAGES):
         company = companies[i % len(companies)]
@@ -97,6 +97,7 @@ def stream(companies):
                     "push_name": f"Phone {p}",
                     "text": f"message {i}",
                     "mode": MODES[(i // len(companies)) % len(MODES)],
+                    "kind": "image" if i % 10 == 0 else "text",  # a photo with a caption
                 },
             )
         )
@@ -167,6 +168,7 @@ def test_every_message_is_stored_processed_and_answered_once_despite_redeliverie
     assert ProcessingJob.objects.filter(status=ProcessingJob.Status.SUCCEEDED).count() == (
         N_MESSAGES
     )
+    assert InboundMessage.objects.filter(kind="image").count() == N_MESSAGES // 10
     expected = Counter(company_id for company_id, _ in items)
     stored = Counter(InboundMessage.objects.values_list("company_id", flat=True))
     assert stored == expected
