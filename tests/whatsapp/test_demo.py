@@ -180,10 +180,13 @@ def test_a_person_writes_on_the_demo_page_and_sees_the_answer_in_a_real_browser(
         sim.stop()
     assert "you" in chat and "what are your opening hours?" in chat
     assert "Hi Anna! We are open Monday to Friday, 9:00-18:00." in chat
-    message = InboundMessage.objects.get()
-    assert message.text == "what are your opening hours?" and message.push_name == "Anna"
-    assert message.job.status == "succeeded"
-    assert message.reply.wa_message_id in chat  # the page shows the id WhatsApp gave it
+    assert "[image] my new haircut" in chat
+    question, photo = InboundMessage.objects.order_by("id")
+    assert question.text == "what are your opening hours?" and question.push_name == "Anna"
+    assert photo.kind == "image" and photo.text == "my new haircut"
+    for message in (question, photo):
+        assert message.job.status == "succeeded"
+        assert message.reply.wa_message_id in chat  # the page shows the id WhatsApp gave it
 
 
 def run_page(chromium, base, company_id):
@@ -207,6 +210,11 @@ def run_page(chromium, base, company_id):
             page.click("#send")
             answer = page.locator("#chat .them")
             expect(answer).to_contain_text("We are open Monday to Friday", timeout=60_000)
+            page.select_option("#kind", "image")
+            page.fill("#text", "my new haircut")
+            page.click("#send")
+            expect(answer).to_have_count(2, timeout=60_000)
+            expect(answer.nth(1)).to_contain_text("Thanks Anna, we got your message")
             page.screenshot(path=str(artifacts / "demo-simulator-page.png"), full_page=True)
             return page.locator("#chat").inner_text()
         finally:
