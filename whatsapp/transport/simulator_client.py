@@ -5,8 +5,9 @@ websocket to `manage.py whatsapp_simulator` and emits the same events as the
 neonize adapter, in the same situations, so the session worker cannot tell
 them apart:
 
-* no stored credential: QRCode, then (after a scan or a pairing code)
-  PairSuccess and, after the simulator's restart, Connected;
+* no stored credential: QRCode (one per rotated code; Closed when none was
+  scanned in time), then after a scan or a pairing code PairSuccess and, after
+  the simulator's restart, Connected;
 * a stored credential: Connected, or LoggedOut(on_connect=True) for a device
   the simulator does not know, or TemporaryBan while banned;
 * a remote drop of a paired connection: Disconnected, then whatsmeow's
@@ -17,8 +18,11 @@ them apart:
   each unanswered one emits KeepAliveTimeout, an answer after that
   KeepAliveRestored; failing longer than `keepalive_max_fail` forces a reconnect;
 * inbound messages arrive as real neonize MessageEv protobufs
-  (`whatsapp.transport.build`) and are acknowledged only after the event
-  handler returned, so a message whose handling was cut short is redelivered.
+  (`whatsapp.transport.build`; text, media with captions, voice notes,
+  locations, reactions) and are acknowledged only after the event handler
+  returned, so a message whose handling was cut short is redelivered;
+* the task delivering an event is never cancelled by stop(): the handler may
+  be the one stopping the client (StreamReplaced), as with neonize's handlers.
 
 The credential ("store") of a company is a small JSON file where neonize
 keeps its SQLite store (WHATSAPP["STORE_DIR"]), so a restarted worker resumes
