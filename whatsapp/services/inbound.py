@@ -18,14 +18,15 @@ from dataclasses import dataclass
 from django.db import connection, transaction
 from django.utils import timezone
 
-from companies.models import Company
-from whatsapp.models import InboundMessage, WebhookEndpoint, WhatsAppSession
+from whatsapp.models import InboundMessage, ProcessingJob, WhatsAppSession
 from whatsapp.transport.normalize import NormalizedMessage
 
-from .jobs import create_job
+from .inbound_sql import inbound_statements
+from .jobs import broker_is_transactional, create_job, enqueue_inserted_job
 from .webhooks import emit_message_received
 
 logger = logging.getLogger(__name__)
+Status = ProcessingJob.Status
 
 
 class UnknownCompany(LookupError):
@@ -64,107 +65,77 @@ def record_inbound_message(company_id, message: NormalizedMessage) -> InboundOut
         WhatsAppSession.objects.filter(company_id=company_id).update(last_event_at=now)
         return InboundOutcome(InboundOutcome.IGNORED, reason=message.ignore_reason)
 
-    sql = _statements()
+    sql = inbound_statements()
     when = connection.ops.adapt_datetimefield_value(now)
+    values = [
+        company_id,
+        message.message_id,
+        message.chat_jid,
+        message.sender_jid,
+        message.sender_phone,
+        message.sender_lid,
+        message.push_name,
+        message.kind,
+        message.text,
+        message.is_group,
+        connection.ops.adapt_datetimefield_value(message.timestamp),
+        when,
+        company_id,
+    ]
     with transaction.atomic(), connection.cursor() as cursor:
-        cursor.execute(
-            sql.insert_message,
-            [
-                company_id,
-                message.message_id,
-                message.chat_jid,
-                message.sender_jid,
-                message.sender_phone,
-                message.sender_lid,
-                message.push_name,
-                message.kind,
-                message.text,
-                message.is_group,
-                connection.ops.adapt_datetimefield_value(message.timestamp),
-                when,
-                company_id,
-            ],
-        )
-        row = cursor.fetchone()
-        if row is None:  # a duplicate -- or no such company
-            cursor.execute(sql.count_redelivery, [company_id, message.message_id])
-            if not cursor.rowcount:
-                raise UnknownCompany(f"company {company_id} does not exist")
-            cursor.execute(sql.count_duplicate, [when, company_id])
-            return InboundOutcome(InboundOutcome.DUPLICATE, reason="already recorded")
-        message_pk = row[0]
-        create_job(cursor, message_pk, now)
-        # The counter UPDATE also answers "does the company have webhook
-        # endpoints?" (one statement instead of two on every message).
-        cursor.execute(sql.count_message, [when, company_id, company_id])
-        counted = cursor.fetchone()
-        if counted is None:  # no session row: ask directly
-            cursor.execute(sql.has_endpoints, [company_id])
-            counted = (cursor.fetchone(),)
-        if counted[0] is not None:  # webhooks: the event commits with the message
+        if connection.vendor == "postgresql":
+            # One statement (data-modifying CTEs): message, job, session
+            # counter and the webhook question in a single round trip.
+            queued = broker_is_transactional()
+            cursor.execute(
+                sql.insert_all_pg,
+                values
+                + [
+                    Status.QUEUED if queued else Status.PENDING,
+                    int(queued),
+                    when,
+                    when if queued else None,
+                    when,
+                    company_id,
+                    company_id,
+                ],
+            )
+            row = cursor.fetchone()
+            if row is None:
+                return _count_duplicate(cursor, sql, company_id, message, when)
+            message_pk, job_id, has_endpoints = row
+            enqueue_inserted_job(cursor, job_id, message_pk)
+        else:
+            cursor.execute(sql.insert_message, values)
+            row = cursor.fetchone()
+            if row is None:
+                return _count_duplicate(cursor, sql, company_id, message, when)
+            message_pk = row[0]
+            create_job(cursor, message_pk, now)
+            # The counter UPDATE also answers "does the company have webhook
+            # endpoints?" (one statement instead of two on every message).
+            cursor.execute(sql.count_message, [when, company_id, company_id])
+            counted = cursor.fetchone()
+            if counted is None:  # no session row: ask directly
+                cursor.execute(sql.has_endpoints, [company_id])
+                counted = (cursor.fetchone(),)
+            has_endpoints = counted[0] is not None
+        if has_endpoints:  # webhooks: the event commits with the message
             emit_message_received(InboundMessage.objects.get(pk=message_pk))
     return InboundOutcome(InboundOutcome.CREATED, message_pk=message_pk)
 
 
-@dataclass(frozen=True)
-class _Statements:
-    insert_message: str
-    count_redelivery: str
-    count_duplicate: str
-    count_message: str
-    has_endpoints: str
-
-
-_SQL = None
-
-
-def _statements():
-    """The hot path's SQL, built once from the models' table and column names."""
-    global _SQL
-    if _SQL is None:
-        q = connection.ops.quote_name
-        messages = q(InboundMessage._meta.db_table)
-        sessions = q(WhatsAppSession._meta.db_table)
-        endpoints = q(WebhookEndpoint._meta.db_table)
-        companies = q(Company._meta.db_table)
-        columns = [
-            "company_id",
-            "wa_message_id",
-            "chat_jid",
-            "sender_jid",
-            "sender_phone",
-            "sender_lid",
-            "push_name",
-            "kind",
-            "text",
-            "is_group",
-            "sent_at",
-            "received_at",
-        ]
-        _SQL = _Statements(
-            # INSERT ... SELECT (not VALUES) for the company check; SQLite needs
-            # the WHERE clause there to parse ON CONFLICT after a SELECT.
-            insert_message=(
-                f"INSERT INTO {messages} ({', '.join(columns)}, redeliveries) "
-                f"SELECT {', '.join(['%s'] * len(columns))}, 0 "
-                f"WHERE EXISTS (SELECT 1 FROM {companies} WHERE id = %s) "
-                "ON CONFLICT (company_id, wa_message_id) DO NOTHING RETURNING id"
-            ),
-            count_redelivery=(
-                f"UPDATE {messages} SET redeliveries = redeliveries + 1 "
-                "WHERE company_id = %s AND wa_message_id = %s"
-            ),
-            count_duplicate=(
-                f"UPDATE {sessions} SET duplicates_blocked = duplicates_blocked + 1, "
-                "last_event_at = %s WHERE company_id = %s"
-            ),
-            count_message=(
-                f"UPDATE {sessions} SET messages_in = messages_in + 1, last_event_at = %s "
-                f"WHERE company_id = %s RETURNING (SELECT 1 FROM {endpoints} "
-                "WHERE company_id = %s AND is_active LIMIT 1)"
-            ),
-            has_endpoints=(
-                f"SELECT 1 FROM {endpoints} WHERE company_id = %s AND is_active LIMIT 1"
-            ),
-        )
-    return _SQL
+def _count_duplicate(cursor, sql, company_id, message, when):
+    """Nothing was inserted: a redelivery (counted on the row and the session)
+    -- or no such company. Returns the DUPLICATE outcome or raises UnknownCompany."""
+    if connection.vendor == "postgresql":
+        cursor.execute(sql.count_duplicate_pg, [company_id, message.message_id, when, company_id])
+        found = cursor.fetchone()[0]
+    else:
+        cursor.execute(sql.count_redelivery, [company_id, message.message_id])
+        found = cursor.rowcount
+        if found:
+            cursor.execute(sql.count_session_duplicate, [when, company_id])
+    if not found:
+        raise UnknownCompany(f"company {company_id} does not exist")
+    return InboundOutcome(InboundOutcome.DUPLICATE, reason="already recorded")

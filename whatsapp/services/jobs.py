@@ -22,6 +22,7 @@ from django.db import connection, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 from django_q.brokers import get_broker
+from django_q.conf import Conf
 from django_q.tasks import async_task
 
 from whatsapp.models import ProcessingJob
@@ -88,6 +89,52 @@ def create_job(cursor, message_id, now):
     return job_id
 
 
+class _KeepPackage:
+    """Stands in for the broker in async_task: keeps the signed package (so it
+    can be written together with other rows) instead of pushing it."""
+
+    def __init__(self, list_key):
+        self.list_key = list_key
+        self.package = None
+
+    def enqueue(self, package):
+        self.package = package
+
+
+_ENQUEUE_PG = None
+
+
+def enqueue_inserted_job(cursor, job_id, message_id):
+    """Enqueue job `job_id`, just inserted by PostgreSQL's one-statement path
+    (`queued` with the ORM broker, `pending` with Redis), in the caller's
+    transaction. ORM broker: the task row and the job's task id are written by
+    one statement (one round trip instead of two)."""
+    if not broker_is_transactional():
+        transaction.on_commit(lambda: _enqueue_after_commit(job_id, message_id))
+        return
+    if Conf.SYNC:  # tasks run inline (async_task runs them): nothing to write
+        task_id = push_task(message_id)
+        ProcessingJob.objects.filter(pk=job_id).update(task_id=task_id or "")
+        return
+    global _ENQUEUE_PG
+    if _ENQUEUE_PG is None:
+        from django_q.models import OrmQ
+
+        q = connection.ops.quote_name
+        _ENQUEUE_PG = (
+            f"WITH task AS (INSERT INTO {q(OrmQ._meta.db_table)} "
+            f"({q('key')}, {q('payload')}, {q('lock')}) "
+            "VALUES (%s, %s, %s) RETURNING id) "
+            f"UPDATE {q(ProcessingJob._meta.db_table)} SET task_id = %s "
+            "WHERE id = %s AND EXISTS (SELECT 1 FROM task)"
+        )
+    keep = _KeepPackage(_broker().list_key or settings.Q_CLUSTER["name"])
+    task_id = async_task(
+        TASK_PATH, message_id, group="inbound", task_name=f"inbound-{message_id}", broker=keep
+    )
+    cursor.execute(_ENQUEUE_PG, [keep.list_key, keep.package, timezone.now(), task_id, job_id])
+
+
 def _enqueue_after_commit(job_id, message_id):
     """Push first, then mark queued in one UPDATE: if the push fails, the job
     stays pending for the sweeper; if the sweeper got there first, the extra
@@ -104,14 +151,16 @@ def _enqueue_after_commit(job_id, message_id):
         return
     table = connection.ops.quote_name(ProcessingJob._meta.db_table)
     when = connection.ops.adapt_datetimefield_value(timezone.now())
-    with transaction.atomic(), connection.cursor() as cursor:
-        if connection.vendor == "postgresql":
-            cursor.execute("SET LOCAL synchronous_commit TO OFF")
-        cursor.execute(
-            f"UPDATE {table} SET status = %s, task_id = %s, enqueued_at = %s, "
-            "enqueue_count = enqueue_count + 1 WHERE id = %s AND status = %s",
-            [Status.QUEUED, task_id or "", when, job_id, Status.PENDING],
-        )
+    sql = (
+        f"UPDATE {table} SET status = %s, task_id = %s, enqueued_at = %s, "
+        "enqueue_count = enqueue_count + 1 WHERE id = %s AND status = %s"
+    )
+    if connection.vendor == "postgresql":
+        # One statement in autocommit: its own transaction, committed without
+        # waiting for the WAL flush (set_config(..., is_local => true)).
+        sql += " AND set_config('synchronous_commit', 'off', true) IS NOT NULL"
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [Status.QUEUED, task_id or "", when, job_id, Status.PENDING])
 
 
 def _claim_and_enqueue(job_id, from_statuses):
