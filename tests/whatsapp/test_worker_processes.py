@@ -281,8 +281,12 @@ def run_contention(workers, n_workers, n_companies):
 
 def kill_and_check_takeover(workers, sampler, victim, n_companies):
     victim_id = workers.ids[victim]
-    victims = {c for c, o in sampler.owners().items() if o == victim_id}
-    assert victims, f"{victim} owned nothing"
+    # A worker starved of CPU may briefly fence itself (renewal overdue) and own
+    # nothing for a moment: wait until it owns something to kill.
+    owners = sampler.wait_for(
+        lambda o: victim_id in set(o.values()), timeout=20, what=f"{victim} owns something"
+    )
+    victims = {c for c, o in owners.items() if o == victim_id}
     workers.procs[victim].send_signal(signal.SIGKILL)
     workers.procs[victim].wait(timeout=10)
     killed_at = timezone.now()
@@ -313,7 +317,7 @@ def kill_and_check_takeover(workers, sampler, victim, n_companies):
         f"(at most {lag:.2f}s after their leases expired)"
     )
     assert all(acquired[c] >= expiry[c] for c in expiry), "a live lease was taken over"
-    assert lag <= 2 * INTERVAL + 2, f"taken over {lag:.1f}s after the leases expired"
+    assert lag <= 2 * INTERVAL + 4, f"taken over {lag:.1f}s after the leases expired"
     assert took <= TTL + 3 * INTERVAL + 3, f"takeover took {took:.1f}s"
     assert len(owners) == n_companies
     return killed_at
@@ -323,8 +327,6 @@ def terminate_and_check_handover(workers, sampler, leaver, n_companies):
     leaver_id = workers.ids[leaver]
     leaving = {c for c, o in sampler.owners().items() if o == leaver_id}
     assert leaving, f"{leaver} owned nothing"
-    # The earliest moment any of its leases could have expired on its own.
-    expires = min(SessionLease.objects.filter(owner=leaver_id).values_list("expires_at", flat=True))
     code, took_to_exit = workers.signal(leaver, signal.SIGTERM)
     assert code == 0, workers.logs()
     assert took_to_exit < 8, f"exit took {took_to_exit:.1f}s"
@@ -343,13 +345,23 @@ def terminate_and_check_handover(workers, sampler, leaver, n_companies):
         f"SIGTERM {leaver}: exited in {took_to_exit:.2f}s, {len(leaving)} companies "
         f"handed over {handed:.2f}s later"
     )
-    # Taken over before the leaver's leases could have expired: nobody waited a TTL.
+    # Taken over right after the leaver released them (its own lease_lost rows), far
+    # sooner than a lease left to expire: nobody waited a TTL. Measured from the
+    # release, not from the signal: stopping 25 real clients takes seconds on a
+    # loaded machine, and the leases are held (rightly) until each client stopped.
+    released = min(
+        ConnectionEvent.objects.filter(
+            worker_id=leaver_id, kind="lease_lost", reason="SIGTERM received"
+        ).values_list("created_at", flat=True)
+    )
     latest = max(
         SessionLease.objects.filter(session__company_id__in=leaving).values_list(
             "acquired_at", flat=True
         )
     )
-    assert latest < expires, f"handed over {(latest - expires).total_seconds():.1f}s too late"
+    after = (latest - released).total_seconds()
+    print(f"  all {len(leaving)} taken over within {after:.2f}s of the first release")
+    assert after < TTL - INTERVAL, f"handed over {after:.1f}s after the release"
 
 
 @pytest.mark.postgres
@@ -378,9 +390,9 @@ def test_two_workers_started_together_never_both_own_a_company(workers):
     terminate_and_check_handover(workers, sampler, "w1", 50)
     workers.start("w3")
     sampler.wait_for(
-        lambda o: len(o) == 50 and workers.ids["w3"] in set(o.values()),
-        timeout=15,
-        what="w3 takes its share",
+        lambda o: len(o) == 50 and set(o.values()) == {workers.ids["w2"], workers.ids["w3"]},
+        timeout=30,
+        what="w3 takes its share (and w2 keeps its own)",
     )
     killed_at = kill_and_check_takeover(workers, sampler, "w2", 50)
     workers.stop_all()
