@@ -42,13 +42,16 @@ def publish_now(company_id, state=None):
         layer = get_channel_layer()
         if layer is None:
             return False
-        send = async_to_sync(layer.group_send)
-        for group in groups_for(company_id):
-            send(group, message)
+        async_to_sync(_send_to_groups)(layer, groups_for(company_id), message)
         return True
     except Exception:  # layer down or full: the pages' polling covers it
         logger.warning("could not publish %s for company %s", EVENT_TYPE, company_id, exc_info=True)
         return False
+
+
+async def _send_to_groups(layer, groups, message):
+    for group in groups:  # one trip into the event loop for all groups
+        await layer.group_send(group, message)
 
 
 def groups_for_user(user):
