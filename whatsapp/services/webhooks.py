@@ -167,7 +167,12 @@ def emit_outbound_status(outbound_ids):
 def emit_session_changes(company_id, previous_state, state, reason="", qr_code=""):
     """After a session write: session.state_changed when the state really changed,
     session.qr_updated when a new QR code was stored."""
-    if state is not None and previous_state is not None and previous_state != state:
+    changed = state is not None and previous_state is not None and previous_state != state
+    if not (changed or qr_code):
+        return
+    if not WebhookEndpoint.objects.filter(company_id=company_id, is_active=True).exists():
+        return  # the common case: no query for the session summary
+    if changed:
         session = _session_summary(company_id)
         emit_event(
             company_id,
