@@ -255,3 +255,47 @@ def test_an_openmetrics_scraper_gets_openmetrics(client, world):
         s for s in families["aiadmin_whatsapp_reconnects"].samples if s.labels["company"] == "alpha"
     )
     assert sample.value == 4
+
+
+@pytest.mark.e2e
+@pytest.mark.django_db(transaction=True, databases="__all__")
+def test_two_web_processes_report_the_same_values(world, tmp_path):
+    """Two real daphne processes answer /metrics from the same database: equal
+    numbers, whichever one Prometheus happens to scrape."""
+    import urllib.request
+
+    from tests.e2e_processes import AppProcesses, wait_for
+
+    app = AppProcesses(tmp_path, METRICS_TOKEN="scrape-token-e2e")
+
+    def fetch(port):
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/metrics",
+            headers={"Authorization": "Bearer scrape-token-e2e", "Host": "localhost"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return response.read().decode()
+        except OSError:
+            return None
+
+    def parsed(text):
+        return {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+        }
+
+    try:
+        ports = [app.start_daphne("web1"), app.start_daphne("web2")]
+        texts = [wait_for(lambda p=p: fetch(p), 60, f"daphne on {p}") for p in ports]
+    except AssertionError:
+        print(app.logs())
+        raise
+    finally:
+        app.stop_all()
+    first, second = (parsed(t) for t in texts)
+    assert first == second
+    assert value(first, "aiadmin_whatsapp_messages_received_total", company="alpha") == 3
+    assert value(first, "aiadmin_whatsapp_duplicates_blocked_total", company="alpha") == 2
+    assert value(first, "aiadmin_whatsapp_job_latency_seconds_count") == 3
