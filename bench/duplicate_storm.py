@@ -32,8 +32,9 @@ def deliver(args):
     random.Random(seed).shuffle(order)
     created = duplicate = 0
     for i in order:
-        event = message_event(f"3EB0{i:016X}", f"4917{i % 9000000 + 1000000:07d}@s.whatsapp.net",
-                              f"storm {i}")
+        event = message_event(
+            f"3EB0{i:016X}", f"4917{i % 9000000 + 1000000:07d}@s.whatsapp.net", f"storm {i}"
+        )
         outcome = record_inbound_message(company_id, normalize_message(event.SerializeToString()))
         created += outcome.created
         duplicate += outcome.status == "duplicate"
