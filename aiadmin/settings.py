@@ -389,6 +389,8 @@ WHATSAPP_WEBHOOKS = {
     "HANDLER_TIMEOUT": env.float("WEBHOOK_HANDLER_TIMEOUT", default=20.0),
     # CA bundle (PEM path) verifying https targets; default: certifi's (as requests).
     "CA_BUNDLE": env.str("WEBHOOK_CA_BUNDLE", default=""),
+    # Delivered and dead-lettered deliveries (with their attempts) are deleted after this.
+    "RETENTION_DAYS": env.int("WEBHOOK_RETENTION_DAYS", default=30),
 }
 WHATSAPP_ALERTS = {
     # A worker whose heartbeat is older than this while it still owns leases is dead.
