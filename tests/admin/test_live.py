@@ -151,3 +151,18 @@ def test_it_validates_ownership(tenants, sessions):
         await other.disconnect()
 
     run(body)
+
+
+def test_a_down_channel_layer_never_fails_the_change(tenants, sessions, settings, caplog):
+    a, _ = sessions
+    settings.CHANNEL_LAYERS = {  # a Redis nobody listens on: the real failure
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {"hosts": [{"address": "redis://127.0.0.1:1", "socket_timeout": 2}]},
+        }
+    }
+    held = try_acquire("test-worker", a.pk)
+    assert svc.mark_connected(held, jid=JID)
+    a.refresh_from_db()
+    assert a.state == "connected" and a.jid == JID
+    assert "could not publish session.changed" in caplog.text
