@@ -20,6 +20,7 @@ from whatsapp.models.health import reconnect_reasons, state_timeline
 from .conftest import add_events, login, set_session
 
 Kind = ConnectionEvent.Kind
+JID_PAIRED = "491701234567:3@s.whatsapp.net"
 
 
 def page(session):
@@ -188,3 +189,11 @@ def test_it_validates_ownership(client, tenants, sessions, user):
         assert [s["company_id"] for s in sessions_seen.json()["sessions"]] == [tenants.b.pk]
     client.logout()
     assert client.get(page(a)).status_code == 302  # anonymous: to the login page
+
+
+def test_the_pairing_form_is_offered_only_while_unpaired(client, tenants, sessions):
+    a, _ = sessions
+    login(client, tenants.owner)
+    assert "Request pairing code" in client.get(page(a)).content.decode()
+    set_session(a, jid=JID_PAIRED)
+    assert "Request pairing code" not in client.get(page(a)).content.decode()
