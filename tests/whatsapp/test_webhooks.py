@@ -365,6 +365,35 @@ class TestDelivery:
         assert fresh.pk not in due and in_flight.pk not in due and done.pk not in due
 
 
+def test_old_finished_deliveries_are_pruned_with_their_attempts(tenants, settings):
+    from whatsapp.tasks import dispatch_webhooks
+
+    settings.WHATSAPP_WEBHOOKS = {**settings.WHATSAPP_WEBHOOKS, "RETENTION_DAYS": 30}
+    endpoint = WebhookEndpoint.objects.create(company=tenants.a, url="https://93.184.215.14/h")
+    old = timezone.now() - timedelta(days=31)
+
+    def make(status, created_at):
+        row = WebhookDelivery.objects.create(
+            endpoint=endpoint,
+            company=tenants.a,
+            event_type="message.status",
+            payload={},
+            status=status,
+            created_at=created_at,
+            next_attempt_at=created_at,
+        )
+        WebhookAttempt.objects.create(delivery=row, number=1, status_code=500)
+        return row
+
+    gone = [make(Status.SUCCEEDED, old), make(Status.DEAD, old)]
+    kept = [make(Status.SUCCEEDED, timezone.now()), make(Status.RETRYING, old)]
+
+    assert dispatch_webhooks().endswith("pruned 2")
+    remaining = set(WebhookDelivery.objects.values_list("pk", flat=True))
+    assert remaining == {r.pk for r in kept}
+    assert not WebhookAttempt.objects.filter(delivery_id__in=[r.pk for r in gone]).exists()
+
+
 class TestTargets:
     @pytest.mark.parametrize(
         "url",

@@ -315,6 +315,22 @@ def dispatch_due_webhooks(now=None, limit=500):
     return ids
 
 
+def prune_webhook_deliveries(now=None, batch=1000):
+    """Delete delivered and dead deliveries (and their attempts) older than
+    WEBHOOK_RETENTION_DAYS, at most `batch` per call. Returns how many."""
+    now = now or timezone.now()
+    cutoff = now - timedelta(days=_conf()["RETENTION_DAYS"])
+    ids = list(
+        WebhookDelivery.objects.filter(
+            status__in=[Status.SUCCEEDED, Status.DEAD], created_at__lt=cutoff
+        ).values_list("pk", flat=True)[:batch]
+    )
+    if not ids:
+        return 0
+    WebhookDelivery.objects.filter(pk__in=ids).delete()
+    return len(ids)
+
+
 def replay_webhook_delivery(delivery_id):
     """Operator action: send a dead (or delivered) delivery again with a fresh
     attempt budget. Same event id, so receivers that saw it can ignore it."""
