@@ -381,8 +381,12 @@ class SessionSupervisor:
             if current is None or current.epoch != ms.held.epoch:
                 await self.lease_lost(ms, "lease expired or taken over")
         for h in held.values():
-            if h.company_id not in self.sessions and not self.closing:
-                await self._adopt(h)  # acquired, but its adoption was interrupted
+            if h.company_id in self.sessions or self.closing:
+                continue
+            # Acquired, but its adoption was interrupted -- or released (or dropped)
+            # since the snapshot was taken: ask the database again before adopting.
+            if h.company_id not in self._dropping and await db(leases.holds_lease)(h):
+                await self._adopt(h)
         await db(leases.heartbeat_worker)(self.worker_id, len(self.sessions))
 
     async def reconcile_once(self):
