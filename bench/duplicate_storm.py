@@ -66,13 +66,19 @@ def main():
     rows = InboundMessage.objects.filter(company=company).count()
     job_count = ProcessingJob.objects.filter(message__company=company).count()
     blocked = WhatsAppSession.objects.get(company=company).duplicates_blocked
+    from django_q.brokers import get_broker
+
+    queued = get_broker().queue_size()  # no cluster runs: every enqueued task is still there
     created = sum(r[0] for r in results)
     deliveries = 3 * args.n
     print(f"machine: {machine()}")
     print(f"database: {label}; {args.n} distinct messages x 3 deliveries over 2 processes")
     print(f"time: {elapsed:.1f} s  ({deliveries / elapsed:.0f} deliveries/s)")
-    print(f"rows: {rows}  jobs: {job_count}  created: {created}  duplicates blocked: {blocked}")
-    ok = rows == job_count == created == args.n and blocked == 2 * args.n
+    print(
+        f"rows: {rows}  jobs: {job_count}  queued tasks: {queued}  created: {created}  "
+        f"duplicates blocked: {blocked}"
+    )
+    ok = rows == job_count == queued == created == args.n and blocked == 2 * args.n
     print("outcome: OK (exactly one row and one job per message)" if ok else "outcome: WRONG")
     raise SystemExit(0 if ok else 1)
 
