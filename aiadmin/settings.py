@@ -9,6 +9,7 @@ Two shapes, chosen by what the environment provides:
 Misconfiguration fails at import time with a message that says what to set.
 """
 
+import re
 from pathlib import Path
 
 import environ
@@ -262,6 +263,16 @@ LOGGING = {
 }
 
 # --- REST framework --------------------------------------------------------
+def _api_rate(name, default):
+    """A DRF rate like 600/min; anything else fails at start with a clear message."""
+    value = env.str(name, default=default)
+    if not re.fullmatch(r"[0-9]+/(s|sec|second|m|min|minute|h|hour|d|day)", value):
+        raise ImproperlyConfigured(
+            f"{name}={value!r} is not a rate: use requests/period, e.g. 600/min or 10/second."
+        )
+    return value
+
+
 # Company API keys (`Authorization: Api-Key <key>`) or a staff login; tenant
 # scoping in companies/api/tenancy.py; one JSON error shape (aiadmin/api/errors.py).
 REST_FRAMEWORK = {
@@ -276,8 +287,8 @@ REST_FRAMEWORK = {
     "DEFAULT_THROTTLE_CLASSES": ["aiadmin.api.throttles.TenantRateThrottle"],
     # Per API key (per user for staff sessions). "send" is for sending messages.
     "DEFAULT_THROTTLE_RATES": {
-        "api": env.str("API_RATE_LIMIT", default="600/min"),
-        "send": env.str("API_SEND_RATE_LIMIT", default="60/min"),
+        "api": _api_rate("API_RATE_LIMIT", "600/min"),
+        "send": _api_rate("API_SEND_RATE_LIMIT", "60/min"),
     },
     "EXCEPTION_HANDLER": "aiadmin.api.errors.api_exception_handler",
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",

@@ -93,6 +93,19 @@ def test_the_rates_are_set_from_the_environment():
     assert out.strip() == "{'api': '7/second', 'send': '5/hour'}"
 
 
+def test_a_malformed_rate_fails_at_start_with_a_clear_message():
+    env = {**os.environ, "API_RATE_LIMIT": "lots", "DJANGO_SETTINGS_MODULE": "tests.settings"}
+    result = subprocess.run(
+        [sys.executable, "-c", "from django.conf import settings as s; s.REST_FRAMEWORK"],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=settings.BASE_DIR,
+    )
+    assert result.returncode != 0
+    assert "API_RATE_LIMIT='lots' is not a rate" in result.stderr
+
+
 @pytest.mark.redis
 @pytest.mark.skipif(not settings.REDIS_URL, reason="runs in the PostgreSQL + Redis pass")
 @pytest.mark.usefixtures("three_per_minute")
