@@ -272,3 +272,14 @@ def test_a_message_without_a_processing_job_says_so(api_a, tenants, inbox):
     assert response.status_code == 404
     assert "no processing job" in response.json()["error"]["message"]
     assert api_a.get(url(tenants.a, f"inbound/{inbox[0].pk}/")).json()["processing"] is None
+
+
+def test_listing_costs_the_same_queries_for_few_or_many_messages(
+    api_a, tenants, inbox, django_assert_max_num_queries
+):
+    with django_assert_max_num_queries(8) as few:
+        api_a.get(url(tenants.a, "inbound/"))
+    for i in range(30):
+        make_inbound(tenants.a, f"MORE{i}", A_PHONE, "more")
+    with django_assert_max_num_queries(len(few.captured_queries)):
+        assert len(api_a.get(url(tenants.a, "inbound/")).json()["results"]) == 36

@@ -227,3 +227,19 @@ def test_the_event_history_of_a_company_that_never_ran_is_empty(api_a, tenants):
     body = api_a.get(url(tenants.a, "events")).json()
     assert body["results"] == []
     assert body["counts"]["reconnect_count"] == 0
+
+
+def test_the_session_list_costs_the_same_queries_for_many_companies(
+    callers, data, tenants, django_assert_max_num_queries
+):
+    from companies.models import Company
+
+    client = callers["superuser"]
+    with django_assert_max_num_queries(10) as few:
+        client.get("/api/v1/whatsapp/sessions/")
+    for i in range(20):
+        company = Company.objects.create(name=f"Extra {i}", slug=f"extra-{i}")
+        if i % 2:
+            WhatsAppSession.objects.create(company=company)
+    with django_assert_max_num_queries(len(few.captured_queries)):
+        assert len(client.get("/api/v1/whatsapp/sessions/").json()["results"]) == 22
