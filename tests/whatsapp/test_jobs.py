@@ -374,3 +374,16 @@ def test_the_orm_broker_enqueue_writes_a_task_django_q_dequeues(company, session
     assert broker.dequeue() is None  # locked while being worked on
     broker.acknowledge(package_id)
     assert inbound_tasks() == []
+
+
+def test_with_tasks_run_inline_the_job_runs_once_after_the_message_commits(
+    company, session, monkeypatch
+):
+    from django_q.conf import Conf
+
+    monkeypatch.setattr(Conf, "SYNC", True)  # Q_CLUSTER["sync"] = True
+    use_handler(company, "recording_handler")
+    assert receive(company, text="inline").created
+    assert calls == ["3EB0JOB1"]
+    assert job_of().status == ProcessingJob.Status.SUCCEEDED
+    assert OutboundMessage.objects.get().text == "got inline"

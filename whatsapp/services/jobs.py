@@ -78,7 +78,7 @@ def create_job(cursor, message_id, now):
 
     Call inside the transaction that stored the message, with its cursor."""
     when = connection.ops.adapt_datetimefield_value(now)
-    if broker_is_transactional():
+    if broker_is_transactional() and not Conf.SYNC:
         # The task row commits (or rolls back) with the message and the job.
         task_id = push_task(message_id)
         cursor.execute(_insert_job_sql(), [message_id, Status.QUEUED, 1, task_id, when, when])
@@ -109,12 +109,10 @@ def enqueue_inserted_job(cursor, job_id, message_id):
     (`queued` with the ORM broker, `pending` with Redis), in the caller's
     transaction. ORM broker: the task row and the job's task id are written by
     one statement (one round trip instead of two)."""
-    if not broker_is_transactional():
+    if not broker_is_transactional() or Conf.SYNC:
+        # Redis: pushed after commit. Q_CLUSTER["sync"]: async_task runs the
+        # task inline, so it must see the committed job.
         transaction.on_commit(lambda: _enqueue_after_commit(job_id, message_id))
-        return
-    if Conf.SYNC:  # tasks run inline (async_task runs them): nothing to write
-        task_id = push_task(message_id)
-        ProcessingJob.objects.filter(pk=job_id).update(task_id=task_id or "")
         return
     global _ENQUEUE_PG
     if _ENQUEUE_PG is None:
