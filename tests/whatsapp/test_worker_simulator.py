@@ -246,3 +246,42 @@ def test_a_queued_reply_is_sent_once_and_marked_delivered_by_the_receipt(rig, co
     sent = OutboundMessage.objects.get()
     assert [s["id"] for s in rig.sim.sends_by_phone[PHONE]] == [sent.wa_message_id]
     assert rig.sim.sends[0]["text"] == "your table is booked"
+
+
+def test_a_message_the_database_could_not_store_is_not_acked_and_comes_again(
+    rig, company, monkeypatch
+):
+    from django.db import OperationalError
+
+    from whatsapp.worker import session as worker_session
+
+    real_record = worker_session.record_inbound_message
+    outage = {"left": 1}
+
+    def record_during_outage(company_id, message):
+        # The database boundary fails once, as in an outage.
+        if outage["left"]:
+            outage["left"] -= 1
+            raise OperationalError("server closed the connection unexpectedly")
+        return real_record(company_id, message)
+
+    monkeypatch.setattr(worker_session, "record_inbound_message", record_during_outage)
+
+    async def scenario():
+        async with rig:
+            await rig.supervisor()
+            await rig.pair(company)
+            cred = rig.cred(company)
+            frame = protocol.inbound_frame(cred.jid, PHONE, "book me at 5")
+            await rig.sim.inject(cred, [frame])
+            await wait_until(lambda: "OperationalError" in row(company).last_error, what="error")
+            assert not await db(InboundMessage.objects.exists)()
+            assert rig.cred(company).outbox  # still unacknowledged at the simulator
+            rig.sim.drop(cred)  # on the next connection the simulator redelivers it
+            await wait_until(lambda: InboundMessage.objects.count() == 1, what="stored")
+            await wait_until(lambda: not rig.cred(company).outbox, what="acked")
+
+    run(scenario)
+    message = InboundMessage.objects.get()
+    assert message.text == "book me at 5"
+    assert ProcessingJob.objects.filter(message=message).count() == 1

@@ -252,9 +252,16 @@ class ManagedSession:
             logger.exception(
                 "company %s: handling %s failed", self.company_id, type(event).__name__
             )
-            await db(svc.record_error)(
-                self.held, f"handling {type(event).__name__} failed: {exc!r}"
-            )
+            try:
+                await db(svc.record_error)(
+                    self.held, f"handling {type(event).__name__} failed: {exc!r}"
+                )
+            except Exception:
+                logger.exception("company %s: could not record the error", self.company_id)
+            if isinstance(event, base.InboundMessage):
+                # Not stored (e.g. the database is down): the transport must not
+                # acknowledge it, so WhatsApp delivers it again.
+                raise
 
     async def _dispatch(self, token, event):
         if isinstance(event, base.InboundMessage):
