@@ -231,3 +231,36 @@ async def _call(fn, *args):
     from channels.db import database_sync_to_async
 
     return await database_sync_to_async(fn)(*args)
+
+
+def test_concurrent_real_starts_and_stops_never_overlap_in_neonizes_go_map(settings, tmp_path):
+    """neonize's Go client map has no lock (two writers crash the process): clients
+    started at once each hold the process's go_lock until their connect is past
+    the insert, so their holds never overlap; stops run one at a time too."""
+    fast_settings(settings, tmp_path)
+    transport = NeonizeTransport()
+    seen = []
+
+    async def sink(event):
+        seen.append(event)
+
+    async def scenario():
+        clients = [
+            transport.new_client(base.ClientSpec(company_id=900 + i), sink) for i in range(6)
+        ]
+        await asyncio.gather(*(c.start() for c in clients))
+        for _ in range(300):
+            if len(seen) == len(clients):
+                break
+            await asyncio.sleep(0.01)
+        await asyncio.gather(*(c.stop() for c in clients))
+        await transport.aclose()
+        return clients
+
+    clients = run(scenario)
+    holds = sorted((c.settle_began, c.settled_at) for c in clients)
+    assert all(began is not None and ended >= began for began, ended in holds)
+    for (_, first_end), (second_begin, _) in zip(holds, holds[1:], strict=False):
+        assert second_begin >= first_end, holds
+    assert len(seen) == 6 and all(isinstance(e, base.Closed) for e in seen)
+    assert neonize_threads() == []

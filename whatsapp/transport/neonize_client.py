@@ -26,6 +26,7 @@ the worker (see docs/worker.md for the quirks and measurements):
 import asyncio
 import logging
 import threading
+import time
 import weakref
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -52,6 +53,26 @@ PERMANENT_SEND_ERRORS = (
     "not on whatsapp",
     "message is empty",
 )
+
+
+START_SETTLE = 1.0  # longest hold for a starting client to get past its map insert
+_GO_LOCKS = weakref.WeakKeyDictionary()  # loop -> asyncio.Lock
+
+
+def go_lock():
+    """The process's lock around neonize calls that write its Go client map.
+
+    neonize keeps every client of the process in one Go map without a lock:
+    `Neonize()` (the connect, run later on an executor thread) inserts, `Stop()`
+    deletes, and two at once kill the process with Go's `fatal error:
+    concurrent map writes` (reproduced by the worker benchmark). A start holds
+    this lock until its connect is past the insert; a stop holds it for its Go
+    call."""
+    loop = asyncio.get_running_loop()
+    lock = _GO_LOCKS.get(loop)
+    if lock is None:
+        lock = _GO_LOCKS[loop] = asyncio.Lock()
+    return lock
 
 
 def _neonize():
@@ -266,6 +287,8 @@ class NeonizeClient:
         self.handler_errors = 0
         self.last_handler_error = ""
         self._pending = set()
+        self._first_event = asyncio.Event()
+        self.settle_began = self.settled_at = None  # the start's hold of go_lock()
 
     def __repr__(self):
         return f"<NeonizeClient company={self.spec.company_id} jid={self.spec.jid or '-'}>"
@@ -288,11 +311,22 @@ class NeonizeClient:
             client.event(event_type)(self._handle)
         client.qr(self._handle_qr)
         self._client = client
-        try:
-            self._task = await client.connect()
-        except neonize_error as exc:
-            raise base.TransportError(f"neonize connect failed: {exc}") from exc
-        self._task.add_done_callback(self._connect_loop_ended)
+        async with go_lock():
+            self.settle_began = time.monotonic()
+            try:
+                self._task = await client.connect()
+            except neonize_error as exc:
+                raise base.TransportError(f"neonize connect failed: {exc}") from exc
+            self._task.add_done_callback(self._connect_loop_ended)
+            # connect() returned before Go ran Neonize(): hold the lock until the
+            # call is surely past its map insert -- it sent an event (QR,
+            # Connected...) or ended (a failed dial) -- or for START_SETTLE at most.
+            first = asyncio.ensure_future(self._first_event.wait())
+            await asyncio.wait(
+                {self._task, first}, timeout=START_SETTLE, return_when=asyncio.FIRST_COMPLETED
+            )
+            first.cancel()
+            self.settled_at = time.monotonic()
 
     def _connect_loop_ended(self, task):
         if self._stopping or task.cancelled():
@@ -313,7 +347,8 @@ class NeonizeClient:
         # and the uuid (a paired phone number) is shared with the next client.
         client._stop_finalizer.detach()
         try:
-            await asyncio.wait_for(client.stop(), STOP_TIMEOUT)
+            async with go_lock():  # Stop() deletes from neonize's Go client map
+                await asyncio.wait_for(client.stop(), STOP_TIMEOUT)
         except Exception as exc:  # TimeoutError included: logged, we go on
             logger.warning("company %s: neonize stop failed: %r", self.spec.company_id, exc)
         if task is not None and not task.done():
@@ -391,6 +426,7 @@ class NeonizeClient:
 
     # --- events ---------------------------------------------------------------
     async def _handle(self, _client, event):
+        self._first_event.set()
         if self._stopping:
             return
         try:
@@ -412,6 +448,7 @@ class NeonizeClient:
         return base.Connected(jid=jid, push_name=push_name)
 
     async def _handle_qr(self, _client, data):
+        self._first_event.set()
         if self._stopping:
             return
         try:
