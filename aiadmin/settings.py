@@ -334,13 +334,11 @@ WHATSAPP = {
     # neonize device-key store: one SQLite file per company under this folder,
     # or a postgres:// URL shared by all companies (production).
     "STORE_DIR": env.str("WHATSAPP_STORE_DIR", default=str(VAR_DIR / "wa-store")),
-    # Unset: the PostgreSQL DATABASE_URL when there is one (whatsmeow's own
-    # whatsmeow_* tables), so any worker on any machine can resume any company;
-    # set it empty to keep SQLite files even on PostgreSQL.
-    "STORE_URL": env.str(
-        "WHATSAPP_STORE_URL",
-        default=DATABASE_URL if DATABASE_URL.startswith(("postgres://", "postgresql://")) else "",
-    ),
+    # Workers on several machines need the shared postgres:// store to resume each
+    # other's companies. Give it its own database (server): every neonize client
+    # holds PostgreSQL connections of its own and never closes them (docs/worker.md),
+    # which must not exhaust the app database's max_connections.
+    "STORE_URL": env.str("WHATSAPP_STORE_URL", default=""),
     "LEASE_TTL": env.float("WHATSAPP_LEASE_TTL", default=15.0),
     "RECONCILE_INTERVAL": env.float("WHATSAPP_RECONCILE_INTERVAL", default=5.0),
     "WATCHDOG_SILENCE": env.float("WHATSAPP_WATCHDOG_SILENCE", default=180.0),
