@@ -127,6 +127,21 @@ class TestRenewAndRelease:
         assert leases.release_all_leases("w1", "shutdown", keep=[b.pk]) == 1
         assert SessionLease.objects.get(session=b).owner == "w1"
 
+    def test_release_all_frees_every_lease_at_once_with_one_event_each(self):
+        sessions = running_companies(5)
+        for session in sessions:
+            leases.try_acquire("w1", session.pk)
+        leases.try_acquire("w2", sessions[0].pk)  # held by w1: refused
+        assert leases.release_all_leases("w1", "shutdown") == 5
+        assert not SessionLease.objects.filter(owner="w1").exists()
+        assert leases.release_all_leases("w1", "shutdown") == 0
+        events = ConnectionEvent.objects.filter(kind="lease_lost", worker_id="w1")
+        assert sorted(events.values_list("session_id", flat=True)) == sorted(
+            s.pk for s in sessions
+        )
+        assert {e.reason for e in events} == {"shutdown"}
+        assert all(leases.try_acquire("w2", s.pk).epoch == 2 for s in sessions)
+
 
 @pytest.mark.django_db
 class TestFencing:

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from django.conf import settings
+from django.db import transaction
 from django.db.models import F, Q
 from django.db.models.functions import Now
 from django.utils import timezone
@@ -261,13 +262,35 @@ def release_lease(worker_id, session_id, reason="released"):
 
 
 def release_all_leases(worker_id, reason="worker stopped", keep=()):
-    """Release every lease of `worker_id` except those in `keep` (session ids)."""
-    session_ids = list(
-        SessionLease.objects.filter(owner=worker_id)
-        .exclude(session_id__in=list(keep))
-        .values_list("session_id", flat=True)
-    )
-    return sum(release_lease(worker_id, sid, reason) for sid in session_ids)
+    """Release every lease of `worker_id` except those in `keep` (session ids),
+    in one UPDATE (a worker handing 1,000 sessions over must not take 1,000
+    round trips while the others wait)."""
+    with transaction.atomic():
+        session_ids = list(
+            SessionLease.objects.select_for_update()
+            .filter(owner=worker_id)
+            .exclude(session_id__in=list(keep))
+            .values_list("session_id", flat=True)
+        )
+        if not session_ids:
+            return 0
+        SessionLease.objects.filter(session_id__in=session_ids, owner=worker_id).update(
+            owner="", expires_at=None, heartbeat_at=Now()
+        )
+        states = dict(
+            WhatsAppSession.objects.filter(pk__in=session_ids).values_list("pk", "state")
+        )
+        ConnectionEvent.objects.bulk_create(
+            ConnectionEvent(
+                session_id=sid,
+                kind=ConnectionEvent.Kind.LEASE_LOST,
+                reason=reason[:500],
+                state=states.get(sid, ""),
+                worker_id=worker_id,
+            )
+            for sid in session_ids
+        )
+    return len(session_ids)
 
 
 def owned_count(worker_id):
