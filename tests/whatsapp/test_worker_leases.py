@@ -136,9 +136,7 @@ class TestRenewAndRelease:
         assert not SessionLease.objects.filter(owner="w1").exists()
         assert leases.release_all_leases("w1", "shutdown") == 0
         events = ConnectionEvent.objects.filter(kind="lease_lost", worker_id="w1")
-        assert sorted(events.values_list("session_id", flat=True)) == sorted(
-            s.pk for s in sessions
-        )
+        assert sorted(events.values_list("session_id", flat=True)) == sorted(s.pk for s in sessions)
         assert {e.reason for e in events} == {"shutdown"}
         assert all(leases.try_acquire("w2", s.pk).epoch == 2 for s in sessions)
 

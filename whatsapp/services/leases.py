@@ -277,9 +277,7 @@ def release_all_leases(worker_id, reason="worker stopped", keep=()):
         SessionLease.objects.filter(session_id__in=session_ids, owner=worker_id).update(
             owner="", expires_at=None, heartbeat_at=Now()
         )
-        states = dict(
-            WhatsAppSession.objects.filter(pk__in=session_ids).values_list("pk", "state")
-        )
+        states = dict(WhatsAppSession.objects.filter(pk__in=session_ids).values_list("pk", "state"))
         ConnectionEvent.objects.bulk_create(
             ConnectionEvent(
                 session_id=sid,
