@@ -179,6 +179,7 @@ def db_env(tmp_path, **overrides):
             "WHATSAPP_STORE_DIR": str(tmp / "store"),
             "WHATSAPP_STORE_URL": "",
             "PYTHONUNBUFFERED": "1",
+            "WHATSAPP_SWEEP_AFTER": "5",  # compressed like the lease TTL
         }
     )
     env.update({k: str(v) for k, v in overrides.items()})
@@ -230,6 +231,16 @@ class AppProcesses:
             self.ids[name] = worker_id
 
     def start_qcluster(self, name="qcluster"):
+        # As scripts/run does: the recurring jobs (above all the sweeper, which
+        # enqueues a job whose recorder died between commit and enqueue).
+        subprocess.run(
+            [sys.executable, "manage.py", "setup_defaults", "-v0"],
+            cwd=ROOT,
+            env=self.env,
+            check=True,
+            timeout=120,
+            stdout=subprocess.DEVNULL,
+        )
         return self._spawn(name, [sys.executable, "manage.py", "qcluster"])
 
     def start_daphne(self, name="web", port=None):
