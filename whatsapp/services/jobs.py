@@ -136,7 +136,7 @@ def enqueue_inserted_job(cursor, job_id, message_id):
 def _enqueue_after_commit(job_id, message_id):
     """Push first, then mark queued in one UPDATE: if the push fails, the job
     stays pending for the sweeper; if the sweeper got there first, the extra
-    task finds nothing to claim.
+    task finds nothing to claim (and the job counts two enqueues).
 
     On PostgreSQL the marker commits with synchronous_commit off: it is a hint
     for the sweeper, not data. Losing it in a crash only makes the sweeper
@@ -149,16 +149,18 @@ def _enqueue_after_commit(job_id, message_id):
         return
     table = connection.ops.quote_name(ProcessingJob._meta.db_table)
     when = connection.ops.adapt_datetimefield_value(timezone.now())
+    # The cluster may already have run the task: record the push whatever the
+    # job's state, and move only a pending job to queued.
     sql = (
-        f"UPDATE {table} SET status = %s, task_id = %s, enqueued_at = %s, "
-        "enqueue_count = enqueue_count + 1 WHERE id = %s AND status = %s"
+        f"UPDATE {table} SET status = CASE WHEN status = %s THEN %s ELSE status END, "
+        "task_id = %s, enqueued_at = %s, enqueue_count = enqueue_count + 1 WHERE id = %s"
     )
     if connection.vendor == "postgresql":
         # One statement in autocommit: its own transaction, committed without
         # waiting for the WAL flush (set_config(..., is_local => true)).
         sql += " AND set_config('synchronous_commit', 'off', true) IS NOT NULL"
     with connection.cursor() as cursor:
-        cursor.execute(sql, [Status.QUEUED, task_id or "", when, job_id, Status.PENDING])
+        cursor.execute(sql, [Status.PENDING, Status.QUEUED, task_id or "", when, job_id])
 
 
 def _claim_and_enqueue(job_id, from_statuses):
