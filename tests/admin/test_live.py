@@ -14,11 +14,13 @@ from django.test import Client
 
 from aiadmin.asgi import application
 from companies.models import Membership
+from whatsapp.models import SessionLease
 from whatsapp.services import control
 from whatsapp.services import sessions as svc
 from whatsapp.services.leases import try_acquire
+from whatsapp.worker.supervisor import SessionSupervisor
 
-from ..whatsapp.worker_doubles import run
+from ..whatsapp.worker_doubles import ScriptedTransport, fast_settings, run
 
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
 PATH = "/ws/admin/whatsapp/"
@@ -166,3 +168,26 @@ def test_a_down_channel_layer_never_fails_the_change(tenants, sessions, settings
     a.refresh_from_db()
     assert a.state == "connected" and a.jid == JID
     assert "could not publish session.changed" in caplog.text
+
+
+def test_a_worker_handing_over_tells_the_staff_after_the_leases_are_free(
+    tenants, sessions, settings, tmp_path
+):
+    a, _ = sessions
+    fast_settings(settings, tmp_path)
+    control.start_session(tenants.a.pk)
+    owner = socket(tenants.owner)
+    sup = SessionSupervisor(worker_id="w-live", transport=ScriptedTransport())
+
+    async def body():
+        assert (await owner.connect())[0]
+        await sup.start()
+        while (await owner.receive_json_from(timeout=10))["state"] != "connected":
+            pass  # starting, then connected
+        await sup.shutdown("worker stopping")
+        assert await owner.receive_json_from(timeout=10) == hint(tenants.a, "stopped")
+        lease = await db(SessionLease.objects.get)(session=a)
+        assert lease.owner == ""
+        await owner.disconnect()
+
+    run(body)

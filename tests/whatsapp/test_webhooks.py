@@ -161,6 +161,28 @@ class TestEvents:
         assert delivery.payload["session"]["state"] == "failed"
         assert delivery.payload["session"]["reason"] == "dial failed"
 
+    def test_a_worker_handing_sessions_over_tells_only_the_companies_with_webhooks(
+        self, tenants, hooks
+    ):
+        WebhookEndpoint.objects.create(company=tenants.a, url="http://127.0.0.1:9/s")
+        helds = []
+        for company in (tenants.a, tenants.b):
+            session = WhatsAppSession.objects.create(
+                company=company, desired_state=DesiredState.RUNNING
+            )
+            SessionLease.objects.create(session=session)
+            helds.append(leases.try_acquire("w1", session.pk))
+            session_svc.mark_connected(helds[-1], jid="4915112345678@s.whatsapp.net")
+        WebhookDelivery.objects.all().delete()
+
+        assert session_svc.hand_over("w1", helds, "worker stopping")[0] == 2
+
+        (delivery,) = WebhookDelivery.objects.all()
+        assert delivery.endpoint.company_id == tenants.a.pk
+        change = delivery.payload["session"]
+        assert (change["previous_state"], change["state"]) == ("connected", "stopped")
+        assert change["reason"] == "worker stopping; another worker takes over"
+
     def test_outbound_status_changes_are_events(self, tenants, hooks):
         WebhookEndpoint.objects.create(
             company=tenants.a, url="http://127.0.0.1:9/m", events=["message.status"]

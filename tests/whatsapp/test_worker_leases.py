@@ -9,6 +9,7 @@ from datetime import timedelta
 import pytest
 from channels.db import database_sync_to_async
 from django.db import connection, connections
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from companies.models import Company
@@ -89,6 +90,35 @@ class TestAcquire:
         Company.objects.filter(pk=session.company_id).update(is_active=False)
         assert leases.acquire_leases("w1", 5) == []
 
+    def test_a_batch_is_taken_in_one_transaction_and_leases_held_by_others_are_left(self):
+        sessions = running_companies(6)
+        leases.try_acquire("w2", sessions[1].pk)
+        leases.try_acquire("w2", sessions[4].pk)
+        ids = [s.pk for s in reversed(sessions)]
+        won = leases.acquire_free("w1", ids)
+        assert [h.session_id for h in won] == [
+            i for i in ids if i not in {sessions[1].pk, sessions[4].pk}
+        ]
+        assert {h.epoch for h in won} == {1} and {h.owner for h in won} == {"w1"}
+        assert {h.company_id for h in won} == {s.company_id for s in sessions} - {
+            sessions[1].company_id,
+            sessions[4].company_id,
+        }
+        events = ConnectionEvent.objects.filter(kind="lease_acquired", worker_id="w1")
+        assert sorted(events.values_list("session_id", flat=True)) == sorted(
+            h.session_id for h in won
+        )
+        assert SessionLease.objects.filter(owner="w2").count() == 2
+        assert leases.acquire_free("w1", ids) == []  # nothing free any more
+
+    def test_taking_many_leases_costs_the_same_statements_as_taking_a_few(self):
+        few, many = running_companies(3, "few"), running_companies(60, "many")
+        with CaptureQueriesContext(connection) as small:
+            assert len(leases.acquire_free("w1", [s.pk for s in few])) == 3
+        with CaptureQueriesContext(connection) as large:
+            assert len(leases.acquire_free("w1", [s.pk for s in many])) == 60
+        assert len(large.captured_queries) == len(small.captured_queries)
+
     def test_a_session_without_a_lease_row_gets_one(self):
         company = Company.objects.create(name="No lease", slug="no-lease")
         session = WhatsAppSession.objects.create(
@@ -139,6 +169,73 @@ class TestRenewAndRelease:
         assert sorted(events.values_list("session_id", flat=True)) == sorted(s.pk for s in sessions)
         assert {e.reason for e in events} == {"shutdown"}
         assert all(leases.try_acquire("w2", s.pk).epoch == 2 for s in sessions)
+
+
+@pytest.mark.django_db
+class TestHandOver:
+    """A stopping worker gives every session up in one transaction."""
+
+    def test_live_sessions_stop_parked_ones_keep_their_state_and_leases_are_released(self):
+        live, parked, stolen, stuck = running_companies(4)
+        helds = [leases.try_acquire("w1", s.pk) for s in (live, parked, stolen, stuck)]
+        assert svc.mark_connected(helds[0], jid="491700000001:1@s.whatsapp.net")
+        assert svc.mark_replaced(helds[1])
+        assert svc.mark_connected(helds[3], jid="491700000004:1@s.whatsapp.net")
+        expire(stolen.pk)
+        thief = leases.try_acquire("w2", stolen.pk)
+        assert svc.mark_connected(thief, jid="491700000003:1@s.whatsapp.net")
+
+        released, changed = svc.hand_over(
+            "w1",
+            helds,
+            "worker stopping",
+            clients={live.pk: 1, parked.pk: 2, stuck.pk: 3},
+            keep=[stuck.pk],
+        )
+
+        assert released == 2
+        state = dict(WhatsAppSession.objects.values_list("pk", "state"))
+        assert state[live.pk] == SessionState.STOPPED
+        assert state[parked.pk] == SessionState.REPLACED  # its retry plan survives
+        assert state[stolen.pk] == SessionState.CONNECTED  # the new owner's, untouched
+        assert state[stuck.pk] == SessionState.CONNECTED  # its client did not stop
+        owner = dict(SessionLease.objects.values_list("session_id", "owner"))
+        assert owner == {live.pk: "", parked.pk: "", stolen.pk: "w2", stuck.pk: "w1"}
+        assert sorted(changed) == sorted(
+            [(live.company_id, SessionState.STOPPED), (parked.company_id, SessionState.REPLACED)]
+        )
+        stopped = ConnectionEvent.objects.filter(kind="stopped", worker_id="w1")
+        assert sorted(stopped.values_list("session_id", "reason")) == sorted(
+            [
+                (live.pk, "client 1 stopped: worker stopping"),
+                (live.pk, "worker stopping; another worker takes over"),
+                (parked.pk, "client 2 stopped: worker stopping"),
+            ]
+        )
+        lost = ConnectionEvent.objects.filter(kind="lease_lost", worker_id="w1")
+        assert sorted(lost.values_list("session_id", flat=True)) == sorted([live.pk, parked.pk])
+        assert (
+            not ConnectionEvent.objects.filter(worker_id="w1", session_id=stolen.pk)
+            .exclude(kind__in=["lease_acquired", "connected"])
+            .exists()
+        )
+        row = WhatsAppSession.objects.get(pk=live.pk)
+        assert row.connected_since is None and row.qr_code == ""
+
+    def test_handing_over_many_sessions_costs_the_same_statements_as_a_few(self):
+        def hand_over(count, prefix):
+            sessions = running_companies(count, prefix)
+            helds = [leases.try_acquire(prefix, s.pk) for s in sessions]
+            for held in helds:
+                svc.mark_connected(held, jid=f"4917{held.session_id:08d}:1@s.whatsapp.net")
+            with CaptureQueriesContext(connection) as queries:
+                released, changed = svc.hand_over(
+                    prefix, helds, "stopping", clients={h.session_id: 1 for h in helds}
+                )
+            assert released == len(changed) == count
+            return len(queries.captured_queries)
+
+        assert hand_over(60, "many") == hand_over(3, "few")
 
 
 @pytest.mark.django_db

@@ -8,6 +8,7 @@ transient failures with backoff and marks permanent ones failed.
 import pytest
 from django.utils import timezone
 
+from companies.models import Company
 from whatsapp.models import OutboundMessage, SessionState, WhatsAppSession
 from whatsapp.services import leases, sending
 from whatsapp.services.control import ensure_session, start_session
@@ -86,6 +87,24 @@ class TestSendingService:
         message.refresh_from_db()
         assert (message.status, message.attempts) == (Status.FAILED, 1)
         assert "unknown server (permanent)" == message.last_error
+
+    def test_a_worker_taking_over_many_companies_fails_their_interrupted_sends_at_once(
+        self, company
+    ):
+        other = Company.objects.create(name="Other", slug="other-interrupted")
+        mine, theirs = held_for(company), held_for(other)
+        in_flight = [queue(company, "one"), queue(company, "two"), queue(other, "three")]
+        waiting = queue(other, "not claimed yet")
+        for held in (mine, mine, theirs):
+            assert len(sending.claim_outbound(held, limit=1)) == 1
+        assert sending.fail_interrupted_sends_of([company.pk, other.pk]) == {
+            company.pk: 2,
+            other.pk: 1,
+        }
+        statuses = dict(OutboundMessage.objects.values_list("pk", "status"))
+        assert {statuses[m.pk] for m in in_flight} == {Status.FAILED}
+        assert statuses[waiting.pk] == Status.QUEUED
+        assert sending.fail_interrupted_sends_of([company.pk, other.pk]) == {}
 
     def test_rows_a_dead_owner_left_in_sending_are_failed_not_resent(self, company):
         held = held_for(company)

@@ -390,3 +390,34 @@ def test_keepalive_timeouts_are_recorded_and_left_to_whatsmeow(started):
     assert len(transport.clients) == 1
     session = row(company)
     assert session.reconnect_count == 0 and session.connect_failure_count == 0
+
+
+def test_a_stopping_worker_hands_every_session_over_at_once(settings, tmp_path):
+    from .test_worker_leases import running_companies
+
+    fast_settings(settings, tmp_path)
+    sessions = running_companies(6)
+    transport = ScriptedTransport()
+    sup = SessionSupervisor(worker_id="w-bye", transport=transport)
+
+    async def scenario():
+        await sup.start()
+        await wait_until(
+            lambda: WhatsAppSession.objects.filter(state=SessionState.CONNECTED).count() == 6,
+            what="6 connected",
+        )
+        await sup.shutdown("worker stopping")
+
+    run(scenario)
+    assert transport.violations == []
+    assert all(not c.live for c in transport.clients)
+    assert set(WhatsAppSession.objects.values_list("state", flat=True)) == {SessionState.STOPPED}
+    assert set(SessionLease.objects.values_list("owner", flat=True)) == {""}
+    for session in sessions:
+        events = ConnectionEvent.objects.filter(session=session, worker_id="w-bye")
+        assert len(transport.clients_of(session.company_id)) == 1  # its first client
+        assert sorted(events.filter(kind="stopped").values_list("reason", flat=True)) == [
+            "client 1 stopped: worker stopping",
+            "worker stopping; another worker takes over",
+        ]
+        assert events.filter(kind="lease_lost", reason="worker stopping").count() == 1

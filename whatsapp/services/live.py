@@ -49,6 +49,12 @@ def publish_now(company_id, state=None):
         return False
 
 
+def publish_many(changes):
+    """Publish now (outside any transaction) for each (company id, state)."""
+    for company_id, state in changes:
+        publish_now(company_id, state)
+
+
 async def _send_to_groups(layer, groups, message):
     for group in groups:  # one trip into the event loop for all groups
         await layer.group_send(group, message)

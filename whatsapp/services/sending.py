@@ -95,9 +95,11 @@ def mark_outbound_sent(outbound_id, wa_message_id):
             next_attempt_at=None,
         )
         if updated:
-            company_id = OutboundMessage.objects.filter(pk=outbound_id).values_list(
-                "company_id", flat=True
-            ).get()
+            company_id = (
+                OutboundMessage.objects.filter(pk=outbound_id)
+                .values_list("company_id", flat=True)
+                .get()
+            )
             WhatsAppSession.objects.filter(company_id=company_id).update(
                 messages_out=F("messages_out") + 1
             )
@@ -151,15 +153,29 @@ def fail_interrupted_sends(company_id, exclude=()):
     """Rows a previous owner left in `sending` (it died mid-send): mark them failed.
 
     Called by a worker that just acquired the company's lease, before it sends."""
+    return fail_interrupted_sends_of([company_id], exclude).get(company_id, 0)
+
+
+def fail_interrupted_sends_of(company_ids, exclude=()):
+    """fail_interrupted_sends for many companies in one transaction (a worker
+    taking over many sessions at once). Returns {company id: rows failed}."""
     with transaction.atomic():
-        rows = OutboundMessage.objects.filter(
-            company_id=company_id, status=Status.SENDING
-        ).exclude(pk__in=list(exclude))
-        ids = list(rows.values_list("pk", flat=True))
-        failed = OutboundMessage.objects.filter(pk__in=ids, status=Status.SENDING).update(
+        rows = list(
+            OutboundMessage.objects.select_for_update()
+            .filter(company_id__in=list(company_ids), status=Status.SENDING)
+            .exclude(pk__in=list(exclude))
+            .values_list("pk", "company_id")
+        )
+        if not rows:
+            return {}
+        ids = [pk for pk, _company in rows]
+        OutboundMessage.objects.filter(pk__in=ids, status=Status.SENDING).update(
             status=Status.FAILED, last_error=INTERRUPTED, next_attempt_at=None
         )
         emit_outbound_status(ids)
+    failed = {}
+    for _pk, company_id in rows:
+        failed[company_id] = failed.get(company_id, 0) + 1
     return failed
 
 
@@ -178,8 +194,6 @@ def record_receipt(company_id, message_ids, kind):
             company_id=company_id, wa_message_id__in=list(message_ids)[:500], status__in=earlier
         )
         ids = list(rows.values_list("pk", flat=True))
-        moved = OutboundMessage.objects.filter(pk__in=ids, status__in=earlier).update(
-            status=target
-        )
+        moved = OutboundMessage.objects.filter(pk__in=ids, status__in=earlier).update(status=target)
         emit_outbound_status(ids)
     return moved

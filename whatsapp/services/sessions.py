@@ -19,13 +19,19 @@ from django.db.models import Case, F, Value, When
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from whatsapp.models import ConnectionEvent, SessionState, WhatsAppSession, backoff_delay
+from whatsapp.models import (
+    ConnectionEvent,
+    SessionLease,
+    SessionState,
+    WhatsAppSession,
+    backoff_delay,
+)
 from whatsapp.models.sessions import LIVE_STATES
 from whatsapp.transport.jids import InvalidPhoneNumber, Jid, jid_phone
 
 from . import live
-from .leases import Held
-from .webhooks import emit_session_changes
+from .leases import Held, release_all_leases
+from .webhooks import companies_with_webhooks, emit_session_changes
 
 logger = logging.getLogger(__name__)
 
@@ -96,7 +102,10 @@ def transition(held: Held, state=None, kind=None, reason="", from_states=None, *
     if not applied:
         logger.info(
             "session %s: %s not applied, lease epoch %s of %s is gone",
-            held.session_id, kind or state, held.epoch, held.owner,
+            held.session_id,
+            kind or state,
+            held.epoch,
+            held.owner,
         )
     return bool(applied)
 
@@ -213,8 +222,7 @@ def mark_connect_failed(held, error, permanent=False, rng=None):
             delay = conf["BACKOFF_CAP"]
         else:
             kwargs = {"rng": rng} if rng is not None else {}
-            delay = backoff_delay(failures - 1, conf["BACKOFF_BASE"], conf["BACKOFF_CAP"],
-                                  **kwargs)
+            delay = backoff_delay(failures - 1, conf["BACKOFF_BASE"], conf["BACKOFF_CAP"], **kwargs)
             delay = max(delay, min(MIN_RETRY_DELAY, conf["BACKOFF_BASE"]))
         WhatsAppSession.objects.filter(pk=held.session_id).update(
             next_connect_at=now + timedelta(seconds=delay)
@@ -299,6 +307,69 @@ def mark_stopped(held, reason="stopped", only_live=False):
     )
 
 
+def hand_over(worker_id, helds, reason, clients=None, keep=()):
+    """A stopping worker gives all its sessions up at once, after their clients
+    stopped: in one transaction, every session still fenced by `worker_id` that
+    claims a live client is marked stopped, each stopped client and state change
+    gets its event, and every lease of the worker except `keep` (clients that
+    would not stop) is released (leases.release_all_leases).
+
+    `clients` maps session id -> number of the client just stopped. Returns
+    (leases released, [(company id, state)] of the sessions that changed): the caller publishes
+    those hints once other workers have been told to take over, so telling staff
+    browsers never delays the hand-over."""
+    clients = clients or {}
+    keep = set(keep)
+    helds = [h for h in helds if h.session_id not in keep]
+    note = f"{reason}; another worker takes over"
+    with transaction.atomic():
+        epochs = dict(
+            SessionLease.objects.select_for_update()
+            .filter(owner=worker_id, session_id__in=[h.session_id for h in helds])
+            .values_list("session_id", "epoch")
+        )
+        fenced = [h for h in helds if epochs.get(h.session_id) == h.epoch]
+        before = dict(
+            WhatsAppSession.objects.filter(pk__in=[h.session_id for h in fenced]).values_list(
+                "pk", "state"
+            )
+        )
+        live_ids = [pk for pk, state in before.items() if state in LIVE_STATES]
+        WhatsAppSession.objects.filter(pk__in=live_ids, state__in=list(LIVE_STATES)).update(
+            state=SessionState.STOPPED,
+            state_changed_at=timezone.now(),
+            connected_since=None,
+            disconnected_since=None,
+            qr_code="",
+        )
+        events, changed = [], []
+        hooked = companies_with_webhooks(h.company_id for h in fenced if h.session_id in live_ids)
+        for h in fenced:
+            state = SessionState.STOPPED if h.session_id in live_ids else before.get(h.session_id)
+            if h.session_id in clients:
+                number = clients[h.session_id]
+                text = f"client {number} stopped: {reason}"
+                events.append((h, text, state))
+            if h.session_id in live_ids:
+                events.append((h, note, state))
+                if h.company_id in hooked:
+                    emit_session_changes(h.company_id, before[h.session_id], state, note)
+            if h.session_id in clients or h.session_id in live_ids:
+                changed.append((h.company_id, state))
+        ConnectionEvent.objects.bulk_create(
+            ConnectionEvent(
+                session_id=h.session_id,
+                kind=Kind.STOPPED,
+                reason=text[:500],
+                state=state or "",
+                worker_id=worker_id,
+            )
+            for h, text, state in events
+        )
+        released = release_all_leases(worker_id, reason, keep)
+    return released, changed
+
+
 def unpark(held, reason):
     """Leave replaced / logged out / failed / banned for a fresh start (operator asked)."""
     return transition(
@@ -358,4 +429,3 @@ def clear_request(held, field, seen):
     if field not in {"restart_requested_at", "logout_requested_at", "pairing_requested_at"}:
         raise ValueError(f"not a request field: {field}")
     return bool(_fenced(held).filter(**{field: seen}).update(**{field: None}))
-

@@ -194,6 +194,15 @@ def emit_session_changes(company_id, previous_state, state, reason="", qr_code="
         )
 
 
+def companies_with_webhooks(company_ids):
+    """Which of `company_ids` have an active endpoint (one query for many)."""
+    return set(
+        WebhookEndpoint.objects.filter(company_id__in=list(company_ids), is_active=True)
+        .values_list("company_id", flat=True)
+        .distinct()
+    )
+
+
 def _session_summary(company_id):
     row = (
         WhatsAppSession.objects.filter(company_id=company_id)

@@ -70,11 +70,13 @@ class ManagedSession:
     def busy(self, prefix):
         return any(t.get_name().startswith(prefix) and not t.done() for t in self.tasks)
 
-    async def _stop_client(self, reason):
-        """Stop the current client (lock held). Records the end of its life."""
+    async def _stop_client(self, reason, record=True):
+        """Stop the current client (lock held). Records the end of its life
+        (unless the caller records it, as a hand-over does for all sessions at
+        once). Returns the number of the client stopped, or None."""
         client, number = self.client, self.clients_created
         if client is None:
-            return
+            return None
         self.client = self.token = None
         self.connected = self.awaiting_pairing = False
         try:
@@ -82,9 +84,13 @@ class ManagedSession:
         except Exception as exc:
             logger.warning("company %s: stopping client failed: %r", self.company_id, exc)
         self.sup.client_ended()
-        await db(svc.record_event)(self.held, Kind.STOPPED, f"client {number} stopped: {reason}")
+        if record:
+            await db(svc.record_event)(
+                self.held, Kind.STOPPED, f"client {number} stopped: {reason}"
+            )
         if self.outcome is not None:
             self.outcome.set()
+        return number
 
     async def _failed(self, error, permanent=False):
         delay = await db(svc.mark_connect_failed)(self.held, error, permanent)
@@ -441,8 +447,9 @@ class ManagedSession:
                     await db(sending.mark_outbound_sent)(item.pk, wa_id)
 
     # --- end of ownership ----------------------------------------------------
-    async def close(self, reason):
-        """Stop the client for good (lease lost, released, or worker stopping)."""
+    async def close(self, reason, record=True):
+        """Stop the client for good (lease lost, released, or worker stopping).
+        Returns the number of the client stopped, or None if there was none."""
         if self.retry_handle is not None:
             self.retry_handle.cancel()
         current = asyncio.current_task()
@@ -451,4 +458,4 @@ class ManagedSession:
                 task.cancel()
         async with self.lock:
             self.closed = True
-            await self._stop_client(reason)
+            return await self._stop_client(reason, record)

@@ -26,7 +26,7 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 
 from whatsapp.routing import WORKER_CHANNEL_PREFIX
-from whatsapp.services import leases, sending
+from whatsapp.services import leases, live, sending
 from whatsapp.services import sessions as svc
 from whatsapp.services.control import ensure_session
 from whatsapp.transport.base import get_transport
@@ -111,11 +111,13 @@ class SessionSupervisor:
                 task.cancel()
         owned = list(self.sessions.values())
         self.sessions.clear()
+        # Every client stops concurrently; then one transaction marks them all
+        # stopped and releases the leases (not two round trips per session).
         results = await asyncio.gather(
-            *(asyncio.wait_for(self._hand_over(ms, reason), budget) for ms in owned),
+            *(asyncio.wait_for(ms.close(reason, record=False), budget) for ms in owned),
             return_exceptions=True,
         )
-        stuck = []
+        stuck, clients = [], {}
         for ms, result in zip(owned, results, strict=True):
             if isinstance(result, BaseException):
                 stuck.append(ms.session_id)
@@ -126,8 +128,13 @@ class SessionSupervisor:
                     result,
                     self.lease_ttl,
                 )
+            elif result is not None:
+                clients[ms.session_id] = result
+        changed = []
         try:
-            released = await db(leases.release_all_leases)(self.worker_id, reason, stuck)
+            released, changed = await db(svc.hand_over)(
+                self.worker_id, [ms.held for ms in owned], reason, clients, stuck
+            )
             await db(leases.mark_worker_stopped)(self.worker_id)
             others = await db(leases.other_worker_channels)(self.worker_id)
         except Exception:
@@ -138,6 +145,7 @@ class SessionSupervisor:
             )
             released, others = 0, []
         await self._wake_others(others)
+        await db(live.publish_many)(changed)  # staff browsers, after the hand-over
         for task in list(self._tasks):
             if task is not current:
                 task.cancel()
@@ -153,10 +161,6 @@ class SessionSupervisor:
             len(owned) - len(stuck),
             released,
         )
-
-    async def _hand_over(self, ms, reason):
-        await ms.close(reason)
-        await db(svc.mark_stopped)(ms.held, f"{reason}; another worker takes over", only_live=True)
 
     async def _wake_others(self, channels):
         layer = get_channel_layer()
@@ -281,26 +285,42 @@ class SessionSupervisor:
 
     # --- ownership ----------------------------------------------------------------
     async def _adopt(self, held):
-        dropping = self._dropping.get(held.company_id)
-        if dropping is not None:  # close before create, across lease epochs too
-            await asyncio.wait({dropping})
-        ms = self.sessions.get(held.company_id)
-        if ms is not None and ms.held == held:
-            return ms
-        if ms is not None:  # same company, new epoch: the old one is void
-            await ms.close("lease re-acquired with a new epoch")
-        ms = ManagedSession(self, held)
-        self.sessions[held.company_id] = ms
-        # A previous owner that died mid-send left rows in `sending`.
-        failed = await db(sending.fail_interrupted_sends)(held.company_id)
-        if failed:
+        adopted = await self._adopt_many([held])
+        return adopted[0]
+
+    async def _adopt_many(self, helds):
+        """ManagedSessions for leases just acquired. Rows a previous owner left
+        in `sending` (it died mid-send) are failed first, in one database call
+        for all, so no send of ours can start before that."""
+        fresh = []
+        for held in helds:
+            dropping = self._dropping.get(held.company_id)
+            if dropping is not None:  # close before create, across lease epochs too
+                await asyncio.wait({dropping})
+            ms = self.sessions.get(held.company_id)
+            if ms is not None and ms.held != held:  # same company, new epoch: void
+                del self.sessions[held.company_id]
+                await ms.close("lease re-acquired with a new epoch")
+            if self.sessions.get(held.company_id) is None:
+                fresh.append(held.company_id)
+        failed = await db(sending.fail_interrupted_sends_of)(fresh) if fresh else {}
+        for company_id, count in failed.items():
             logger.warning(
                 "company %s: %s message(s) interrupted by the previous owner marked "
                 "failed (outcome unknown)",
-                held.company_id,
-                failed,
+                company_id,
+                count,
             )
-        return ms
+        adopted = []
+        for held in helds:
+            ms = self.sessions.get(held.company_id)
+            if ms is None or ms.held != held:
+                if ms is not None:  # adopted meanwhile under an older epoch
+                    await ms.close("lease re-acquired with a new epoch")
+                ms = ManagedSession(self, held)
+                self.sessions[held.company_id] = ms
+            adopted.append(ms)
+        return adopted
 
     async def lease_lost(self, ms, reason):
         """Forget `ms` now and stop its client from another task (the caller may
@@ -399,8 +419,7 @@ class SessionSupervisor:
             await self._shed(len(self.sessions) - target)
         room = target - len(self.sessions)
         if room > 0 and not self.closing and self.leases_fresh():
-            for h in await db(leases.acquire_leases)(self.worker_id, room):
-                await self._adopt(h)
+            await self._adopt_many(await db(leases.acquire_leases)(self.worker_id, room))
         await self._reconcile_owned()
 
     async def _shed(self, excess):
