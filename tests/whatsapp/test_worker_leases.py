@@ -375,6 +375,56 @@ def test_a_worker_that_cannot_renew_stops_its_clients_before_the_lease_expires(
     assert stopped_at["after"] < 3.0
 
 
+@pytest.mark.django_db(transaction=True, databases="__all__")
+def test_a_dead_workers_lease_is_taken_when_it_runs_out_not_a_round_later(settings, tmp_path):
+    """Reconcile rounds 10 s apart; the dead worker's lease runs out 1.5 s in."""
+    fast_settings(settings, tmp_path, LEASE_TTL=30.0, RECONCILE_INTERVAL=10.0)
+    (session,) = running_companies(1)
+    assert leases.try_acquire("w-dead", session.pk)
+    SessionLease.objects.filter(session=session).update(
+        expires_at=timezone.now() + timedelta(seconds=1.5)
+    )
+    sup = SessionSupervisor(worker_id="w-heir", transport=ScriptedTransport())
+    took = {}
+
+    async def scenario():
+        began = time.monotonic()
+        await sup.start()  # its first round finds the lease held
+        await wait_until(
+            lambda: SessionLease.objects.filter(session=session, owner="w-heir").exists(),
+            timeout=5,
+            what="the lease taken over",
+        )
+        took["after"] = time.monotonic() - began
+        await sup.shutdown("test over")
+
+    run(scenario)
+    assert 1.4 < took["after"] < 4.0, took  # at the expiry, not at the 10 s round
+    assert leases.seconds_to_next_expiry("w-other") is None  # released, nobody else's
+
+
+def test_the_next_expiry_counts_only_other_workers_leases_of_wanted_sessions(db):
+    mine, theirs, idle = running_companies(3)
+    for session, owner in ((mine, "w1"), (theirs, "w2"), (idle, "w2")):
+        leases.try_acquire(owner, session.pk)
+    WhatsAppSession.objects.filter(pk=idle.pk).update(desired_state=DesiredState.STOPPED)
+    SessionLease.objects.filter(session=idle).update(
+        expires_at=timezone.now() + timedelta(seconds=2)
+    )
+    ttl = settings_ttl()
+    assert ttl - 2 < leases.seconds_to_next_expiry("w1") <= ttl  # theirs, not idle's
+    assert ttl - 2 < leases.seconds_to_next_expiry("w2") <= ttl  # mine
+    expire(theirs.pk)
+    expire(mine.pk)
+    assert leases.seconds_to_next_expiry("w1") is None  # expired leases are free already
+
+
+def settings_ttl():
+    from django.conf import settings
+
+    return settings.WHATSAPP["LEASE_TTL"]
+
+
 @pytest.mark.django_db
 class TestWorkerIdentity:
     def test_a_second_live_process_cannot_run_under_the_same_worker_id(self):

@@ -252,6 +252,26 @@ def acquire_leases(worker_id, limit, only_company_id=None):
     return won
 
 
+def seconds_to_next_expiry(worker_id):
+    """Seconds until the soonest lease of another worker that some worker should
+    hold expires (None if there is none): a worker with room wakes then, so a
+    dead worker's sessions are taken when their leases run out, not up to a
+    reconcile interval later. Live workers renew long before their leases run
+    out, so only dead workers' leases come due."""
+    soonest = (
+        SessionLease.objects.filter(session__in=_wanted_sessions(), expires_at__gt=Now())
+        .exclude(owner__in=["", worker_id])
+        .annotate(db_now=Now())  # the database's clock decides expiry, not ours
+        .order_by("expires_at")
+        .values_list("expires_at", "db_now")
+        .first()
+    )
+    if soonest is None:
+        return None
+    expires_at, now = soonest
+    return max(0.0, (expires_at - now).total_seconds())
+
+
 def renew_leases(worker_id):
     """Extend every unexpired lease this worker holds; return them (by session id).
 

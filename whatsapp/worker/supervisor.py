@@ -66,6 +66,7 @@ class SessionSupervisor:
         self._lease_deadline = None
         self._round = 0
         self._dropping = {}  # company_id -> task stopping a lost session's client
+        self._expiry_wake = None  # timer: wake when a dead worker's lease runs out
         # Clients that ended in this process. A transport that leaks a handle per
         # client (neonize) says how many this process may accumulate; past that,
         # `recycle_requested` is set and runworker restarts the process in place.
@@ -105,6 +106,8 @@ class SessionSupervisor:
             return
         self.closing = True
         budget = self.stop_timeout if budget is None else budget
+        if self._expiry_wake is not None:
+            self._expiry_wake.cancel()
         current = asyncio.current_task()
         for task in list(self._tasks):
             if task is not current and task.get_name() in LOOPS:
@@ -419,8 +422,24 @@ class SessionSupervisor:
             await self._shed(len(self.sessions) - target)
         room = target - len(self.sessions)
         if room > 0 and not self.closing and self.leases_fresh():
-            await self._adopt_many(await db(leases.acquire_leases)(self.worker_id, room))
+            won = await db(leases.acquire_leases)(self.worker_id, room)
+            await self._adopt_many(won)
+            if len(won) < room:
+                await self._wake_at_next_expiry()
         await self._reconcile_owned()
+
+    async def _wake_at_next_expiry(self):
+        """With room left, come back when another worker's lease runs out (a
+        dead worker's), instead of at the next round up to an interval later."""
+        delay = await db(leases.seconds_to_next_expiry)(self.worker_id)
+        if delay is None or delay >= self.interval:
+            return
+        if self._expiry_wake is not None:
+            self._expiry_wake.cancel()
+        loop = asyncio.get_running_loop()
+        # Never sooner than 0.25 s: a wake that finds the lease still held
+        # (clocks, rounding) must not turn into a tight loop of rounds.
+        self._expiry_wake = loop.call_later(max(0.25, delay + 0.05), self.wake)
 
     async def _shed(self, excess):
         """Hand surplus sessions to newly started workers (a few per round)."""
