@@ -348,6 +348,9 @@ WHATSAPP = {
     "REPLACED_BACKOFF": env.float("WHATSAPP_REPLACED_BACKOFF", default=600.0),
     "MAX_SESSIONS_PER_WORKER": env.int("WHATSAPP_MAX_SESSIONS_PER_WORKER", default=1000),
     "SEND_MAX_ATTEMPTS": env.int("WHATSAPP_SEND_MAX_ATTEMPTS", default=5),
+    # Group commit: a worker records at most this many waiting inbound messages
+    # in one transaction (the ones that arrived while the previous commit ran).
+    "INBOUND_BATCH": env.int("WHATSAPP_INBOUND_BATCH", default=100),
     # Default processing handler for inbound messages (dotted path).
     "INBOUND_HANDLER": env.str("WHATSAPP_INBOUND_HANDLER", default="whatsapp.handlers.auto_reply"),
     "DEFAULT_COUNTRY": env.str("WHATSAPP_DEFAULT_COUNTRY", default=""),

@@ -13,6 +13,7 @@ the same load on a shared machine. Runs with DEBUG off, as in production.
     .venv/bin/python bench/inbound_throughput.py --db postgres --broker redis -n 3000
 """
 
+import asyncio
 import time
 
 from _setup import configure, machine, parser
@@ -28,9 +29,16 @@ def main():
         help="alternate raw and inbound measurements this many times",
     )
     p.add_argument("--profile", action="store_true", help="cProfile the inbound path")
+    p.add_argument(
+        "--sessions",
+        type=int,
+        default=50,
+        help="concurrent sessions feeding the worker's group commit (default 50)",
+    )
     args = p.parse_args()
     label = configure(args.db, args.broker, debug=False)
 
+    from django.conf import settings
     from django.db import connection, transaction
     from django.utils import timezone
 
@@ -39,6 +47,7 @@ def main():
     from whatsapp.services.inbound import record_inbound_message
     from whatsapp.transport.build import message_event
     from whatsapp.transport.normalize import normalize_message
+    from whatsapp.worker.inbound import InboundBatcher
 
     company = Company.objects.create(name="Bench", slug="bench")
     WhatsAppSession.objects.create(company=company)
@@ -84,10 +93,36 @@ def main():
         for data in chunk:
             record_inbound_message(company.pk, normalize_message(data))
 
+    grouped_events = [
+        message_event(
+            f"3EB1{i:016X}",
+            f"4917{i % 9000000 + 1000000:07d}@s.whatsapp.net",
+            f"hello {i}",
+            push_name="Bench",
+        ).SerializeToString()
+        for i in range(n)
+    ]
+    batcher = InboundBatcher(settings.WHATSAPP["INBOUND_BATCH"])
+
+    def grouped(chunk):
+        """As in a worker: --sessions sessions, each recording its next message
+        once the previous one is committed (the transport acks in order), all
+        through the worker's group commit (whatsapp/worker/inbound.py)."""
+
+        async def session(mine):
+            for data in mine:
+                await batcher.record(company.pk, normalize_message(data))
+
+        async def all_sessions():
+            k = max(1, args.sessions)
+            await asyncio.gather(*(session(chunk[i::k]) for i in range(k)))
+
+        asyncio.run(all_sessions())
+
     # Interleaved in small rounds, so that both rates see the same machine load
     # (on a shared machine the load changes from one second to the next).
     rounds = max(1, min(args.rounds, n))
-    raw_time = elapsed = 0.0
+    raw_time = elapsed = grouped_time = 0.0
     prof = None
     if args.profile:
         import cProfile
@@ -105,6 +140,9 @@ def main():
         else:
             inbound(chunk)
         elapsed += time.perf_counter() - start
+        start = time.perf_counter()
+        grouped(grouped_events[part.start : part.stop])
+        grouped_time += time.perf_counter() - start
     raw_rate = n / raw_time
     if prof is not None:
         import pstats
@@ -112,12 +150,20 @@ def main():
         pstats.Stats(prof).sort_stats("cumulative").print_stats(25)
     rate = n / elapsed
     assert InboundMessage.objects.filter(wa_message_id__startswith="3EB0").count() == n
+    assert InboundMessage.objects.filter(wa_message_id__startswith="3EB1").count() == n
+    grouped_rate = n / grouped_time
 
     print(f"machine: {machine()}")
     print(f"database: {label}, {n} messages, one process, {rounds} interleaved rounds")
     print(f"raw INSERT (1 row/txn): {raw_rate:8.0f} rows/s")
     share = rate / raw_rate
-    print(f"inbound path:           {rate:8.0f} msgs/s  ({share:.0%} of raw; target >= 50%)")
+    print(f"inbound path, 1 msg/txn: {rate:7.0f} msgs/s  ({share:.0%} of raw)")
+    print(
+        f"inbound path, worker group commit ({args.sessions} sessions): {grouped_rate:7.0f} msgs/s"
+        f"  ({grouped_rate / raw_rate:.0%} of raw; target >= 50%); "
+        f"{batcher.batches} transactions, {n / max(1, batcher.batches):.1f} msgs each, "
+        f"largest {batcher.largest}"
+    )
 
 
 if __name__ == "__main__":

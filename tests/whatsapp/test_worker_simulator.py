@@ -253,19 +253,19 @@ def test_a_message_the_database_could_not_store_is_not_acked_and_comes_again(
 ):
     from django.db import OperationalError
 
-    from whatsapp.worker import session as worker_session
+    from whatsapp.worker import inbound as worker_inbound
 
-    real_record = worker_session.record_inbound_message
+    real_record = worker_inbound.record_inbound_messages
     outage = {"left": 1}
 
-    def record_during_outage(company_id, message):
+    def record_during_outage(items):
         # The database boundary fails once, as in an outage.
         if outage["left"]:
             outage["left"] -= 1
             raise OperationalError("server closed the connection unexpectedly")
-        return real_record(company_id, message)
+        return real_record(items)
 
-    monkeypatch.setattr(worker_session, "record_inbound_message", record_during_outage)
+    monkeypatch.setattr(worker_inbound, "record_inbound_messages", record_during_outage)
 
     async def scenario():
         async with rig:

@@ -54,12 +54,68 @@ def record_inbound_message(company_id, message: NormalizedMessage) -> InboundOut
     Returns an InboundOutcome: created, duplicate (counted, nothing new) or
     ignored (own messages, status broadcasts, reactions, edits...). Raises
     UnknownCompany, storing nothing, when the company does not exist."""
-    if not isinstance(message, NormalizedMessage):
-        raise TypeError("record_inbound_message takes a NormalizedMessage")
+    checked = _checked(company_id, message)
+    if isinstance(checked, Exception):
+        raise checked
+    with transaction.atomic():
+        return _record(*checked)
+
+
+def record_inbound_messages(items):
+    """Group commit: record many (company_id, NormalizedMessage) pairs in ONE
+    transaction, so the messages that arrived while the previous commit ran
+    share one commit (the worker's InboundBatcher calls this).
+
+    Returns one entry per item, in order: its InboundOutcome, or the exception
+    record_inbound_message would have raised for it (UnknownCompany,
+    TypeError). If the database refuses any statement, the whole transaction
+    is rolled back and every item is recorded again on its own, so one bad
+    message never costs the others their row (and with the database down each
+    item fails, which the worker then does not acknowledge)."""
+    checked = [_checked(company_id, message) for company_id, message in items]
     try:
-        company_id = int(company_id)
+        with transaction.atomic():
+            return [c if isinstance(c, Exception) else _record_or_refusal(*c) for c in checked]
+    except Exception:  # the database, or its driver, refused something
+        logger.warning(
+            "a batch of %d inbound messages failed; recording them one by one",
+            len(checked),
+            exc_info=True,
+        )
+    results = []
+    for c in checked:
+        if isinstance(c, Exception):
+            results.append(c)
+            continue
+        try:
+            with transaction.atomic():
+                results.append(_record(*c))
+        except Exception as exc:
+            results.append(exc)
+    return results
+
+
+def _checked(company_id, message):
+    """(company pk, message), or the refusal as an exception (nothing stored)."""
+    if not isinstance(message, NormalizedMessage):
+        return TypeError("record_inbound_message takes a NormalizedMessage")
+    try:
+        return int(company_id), message
     except (TypeError, ValueError):
-        raise UnknownCompany(f"company {company_id!r} does not exist") from None
+        return UnknownCompany(f"company {company_id!r} does not exist")
+
+
+def _record_or_refusal(company_id, message):
+    """_record inside a batch: an unknown company is that item's result (the
+    transaction is still usable); database errors abort the batch."""
+    try:
+        return _record(company_id, message)
+    except UnknownCompany as exc:
+        return exc
+
+
+def _record(company_id, message):
+    """The statements of one message (the caller holds the transaction)."""
     now = timezone.now()
     if not message.is_client_message:
         WhatsAppSession.objects.filter(company_id=company_id).update(last_event_at=now)
@@ -82,7 +138,7 @@ def record_inbound_message(company_id, message: NormalizedMessage) -> InboundOut
         when,
         company_id,
     ]
-    with transaction.atomic(), connection.cursor() as cursor:
+    with connection.cursor() as cursor:
         if connection.vendor == "postgresql":
             # One statement (data-modifying CTEs): message, job, session
             # counter and the webhook question in a single round trip.

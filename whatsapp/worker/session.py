@@ -17,7 +17,6 @@ from django.utils import timezone
 from whatsapp.models import SessionState
 from whatsapp.services import sending
 from whatsapp.services import sessions as svc
-from whatsapp.services.inbound import record_inbound_message
 from whatsapp.services.leases import holds_lease
 from whatsapp.transport import base
 from whatsapp.transport.normalize import MalformedEvent, normalize_message
@@ -366,7 +365,7 @@ class ManagedSession:
         except MalformedEvent as exc:
             await db(svc.record_error)(self.held, f"malformed message event: {exc}")
             return
-        await db(record_inbound_message)(self.company_id, message)
+        await self.sup.inbound.record(self.company_id, message)
 
     async def _touch(self):
         now = time.monotonic()

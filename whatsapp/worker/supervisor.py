@@ -32,6 +32,7 @@ from whatsapp.services.control import ensure_session
 from whatsapp.transport.base import get_transport
 
 from .commands import describe
+from .inbound import InboundBatcher
 from .session import ManagedSession
 
 logger = logging.getLogger(__name__)
@@ -52,6 +53,7 @@ class SessionSupervisor:
         self.stop_timeout = conf.get("STOP_TIMEOUT", 15.0)
         self.rebalance = conf.get("REBALANCE", True)
         self.rebalance_batch = conf.get("REBALANCE_BATCH", 5)
+        self.inbound = InboundBatcher(conf.get("INBOUND_BATCH", 100))  # group commit
         # Stop clients this long before our leases could expire if renewing stalls.
         self.fence_margin = min(1.0, self.lease_ttl * 0.25)
         self.sessions = {}  # company_id -> ManagedSession

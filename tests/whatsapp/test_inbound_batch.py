@@ -1,0 +1,146 @@
+"""Group commit: the inbound messages waiting in a worker share one transaction.
+
+Each message keeps its own guarantees (one row, one job, one queued task under
+the unique constraint; duplicates counted), its own outcome, and its own
+failure: a message the database refuses never costs the others their row.
+Real commits, both passes (SQLite + ORM broker, PostgreSQL + Redis).
+"""
+
+import asyncio
+import dataclasses
+import logging
+
+import pytest
+from django.db import connection
+
+from companies.models import Company
+from tests.whatsapp.job_queue import inbound_tasks, purge
+from whatsapp.models import InboundMessage, ProcessingJob, WhatsAppSession
+from whatsapp.services.inbound import InboundOutcome, UnknownCompany, record_inbound_messages
+from whatsapp.transport import base
+from whatsapp.transport.build import message_event
+from whatsapp.transport.normalize import normalize_message
+from whatsapp.worker.supervisor import SessionSupervisor
+
+from .test_worker_leases import running_companies
+from .worker_doubles import ScriptedTransport, fast_settings, run, wait_until
+
+pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
+
+
+@pytest.fixture(autouse=True)
+def empty_queue():
+    purge()
+    yield
+    purge()
+
+
+def normalized(message_id, phone="491701234567", text="hello"):
+    return normalize_message(message_event(message_id, f"{phone}@s.whatsapp.net", text))
+
+
+def companies(count=2):
+    return [
+        WhatsAppSession.objects.create(
+            company=Company.objects.create(name=f"Batch {i}", slug=f"batch-{i}")
+        ).company
+        for i in range(count)
+    ]
+
+
+def test_one_batch_records_each_message_once_with_its_own_outcome():
+    a, b = companies()
+    own = normalize_message(
+        message_event("3EB0OWN", "491701234567@s.whatsapp.net", "mine", from_me=True)
+    )
+    results = record_inbound_messages(
+        [
+            (a.pk, normalized("3EB0A1")),
+            (a.pk, normalized("3EB0A1")),  # the same message twice in one batch
+            (b.pk, normalized("3EB0A1")),  # same id, another company: its own message
+            (999_999, normalized("3EB0LOST")),
+            ("not-an-id", normalized("3EB0LOST")),
+            (a.pk, "not a message"),
+            (a.pk, own),
+        ]
+    )
+    created, duplicate, other, unknown, garbage, wrong_type, ignored = results
+    assert created.status == InboundOutcome.CREATED and other.status == InboundOutcome.CREATED
+    assert duplicate.status == InboundOutcome.DUPLICATE
+    assert isinstance(unknown, UnknownCompany) and isinstance(garbage, UnknownCompany)
+    assert isinstance(wrong_type, TypeError)
+    assert ignored.status == InboundOutcome.IGNORED
+
+    rows = InboundMessage.objects.order_by("company_id")
+    assert list(rows.values_list("company_id", "wa_message_id", "redeliveries")) == [
+        (a.pk, "3EB0A1", 1),
+        (b.pk, "3EB0A1", 0),
+    ]
+    assert ProcessingJob.objects.count() == 2
+    assert sorted(inbound_tasks()) == sorted(
+        ("whatsapp.tasks.process_message_job", (pk,))
+        for pk in (created.message_pk, other.message_pk)
+    )
+    counters = dict(WhatsAppSession.objects.values_list("company_id", "duplicates_blocked"))
+    assert counters == {a.pk: 1, b.pk: 0}
+
+
+def test_a_message_the_database_refuses_does_not_cost_the_others_their_row(caplog):
+    (a,) = companies(1)
+    # Refused by the database (or its driver), differently on each: SQLite cannot
+    # bind an integer this large; PostgreSQL refuses an id longer than its column.
+    if connection.vendor == "sqlite":
+        poison = (2**70, normalized("3EB0HUGE"))
+    else:
+        poison = (a.pk, dataclasses.replace(normalized("3EB0LONG"), message_id="3EB0" * 40))
+    items = [(a.pk, normalized("3EB0GOOD1")), poison, (a.pk, normalized("3EB0GOOD2"))]
+
+    with caplog.at_level(logging.WARNING, logger="whatsapp.services.inbound"):
+        first, refused, second = record_inbound_messages(items)
+
+    assert "recording them one by one" in caplog.text  # the batch was rolled back
+    assert isinstance(refused, Exception)
+    assert first.status == second.status == InboundOutcome.CREATED
+    assert sorted(InboundMessage.objects.values_list("wa_message_id", flat=True)) == [
+        "3EB0GOOD1",
+        "3EB0GOOD2",
+    ]
+    assert ProcessingJob.objects.count() == 2 and len(inbound_tasks()) == 2
+    assert WhatsAppSession.objects.get(company=a).messages_in == 2  # not counted twice
+
+
+def test_a_worker_commits_messages_that_arrive_together_in_one_transaction(settings, tmp_path):
+    fast_settings(settings, tmp_path)
+    sessions = running_companies(5, "batch")
+    transport = ScriptedTransport()
+    sup = SessionSupervisor(worker_id="w-batch", transport=transport)
+    events = [
+        (
+            session.company_id,
+            message_event(f"3EB0B{session.pk}X{n}", f"4917000{n:05d}@s.whatsapp.net", f"hi {n}"),
+        )
+        for session in sessions
+        for n in range(8)
+    ]
+
+    async def scenario():
+        await sup.start()
+        await wait_until(
+            lambda: WhatsAppSession.objects.filter(state="connected").count() == 5,
+            what="5 connected",
+        )
+        client = {c.spec.company_id: c for c in transport.clients}
+        deliveries = [
+            client[company_id].emit(base.InboundMessage(event=event))
+            for company_id, event in events + events[:10]  # ten redelivered at once
+        ]
+        await asyncio.gather(*deliveries)
+        await sup.shutdown("test over")
+
+    run(scenario)
+    assert InboundMessage.objects.count() == 40
+    assert ProcessingJob.objects.count() == 40
+    assert sum(WhatsAppSession.objects.values_list("duplicates_blocked", flat=True)) == 10
+    assert sup.inbound.recorded == 50
+    assert sup.inbound.batches < 10  # 50 deliveries, a handful of commits
+    assert sup.inbound.largest > 1
