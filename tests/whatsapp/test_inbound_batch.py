@@ -11,17 +11,21 @@ import dataclasses
 import logging
 
 import pytest
+import redis
 from django.db import connection
+from django_q.brokers.redis_broker import Redis
 
 from companies.models import Company
 from tests.whatsapp.job_queue import inbound_tasks, purge
 from whatsapp.models import InboundMessage, ProcessingJob, WhatsAppSession
 from whatsapp.services.inbound import InboundOutcome, UnknownCompany, record_inbound_messages
+from whatsapp.services.jobs import sweep_unqueued_jobs
 from whatsapp.transport import base
 from whatsapp.transport.build import message_event
 from whatsapp.transport.normalize import normalize_message
 from whatsapp.worker.supervisor import SessionSupervisor
 
+from .test_jobs import redis_pass
 from .test_worker_leases import running_companies
 from .worker_doubles import ScriptedTransport, fast_settings, run, wait_until
 
@@ -76,7 +80,12 @@ def test_one_batch_records_each_message_once_with_its_own_outcome():
         (a.pk, "3EB0A1", 1),
         (b.pk, "3EB0A1", 0),
     ]
-    assert ProcessingJob.objects.count() == 2
+    jobs = ProcessingJob.objects.all()
+    assert len(jobs) == 2
+    # Queued once each, with the task id the queue holds (Redis: pushed after
+    # the batch's commit and marked by one UPDATE for the whole batch).
+    assert {(j.status, j.enqueue_count) for j in jobs} == {(ProcessingJob.Status.QUEUED, 1)}
+    assert len({j.task_id for j in jobs}) == 2 and all(j.task_id for j in jobs)
     assert sorted(inbound_tasks()) == sorted(
         ("whatsapp.tasks.process_message_job", (pk,))
         for pk in (created.message_pk, other.message_pk)
@@ -144,3 +153,30 @@ def test_a_worker_commits_messages_that_arrive_together_in_one_transaction(setti
     assert sup.inbound.recorded == 50
     assert sup.inbound.batches < 10  # 50 deliveries, a handful of commits
     assert sup.inbound.largest > 1
+
+
+def test_a_broker_failing_mid_batch_leaves_the_rest_to_the_sweeper(monkeypatch):
+    redis_pass()
+    (a,) = companies(1)
+    real_enqueue = Redis.enqueue
+    pushes = []
+
+    def fails_after_one(self, package):
+        pushes.append(package)
+        if len(pushes) > 1:
+            raise redis.ConnectionError("Error 111 connecting to redis: Connection refused")
+        return real_enqueue(self, package)
+
+    monkeypatch.setattr(Redis, "enqueue", fails_after_one)
+    results = record_inbound_messages([(a.pk, normalized(f"3EB0MID{i}")) for i in range(3)])
+    assert all(r.status == InboundOutcome.CREATED for r in results)  # stored: safe
+    assert len(pushes) == 2  # the second push failed; the third was not tried
+    status = dict(ProcessingJob.objects.values_list("message__wa_message_id", "status"))
+    assert status == {"3EB0MID0": "queued", "3EB0MID1": "pending", "3EB0MID2": "pending"}
+
+    monkeypatch.setattr(Redis, "enqueue", real_enqueue)
+    assert sweep_unqueued_jobs(older_than=0) == 2
+    assert len(inbound_tasks()) == 3
+    assert {(j.status, j.enqueue_count) for j in ProcessingJob.objects.all()} == {
+        (ProcessingJob.Status.QUEUED, 1)
+    }

@@ -22,7 +22,7 @@ from whatsapp.models import InboundMessage, ProcessingJob, WhatsAppSession
 from whatsapp.transport.normalize import NormalizedMessage
 
 from .inbound_sql import inbound_statements
-from .jobs import broker_is_transactional, create_job, enqueue_inserted_job
+from .jobs import broker_is_transactional, create_job, enqueue_inserted_job, enqueue_together
 from .webhooks import emit_message_received
 
 logger = logging.getLogger(__name__)
@@ -74,7 +74,7 @@ def record_inbound_messages(items):
     item fails, which the worker then does not acknowledge)."""
     checked = [_checked(company_id, message) for company_id, message in items]
     try:
-        with transaction.atomic():
+        with transaction.atomic(), enqueue_together():
             return [c if isinstance(c, Exception) else _record_or_refusal(*c) for c in checked]
     except Exception:  # the database, or its driver, refused something
         logger.warning(

@@ -15,6 +15,7 @@ lets the ORM path write the job once); the job is found by its message.
 
 import logging
 import threading
+from contextlib import contextmanager
 from datetime import timedelta
 
 from django.conf import settings
@@ -85,7 +86,7 @@ def create_job(cursor, message_id, now):
         return cursor.fetchone()[0]
     cursor.execute(_insert_job_sql(), [message_id, Status.PENDING, 0, "", when, None])
     job_id = cursor.fetchone()[0]
-    transaction.on_commit(lambda: _enqueue_after_commit(job_id, message_id))
+    _after_commit(job_id, message_id)
     return job_id
 
 
@@ -112,7 +113,7 @@ def enqueue_inserted_job(cursor, job_id, message_id):
     if not broker_is_transactional() or Conf.SYNC:
         # Redis: pushed after commit. Q_CLUSTER["sync"]: async_task runs the
         # task inline, so it must see the committed job.
-        transaction.on_commit(lambda: _enqueue_after_commit(job_id, message_id))
+        _after_commit(job_id, message_id)
         return
     global _ENQUEUE_PG
     if _ENQUEUE_PG is None:
@@ -133,34 +134,78 @@ def enqueue_inserted_job(cursor, job_id, message_id):
     cursor.execute(_ENQUEUE_PG, [keep.list_key, keep.package, timezone.now(), task_id, job_id])
 
 
-def _enqueue_after_commit(job_id, message_id):
-    """Push first, then mark queued in one UPDATE: if the push fails, the job
-    stays pending for the sweeper; if the sweeper got there first, the extra
-    task finds nothing to claim (and the job counts two enqueues).
+@contextmanager
+def enqueue_together():
+    """Within this block (inside the caller's transaction), jobs that are pushed
+    after commit (Redis broker) are collected and pushed together once the
+    transaction commits, marked queued by ONE UPDATE instead of one each: the
+    group commit of the inbound path (services.inbound.record_inbound_messages)."""
+    if getattr(_local, "deferred", None) is not None:  # nested: the outer block collects
+        yield
+        return
+    _local.deferred = pending = []
+    try:
+        yield
+    finally:
+        _local.deferred = None
+    if pending:  # registered in the transaction: a rollback drops it
+        transaction.on_commit(lambda: _enqueue_after_commit(pending))
+
+
+def _after_commit(job_id, message_id):
+    pending = getattr(_local, "deferred", None)
+    if pending is not None:
+        pending.append((job_id, message_id))
+    else:
+        transaction.on_commit(lambda: _enqueue_after_commit([(job_id, message_id)]))
+
+
+def _enqueue_after_commit(jobs):
+    """Push each (job id, message id), then mark the pushed ones queued in one
+    UPDATE: a job whose push failed stays pending for the sweeper (and so do
+    the rest once the broker refused one: no timeout per job); if the sweeper
+    got there first, the extra task finds nothing to claim (and the job counts
+    two enqueues).
 
     On PostgreSQL the marker commits with synchronous_commit off: it is a hint
     for the sweeper, not data. Losing it in a crash only makes the sweeper
     push a second task that finds nothing to claim, while waiting for a WAL
     flush here would halve the inbound rate (two durable commits a message)."""
-    try:
-        task_id = push_task(message_id)
-    except Exception:  # the broker is down: the sweeper will retry
-        logger.exception("enqueue of processing job %s failed; the sweeper will retry", job_id)
+    pushed = []
+    for job_id, message_id in jobs:
+        try:
+            pushed.append((job_id, push_task(message_id) or ""))
+        except Exception:  # the broker is down: the sweeper will retry
+            logger.exception(
+                "enqueue of processing job %s failed; the sweeper will retry it and %d more",
+                job_id,
+                len(jobs) - len(pushed) - 1,
+            )
+            break
+    if not pushed:
         return
     table = connection.ops.quote_name(ProcessingJob._meta.db_table)
     when = connection.ops.adapt_datetimefield_value(timezone.now())
+    cases = " ".join("WHEN %s THEN %s" for _ in pushed)
+    ids = ", ".join("%s" for _ in pushed)
     # The cluster may already have run the task: record the push whatever the
     # job's state, and move only a pending job to queued.
     sql = (
         f"UPDATE {table} SET status = CASE WHEN status = %s THEN %s ELSE status END, "
-        "task_id = %s, enqueued_at = %s, enqueue_count = enqueue_count + 1 WHERE id = %s"
+        f"task_id = CASE id {cases} END, enqueued_at = %s, "
+        f"enqueue_count = enqueue_count + 1 WHERE id IN ({ids})"
     )
     if connection.vendor == "postgresql":
         # One statement in autocommit: its own transaction, committed without
         # waiting for the WAL flush (set_config(..., is_local => true)).
         sql += " AND set_config('synchronous_commit', 'off', true) IS NOT NULL"
+    params = [Status.PENDING, Status.QUEUED]
+    for job_id, task_id in pushed:
+        params += [job_id, task_id]
+    params.append(when)
+    params += [job_id for job_id, _task in pushed]
     with connection.cursor() as cursor:
-        cursor.execute(sql, [Status.PENDING, Status.QUEUED, task_id or "", when, job_id])
+        cursor.execute(sql, params)
 
 
 def _claim_and_enqueue(job_id, from_statuses):
