@@ -79,29 +79,25 @@ def main():
                     ],
                 )
 
-    events = [
-        message_event(
-            f"3EB0{i:016X}",
-            f"4917{i % 9000000 + 1000000:07d}@s.whatsapp.net",
-            f"hello {i}",
-            push_name="Bench",
-        ).SerializeToString()
-        for i in range(n)
-    ]
+    def serialized_events(prefix):
+        """n distinct MessageEv from n senders, serialized as the transport gets them."""
+        return [
+            message_event(
+                f"{prefix}{i:016X}",
+                f"4917{i % 9000000 + 1000000:07d}@s.whatsapp.net",
+                f"hello {i}",
+                push_name="Bench",
+            ).SerializeToString()
+            for i in range(n)
+        ]
+
+    events = serialized_events("3EB0")
 
     def inbound(chunk):
         for data in chunk:
             record_inbound_message(company.pk, normalize_message(data))
 
-    grouped_events = [
-        message_event(
-            f"3EB1{i:016X}",
-            f"4917{i % 9000000 + 1000000:07d}@s.whatsapp.net",
-            f"hello {i}",
-            push_name="Bench",
-        ).SerializeToString()
-        for i in range(n)
-    ]
+    grouped_events = serialized_events("3EB1")
     batcher = InboundBatcher(settings.WHATSAPP["INBOUND_BATCH"])
 
     def grouped(chunk):
