@@ -1,4 +1,4 @@
-"""The worker and latency benchmarks run end to end, on small numbers.
+"""The benchmarks run end to end, on small numbers.
 
 They start real processes (qcluster, runworker, the WhatsApp simulator) on a
 database of their own. Nothing about speed is asserted (figures are printed,
@@ -83,3 +83,12 @@ def test_failover_benchmark_sees_every_session_owned_and_connected_again_after_k
     first_owned, all_owned, all_connected, expired = figures(kill)
     assert expired <= first_owned <= all_owned <= all_connected
     assert "4 leases released" in out
+
+
+def test_inbound_throughput_benchmark_records_every_message_on_both_paths():
+    out = run_bench("inbound_throughput.py", "-n", "120", "--rounds", "2", "--sessions", "12")
+    # The script itself checks that every message of both paths was stored.
+    assert "120 messages, one process, 2 interleaved rounds" in out
+    grouped = line_starting(out, "inbound path, worker group commit (12 sessions)")
+    transactions = int(re.search(r"(\d+) transactions", grouped).group(1))
+    assert 0 < transactions < 120  # messages shared commits
