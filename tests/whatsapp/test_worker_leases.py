@@ -189,7 +189,7 @@ class TestHandOver:
             "w1",
             helds,
             "worker stopping",
-            clients={live.pk: 1, parked.pk: 2, stuck.pk: 3},
+            clients={live.pk: 1, parked.pk: 2, stuck.pk: 3, stolen.pk: 4},
             keep=[stuck.pk],
         )
 
@@ -202,7 +202,11 @@ class TestHandOver:
         owner = dict(SessionLease.objects.values_list("session_id", "owner"))
         assert owner == {live.pk: "", parked.pk: "", stolen.pk: "w2", stuck.pk: "w1"}
         assert sorted(changed) == sorted(
-            [(live.company_id, SessionState.STOPPED), (parked.company_id, SessionState.REPLACED)]
+            [
+                (live.company_id, SessionState.STOPPED),
+                (parked.company_id, SessionState.REPLACED),
+                (stolen.company_id, SessionState.CONNECTED),
+            ]
         )
         stopped = ConnectionEvent.objects.filter(kind="stopped", worker_id="w1")
         assert sorted(stopped.values_list("session_id", "reason")) == sorted(
@@ -210,15 +214,16 @@ class TestHandOver:
                 (live.pk, "client 1 stopped: worker stopping"),
                 (live.pk, "worker stopping; another worker takes over"),
                 (parked.pk, "client 2 stopped: worker stopping"),
+                # our client of the stolen session did stop: recorded, though
+                # the session row (now the new owner's) is left alone
+                (stolen.pk, "client 4 stopped: worker stopping"),
             ]
         )
         lost = ConnectionEvent.objects.filter(kind="lease_lost", worker_id="w1")
         assert sorted(lost.values_list("session_id", flat=True)) == sorted([live.pk, parked.pk])
-        assert (
-            not ConnectionEvent.objects.filter(worker_id="w1", session_id=stolen.pk)
-            .exclude(kind__in=["lease_acquired", "connected"])
-            .exists()
-        )
+        assert not ConnectionEvent.objects.filter(
+            worker_id="w1", session_id=stolen.pk, reason__contains="another worker takes over"
+        ).exists()
         row = WhatsAppSession.objects.get(pk=live.pk)
         assert row.connected_since is None and row.qr_code == ""
 

@@ -421,3 +421,36 @@ def test_a_stopping_worker_hands_every_session_over_at_once(settings, tmp_path):
             "worker stopping; another worker takes over",
         ]
         assert events.filter(kind="lease_lost", reason="worker stopping").count() == 1
+
+
+def test_a_start_cut_short_by_shutdown_still_gets_its_end_recorded(started):
+    """'client 1 connecting' is written, then the start waits for the start
+    lock (another client is starting) and the worker stops meanwhile: the
+    history must not show a client that never ended."""
+    sup, transport, company = started
+
+    async def scenario():
+        await sup.start()
+        async with sup.start_lock:  # as if another company's client were starting
+            await wait_until(
+                lambda: ConnectionEvent.objects.filter(
+                    session__company=company, kind="starting", reason="client 1 connecting"
+                ).exists(),
+                what="client 1 announced",
+            )
+            await sup.shutdown("worker stopping")
+
+    run(scenario)
+    assert transport.clients == []  # it never existed
+    reasons = list(
+        ConnectionEvent.objects.filter(session__company=company, kind__in=["starting", "stopped"])
+        .filter(reason__startswith="client ")
+        .order_by("id")
+        .values_list("kind", "reason")
+    )
+    assert reasons == [
+        ("starting", "client 1 connecting"),
+        ("stopped", "client 1 stopped: worker stopping"),
+    ]
+    assert row(company).state == SessionState.STOPPED
+    assert SessionLease.objects.get(session__company=company).owner == ""

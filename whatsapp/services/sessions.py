@@ -310,9 +310,10 @@ def mark_stopped(held, reason="stopped", only_live=False):
 def hand_over(worker_id, helds, reason, clients=None, keep=()):
     """A stopping worker gives all its sessions up at once, after their clients
     stopped: in one transaction, every session still fenced by `worker_id` that
-    claims a live client is marked stopped, each stopped client and state change
-    gets its event, and every lease of the worker except `keep` (clients that
-    would not stop) is released (leases.release_all_leases).
+    claims a live client is marked stopped (with its event), each stopped client
+    gets its event (fenced or not: it is a fact about this process's client, as
+    record_event writes it), and every lease of the worker except `keep`
+    (clients that would not stop) is released (leases.release_all_leases).
 
     `clients` maps session id -> number of the client just stopped. Returns
     (leases released, [(company id, state)] of the sessions that changed): the caller publishes
@@ -328,13 +329,13 @@ def hand_over(worker_id, helds, reason, clients=None, keep=()):
             .filter(owner=worker_id, session_id__in=[h.session_id for h in helds])
             .values_list("session_id", "epoch")
         )
-        fenced = [h for h in helds if epochs.get(h.session_id) == h.epoch]
+        fenced = {h.session_id for h in helds if epochs.get(h.session_id) == h.epoch}
         before = dict(
-            WhatsAppSession.objects.filter(pk__in=[h.session_id for h in fenced]).values_list(
+            WhatsAppSession.objects.filter(pk__in=[h.session_id for h in helds]).values_list(
                 "pk", "state"
             )
         )
-        live_ids = [pk for pk, state in before.items() if state in LIVE_STATES]
+        live_ids = [pk for pk, state in before.items() if pk in fenced and state in LIVE_STATES]
         WhatsAppSession.objects.filter(pk__in=live_ids, state__in=list(LIVE_STATES)).update(
             state=SessionState.STOPPED,
             state_changed_at=timezone.now(),
@@ -343,8 +344,8 @@ def hand_over(worker_id, helds, reason, clients=None, keep=()):
             qr_code="",
         )
         events, changed = [], []
-        hooked = companies_with_webhooks(h.company_id for h in fenced if h.session_id in live_ids)
-        for h in fenced:
+        hooked = companies_with_webhooks(h.company_id for h in helds if h.session_id in live_ids)
+        for h in helds:
             state = SessionState.STOPPED if h.session_id in live_ids else before.get(h.session_id)
             if h.session_id in clients:
                 number = clients[h.session_id]

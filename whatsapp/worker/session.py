@@ -41,6 +41,10 @@ class ManagedSession:
         self.client = None
         self.token = None  # identifies the current client's events
         self.clients_created = 0
+        # A start announced ("client N connecting" written) whose client does not
+        # exist yet: if the start is cancelled (shutdown, lease lost), closing
+        # records its end, so every announced client has one.
+        self.announced = None
         self.connected = False
         self.awaiting_pairing = False
         self.was_connected = False  # a Connected after a drop is a reconnect
@@ -75,7 +79,14 @@ class ManagedSession:
         once). Returns the number of the client stopped, or None."""
         client, number = self.client, self.clients_created
         if client is None:
-            return None
+            number, self.announced = self.announced, None
+            if number is not None and record:
+                await db(svc.record_event)(
+                    self.held,
+                    Kind.STOPPED,
+                    f"client {number} stopped: {reason} (before it started)",
+                )
+            return number
         self.client = self.token = None
         self.connected = self.awaiting_pairing = False
         try:
@@ -215,7 +226,9 @@ class ManagedSession:
             if row is None or not row.should_connect():
                 return None
             number = self.clients_created + 1
+            self.announced = number
             if not await db(svc.mark_starting)(self.held, f"client {number} connecting"):
+                self.announced = None
                 await self.sup.lease_lost(self, "lease gone before connecting")
                 return None
             self.outcome = outcome = asyncio.Event()
@@ -230,12 +243,14 @@ class ManagedSession:
                     await db(svc.record_event)(
                         self.held, Kind.STOPPED, f"client {number} not created: {exc}"
                     )
+                    self.announced = None
                     await self._failed(
                         f"could not create client: {exc}", getattr(exc, "permanent", False)
                     )
                     return None
                 self.clients_created = number
                 self.client, self.token = client, token
+                self.announced = None
                 self.qr_recorded = False
                 self.last_event = time.monotonic()
                 try:
