@@ -14,6 +14,7 @@ marked failed with an explicit reason rather than risking a duplicate.
 """
 
 import logging
+from collections import Counter
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -173,10 +174,7 @@ def fail_interrupted_sends_of(company_ids, exclude=()):
             status=Status.FAILED, last_error=INTERRUPTED, next_attempt_at=None
         )
         emit_outbound_status(ids)
-    failed = {}
-    for _pk, company_id in rows:
-        failed[company_id] = failed.get(company_id, 0) + 1
-    return failed
+    return dict(Counter(company_id for _pk, company_id in rows))
 
 
 RECEIPT_STATUS = {"delivered": Status.DELIVERED, "read": Status.READ, "played": Status.READ}

@@ -303,10 +303,7 @@ class SessionSupervisor:
             if dropping is not None:  # close before create, across lease epochs too
                 await asyncio.wait({dropping})
             ms = self.sessions.get(held.company_id)
-            if ms is not None and ms.held != held:  # same company, new epoch: void
-                del self.sessions[held.company_id]
-                await ms.close("lease re-acquired with a new epoch")
-            if self.sessions.get(held.company_id) is None:
+            if ms is None or ms.held != held:
                 fresh.append(held.company_id)
         failed = await db(sending.fail_interrupted_sends_of)(fresh) if fresh else {}
         for company_id, count in failed.items():
@@ -320,7 +317,7 @@ class SessionSupervisor:
         for held in helds:
             ms = self.sessions.get(held.company_id)
             if ms is None or ms.held != held:
-                if ms is not None:  # adopted meanwhile under an older epoch
+                if ms is not None:  # same company, older epoch: void
                     await ms.close("lease re-acquired with a new epoch")
                 ms = ManagedSession(self, held)
                 self.sessions[held.company_id] = ms
