@@ -341,6 +341,9 @@ WHATSAPP = {
     "STORE_URL": env.str("WHATSAPP_STORE_URL", default=""),
     "LEASE_TTL": env.float("WHATSAPP_LEASE_TTL", default=15.0),
     "RECONCILE_INTERVAL": env.float("WHATSAPP_RECONCILE_INTERVAL", default=5.0),
+    # A worker checks this often whether another worker on its machine died
+    # (SIGKILL, a crash) and frees its leases at once; 0 = wait for the TTL.
+    "PEER_CHECK_INTERVAL": env.float("WHATSAPP_PEER_CHECK_INTERVAL", default=0.5),
     "WATCHDOG_SILENCE": env.float("WHATSAPP_WATCHDOG_SILENCE", default=180.0),
     "CONNECT_CONCURRENCY": env.int("WHATSAPP_CONNECT_CONCURRENCY", default=4),
     "BACKOFF_BASE": env.float("WHATSAPP_BACKOFF_BASE", default=2.0),

@@ -6,9 +6,11 @@ Real `manage.py runworker whatsapp` processes, in three steps:
    WhatsApp simulator, whose devices are paired in advance); standby worker B
    starts and owns nothing (rebalancing is off for this benchmark, so the
    sessions stay on A until A goes away);
-2. A is SIGKILLed: its leases stay until they expire (WHATSAPP_LEASE_TTL),
-   then B takes them. Measured: time until all N are owned by B, and until
-   all N are connected again by B;
+2. A is SIGKILLed: B, on the same machine, sees A's process gone and frees
+   A's leases at once (WHATSAPP_PEER_CHECK_INTERVAL; with --peer-check 0 they
+   stay until they expire, WHATSAPP_LEASE_TTL, as for a worker on another
+   machine), then B takes them. Measured: time until all N are owned by B,
+   and until all N are connected again by B;
 3. standby worker C starts, and B gets SIGTERM: B stops its clients,
    releases its leases at once and wakes C. Measured: the same two times
    (target: under 2 s), and how long B took to exit.
@@ -41,6 +43,12 @@ def main():
     p.add_argument("--ttl", type=float, default=15.0, help="WHATSAPP_LEASE_TTL (default 15)")
     p.add_argument("--interval", type=float, default=5.0, help="WHATSAPP_RECONCILE_INTERVAL")
     p.add_argument("--concurrency", type=int, default=4, help="CONNECT_CONCURRENCY (default 4)")
+    p.add_argument(
+        "--peer-check",
+        type=float,
+        default=0.5,
+        help="WHATSAPP_PEER_CHECK_INTERVAL (default 0.5; 0 = wait for the dead worker's TTL)",
+    )
     args = p.parse_args()
     label = configure(args.db, args.broker, debug=False)
 
@@ -62,6 +70,7 @@ def main():
         "WHATSAPP_LEASE_TTL": args.ttl,
         "WHATSAPP_RECONCILE_INTERVAL": args.interval,
         "WHATSAPP_CONNECT_CONCURRENCY": args.concurrency,
+        "WHATSAPP_PEER_CHECK_INTERVAL": args.peer_check,
         "WHATSAPP_MAX_SESSIONS_PER_WORKER": max(1000, args.n),
     }
     sim = None
@@ -117,7 +126,7 @@ def main():
     print(
         f"database: {label}; transport: {args.transport}; {args.n} sessions; lease TTL "
         f"{args.ttl:g} s, reconcile interval {args.interval:g} s, "
-        f"CONNECT_CONCURRENCY {args.concurrency}"
+        f"CONNECT_CONCURRENCY {args.concurrency}, peer check every {args.peer_check:g} s"
     )
     print(f"initial: worker A had all {args.n} {ready} after {results['initial']:.1f} s")
     for key, title in [("kill", "SIGKILL of A -> B"), ("term", "SIGTERM of B -> C")]:
@@ -125,7 +134,7 @@ def main():
         print(
             f"{title}: first owned {_s(r['first_owned'])}, all owned {_s(r['all_owned'])}, "
             f"all {ready} {_s(r['all_ready'])}"
-            + (f"; leases expired {_s(r['expired'])}" if key == "kill" else "")
+            + (f"; A's leases would expire at {_s(r['expired'])}" if key == "kill" else "")
             + (f"; old worker exited after {_s(r['exit'])}" if key == "term" else "")
         )
         for kind, what in [("stopped", "clients stopped"), ("lease_lost", "leases released")]:
@@ -190,7 +199,9 @@ def _measure(victim, signum, heir, args, ready_kind, workers):
         return (pick(times) - since).total_seconds()
 
     last_expiry = expires["expires_at__max"]
-    spans = {}  # what the victim itself recorded after the signal (SIGTERM only)
+    # What the victim recorded after the signal (SIGTERM), or what a worker
+    # recorded in its name when it freed a dead victim's leases (SIGKILL).
+    spans = {}
     for kind in ("stopped", "lease_lost"):
         rows = ConnectionEvent.objects.filter(
             kind=kind, worker_id=victim.worker_id, created_at__gte=since

@@ -67,7 +67,7 @@ class AutoReplyRuleAdmin(CompanyScopedAdmin):
 @admin.register(WorkerProcess)
 class WorkerProcessAdmin(admin.ModelAdmin):
     list_display = ["worker_id", "hostname", "pid", "started_at", "heartbeat_at", "stopped_at",
-                    "sessions_owned"]
+                    "sessions_owned", "stop_reason"]
 
 
 # Webhook endpoints and deliveries (replay), alert incidents.

@@ -79,10 +79,13 @@ def test_failover_benchmark_sees_every_session_owned_and_connected_again_after_k
     kill = line_starting(out, "SIGKILL of A -> B")
     term = line_starting(out, "SIGTERM of B -> C")
     assert "never" not in kill and "never" not in term, out
-    # After SIGKILL nobody can take over before the killed worker's leases expire.
-    first_owned, all_owned, all_connected, expired = figures(kill)
-    assert expired <= first_owned <= all_owned <= all_connected
-    assert "4 leases released" in out
+    first_owned, all_owned, all_connected, _expiry = figures(kill)
+    assert 0 < first_owned <= all_owned <= all_connected
+    # B saw A's process gone and freed A's 4 leases itself (a SIGKILLed worker
+    # records nothing); after SIGTERM B released its own.
+    after_kill = out[out.index(kill) : out.index(term)]
+    assert re.search(r"old worker: 4 leases released between", after_kill), out
+    assert re.search(r"old worker: 4 leases released between", out[out.index(term) :]), out
 
 
 def test_inbound_throughput_benchmark_records_every_message_on_both_paths():

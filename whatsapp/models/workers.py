@@ -11,10 +11,16 @@ class WorkerProcess(models.Model):
     channel_name = models.CharField(max_length=128)
     hostname = models.CharField(max_length=200, blank=True)
     pid = models.PositiveIntegerField(default=0)
+    # Which machine and which process exactly (whatsapp.services.local_processes):
+    # a worker on the same machine frees the leases of a worker whose process is
+    # gone at once, instead of waiting for them to expire. Empty off Linux.
+    host_key = models.CharField(max_length=80, blank=True)
+    process_start = models.PositiveBigIntegerField(default=0)
     started_at = models.DateTimeField(default=timezone.now)
     heartbeat_at = models.DateTimeField(default=timezone.now, db_index=True)
     stopped_at = models.DateTimeField(null=True, blank=True)
     sessions_owned = models.PositiveIntegerField(default=0)
+    stop_reason = models.CharField(max_length=300, blank=True)
 
     class Meta:
         ordering = ["-heartbeat_at"]

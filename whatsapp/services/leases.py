@@ -39,6 +39,8 @@ from whatsapp.models import (
 from whatsapp.models.sessions import LIVE_STATES
 from whatsapp.routing import WORKER_CHANNEL_PREFIX
 
+from .local_processes import ProcessIdentity, is_gone, this_process
+
 logger = logging.getLogger(__name__)
 
 
@@ -70,12 +72,16 @@ def new_worker_id():
 
 def register_worker(worker_id, channel_name=None):
     channel_name = channel_name or f"{WORKER_CHANNEL_PREFIX}{worker_id}"
+    me = this_process()
     worker, _ = WorkerProcess.objects.update_or_create(
         worker_id=worker_id,
         defaults={
             "channel_name": channel_name,
             "hostname": socket.gethostname()[:200],
-            "pid": os.getpid(),
+            "pid": me.pid,
+            "host_key": me.host_key,
+            "process_start": me.start,
+            "stop_reason": "",
             "started_at": timezone.now(),
             "heartbeat_at": timezone.now(),
             "stopped_at": None,
@@ -112,6 +118,10 @@ def claim_worker_id(worker_id, channel_name=None, wait=None):
         )
         if other is None:
             return register_worker(worker_id, channel_name)
+        dead = ProcessIdentity(other.host_key, other.pid, other.process_start)
+        if is_gone(dead):  # SIGKILLed predecessor on this machine: no need to wait
+            free_dead_worker(worker_id, dead, found_by="its successor")
+            continue
         if time.monotonic() >= deadline:
             raise WorkerIdInUse(
                 f"worker id {worker_id!r} is in use by pid {other.pid} on {other.hostname} "
@@ -129,10 +139,54 @@ def heartbeat_worker(worker_id, sessions_owned):
         register_worker(worker_id)
 
 
-def mark_worker_stopped(worker_id):
+def mark_worker_stopped(worker_id, reason="stopped"):
     WorkerProcess.objects.filter(worker_id=worker_id).update(
-        stopped_at=timezone.now(), sessions_owned=0
+        stopped_at=timezone.now(), sessions_owned=0, stop_reason=reason[:300]
     )
+
+
+def local_peers(worker_id):
+    """Other workers registered as running on this machine (same kernel, same
+    pid namespace), by worker id: the ones whose death this worker can see."""
+    key = this_process().host_key
+    if not key:
+        return {}
+    rows = (
+        WorkerProcess.objects.filter(host_key=key, stopped_at__isnull=True)
+        .exclude(worker_id=worker_id)
+        .values_list("worker_id", "pid", "process_start")
+    )
+    return {wid: ProcessIdentity(key, pid, start) for wid, pid, start in rows}
+
+
+def free_dead_worker(worker_id, identity: ProcessIdentity, found_by):
+    """Release every lease of `worker_id` whose process `identity` has ended.
+
+    Its clients ended with its process, so the leases can be taken now rather
+    than when they expire. Checked again under the worker row's lock: if the id
+    was registered again since (a restart under a fixed --worker-id) or the
+    process is not provably gone, nothing happens. Returns leases released."""
+    with transaction.atomic():
+        row = (
+            WorkerProcess.objects.select_for_update()
+            .filter(
+                worker_id=worker_id,
+                stopped_at__isnull=True,
+                host_key=identity.host_key,
+                pid=identity.pid,
+                process_start=identity.start,
+            )
+            .first()
+        )
+        if row is None or not is_gone(identity):
+            return 0
+        reason = f"worker {worker_id} died (process {identity.pid} gone, seen by {found_by})"
+        WorkerProcess.objects.filter(pk=row.pk).update(
+            stopped_at=timezone.now(), sessions_owned=0, stop_reason=reason[:300]
+        )
+        released = release_all_leases(worker_id, reason)
+    logger.warning("%s: %d lease(s) freed", reason, released)
+    return released
 
 
 def alive_worker_count(now=None):

@@ -14,7 +14,10 @@ One supervisor per process, on the process's one asyncio loop. It
 * starts clients one at a time and limits concurrent connect attempts with a
   semaphore (WHATSAPP["CONNECT_CONCURRENCY"]);
 * on shutdown stops every client, releases every lease at once and marks the
-  worker stopped, so other workers take over without waiting for the TTL.
+  worker stopped, so other workers take over without waiting for the TTL;
+* watches the other workers on its machine: when one's process is gone
+  (SIGKILL, a crash) it frees that worker's leases at once, so its sessions are
+  taken over without waiting for the TTL either (local_processes).
 """
 
 import asyncio
@@ -26,7 +29,7 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 
 from whatsapp.routing import WORKER_CHANNEL_PREFIX
-from whatsapp.services import leases, live, sending
+from whatsapp.services import leases, live, local_processes, sending
 from whatsapp.services import sessions as svc
 from whatsapp.services.control import ensure_session
 from whatsapp.transport.base import get_transport
@@ -36,7 +39,7 @@ from .inbound import InboundBatcher
 from .session import ManagedSession
 
 logger = logging.getLogger(__name__)
-LOOPS = {"lease-loop", "reconcile-loop", "fence-loop"}
+LOOPS = {"lease-loop", "reconcile-loop", "fence-loop", "peer-loop"}
 
 
 class SessionSupervisor:
@@ -54,6 +57,8 @@ class SessionSupervisor:
         self.rebalance = conf.get("REBALANCE", True)
         self.rebalance_batch = conf.get("REBALANCE_BATCH", 5)
         self.inbound = InboundBatcher(conf.get("INBOUND_BATCH", 100))  # group commit
+        self.peer_interval = conf.get("PEER_CHECK_INTERVAL", 0.5)
+        self._peers = {}  # worker id -> ProcessIdentity of workers on this machine
         # Stop clients this long before our leases could expire if renewing stalls.
         self.fence_margin = min(1.0, self.lease_ttl * 0.25)
         self.sessions = {}  # company_id -> ManagedSession
@@ -91,6 +96,8 @@ class SessionSupervisor:
         self.spawn(self._lease_loop(), "lease-loop")
         self.spawn(self._reconcile_loop(), "reconcile-loop")
         self.spawn(self._fence_loop(), "fence-loop")
+        if self.peer_interval > 0 and local_processes.host_key():
+            self.spawn(self._peer_loop(), "peer-loop")
         logger.info(
             "worker %s started on %s (transport %s)",
             self.worker_id,
@@ -140,7 +147,7 @@ class SessionSupervisor:
             released, changed = await db(svc.hand_over)(
                 self.worker_id, [ms.held for ms in owned], reason, clients, stuck
             )
-            await db(leases.mark_worker_stopped)(self.worker_id)
+            await db(leases.mark_worker_stopped)(self.worker_id, reason)
             others = await db(leases.other_worker_channels)(self.worker_id)
         except Exception:
             logger.exception(
@@ -387,6 +394,24 @@ class SessionSupervisor:
                 for ms in list(self.sessions.values()):
                     await self.lease_lost(ms, "lease renewal overdue (database unreachable?)")
 
+    async def _peer_loop(self):
+        """Free the leases of a worker on this machine as soon as its process is
+        gone: its clients died with it, so nobody needs to wait for the TTL."""
+        while not self.closing:
+            await asyncio.sleep(self.peer_interval)
+            freed = 0
+            for worker_id, identity in list(self._peers.items()):
+                if not local_processes.is_gone(identity):
+                    continue
+                self._peers.pop(worker_id, None)
+                try:
+                    freed += await db(leases.free_dead_worker)(worker_id, identity, self.worker_id)
+                except Exception:
+                    logger.exception("worker %s: freeing dead %s failed", self.worker_id, worker_id)
+            if freed and not self.closing:
+                self.wake()
+                await self._wake_others(await db(leases.other_worker_channels)(self.worker_id))
+
     def leases_fresh(self):
         """Whether our last renewal is recent enough to act on our leases."""
         return self._lease_deadline is not None and time.monotonic() < self._lease_deadline
@@ -415,6 +440,8 @@ class SessionSupervisor:
         """Share the load, acquire free leases, and make every owned session's
         client match its row."""
         self._round += 1
+        if self.peer_interval > 0:
+            self._peers = await db(leases.local_peers)(self.worker_id)
         target = self.max_sessions
         if self.rebalance:
             target = min(target, await db(leases.fair_share)())
