@@ -67,7 +67,7 @@ class AutoReplyRuleAdmin(CompanyScopedAdmin):
 @admin.register(WorkerProcess)
 class WorkerProcessAdmin(admin.ModelAdmin):
     list_display = ["worker_id", "hostname", "pid", "started_at", "heartbeat_at", "stopped_at",
-                    "sessions_owned", "stop_reason"]
+                    "sessions_owned", "loop_lag_ms", "stop_reason"]
 
 
 # Webhook endpoints and deliveries (replay), alert incidents.

@@ -35,7 +35,7 @@ from whatsapp.models import (
     WebhookDelivery,
     WhatsAppSession,
 )
-from whatsapp.services.leases import alive_worker_count
+from whatsapp.services.leases import live_workers
 
 LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900)
 # ConnectionEvent kinds that explain reconnects and outages ("reason" label).
@@ -222,11 +222,28 @@ class DatabaseCollector:
         yield attempts
 
     def operations(self):
+        workers = list(live_workers().values_list("worker_id", "sessions_owned", "loop_lag_ms"))
         yield GaugeMetricFamily(
             "aiadmin_whatsapp_workers_live",
             "Session worker processes with a fresh heartbeat.",
-            value=alive_worker_count(),
+            value=len(workers),
         )
+        owned = GaugeMetricFamily(
+            "aiadmin_whatsapp_worker_sessions",
+            "Sessions a live worker owned at its last heartbeat.",
+            labels=["worker"],
+        )
+        lag = GaugeMetricFamily(
+            "aiadmin_whatsapp_worker_loop_lag_seconds",
+            "Worst event-loop lag of a live worker between its last two heartbeats.",
+            labels=["worker"],
+        )
+        for worker_id, sessions, lag_ms in workers:
+            owned.add_metric([worker_id], sessions)
+            if lag_ms is not None:
+                lag.add_metric([worker_id], lag_ms / 1000)
+        yield owned
+        yield lag
         incidents = GaugeMetricFamily(
             "aiadmin_incidents_open", "Open alert incidents by kind.", labels=["kind"]
         )

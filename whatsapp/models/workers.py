@@ -20,6 +20,9 @@ class WorkerProcess(models.Model):
     heartbeat_at = models.DateTimeField(default=timezone.now, db_index=True)
     stopped_at = models.DateTimeField(null=True, blank=True)
     sessions_owned = models.PositiveIntegerField(default=0)
+    # Worst lateness of the worker's event loop (ms) since its previous heartbeat:
+    # a loop late by seconds delays lease renewal (and so fences the worker).
+    loop_lag_ms = models.FloatField(null=True, blank=True)
     stop_reason = models.CharField(max_length=300, blank=True)
 
     class Meta:

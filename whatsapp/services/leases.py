@@ -130,10 +130,13 @@ def claim_worker_id(worker_id, channel_name=None, wait=None):
         time.sleep(0.5)
 
 
-def heartbeat_worker(worker_id, sessions_owned):
+def heartbeat_worker(worker_id, sessions_owned, loop_lag_ms=None):
     """Refresh this worker's row; re-register it if an operator deleted it."""
     updated = WorkerProcess.objects.filter(worker_id=worker_id).update(
-        heartbeat_at=timezone.now(), sessions_owned=sessions_owned, stopped_at=None
+        heartbeat_at=timezone.now(),
+        sessions_owned=sessions_owned,
+        stopped_at=None,
+        loop_lag_ms=loop_lag_ms,
     )
     if not updated:
         register_worker(worker_id)
@@ -189,11 +192,14 @@ def free_dead_worker(worker_id, identity: ProcessIdentity, found_by):
     return released
 
 
-def alive_worker_count(now=None):
+def live_workers(now=None):
+    """Worker rows with a heartbeat within the lease TTL that did not stop."""
     now = now or timezone.now()
-    return WorkerProcess.objects.filter(
-        stopped_at__isnull=True, heartbeat_at__gt=now - _ttl()
-    ).count()
+    return WorkerProcess.objects.filter(stopped_at__isnull=True, heartbeat_at__gt=now - _ttl())
+
+
+def alive_worker_count(now=None):
+    return live_workers(now).count()
 
 
 def other_worker_channels(worker_id, now=None):

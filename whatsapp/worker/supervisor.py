@@ -74,6 +74,7 @@ class SessionSupervisor:
         self._round = 0
         self._dropping = {}  # company_id -> task stopping a lost session's client
         self._expiry_wake = None  # timer: wake when a dead worker's lease runs out
+        self.loop_lag = 0.0  # worst event-loop lateness (s) since the last heartbeat
         # Clients that ended in this process. A transport that leaks a handle per
         # client (neonize) says how many this process may accumulate; past that,
         # `recycle_requested` is set and runworker restarts the process in place.
@@ -382,8 +383,12 @@ class SessionSupervisor:
 
     async def _fence_loop(self):
         """If renewing stalls, stop our clients before the leases can expire."""
+        period = min(0.25, self.interval / 4)
         while not self.closing:
-            await asyncio.sleep(min(0.25, self.interval / 4))
+            slept = time.monotonic()
+            await asyncio.sleep(period)
+            # How late the loop woke us: what every session's work waits for too.
+            self.loop_lag = max(self.loop_lag, time.monotonic() - slept - period)
             if self.sessions and time.monotonic() > self._lease_deadline:
                 logger.error(
                     "worker %s: lease renewal overdue; stopping %d client(s) before "
@@ -434,7 +439,8 @@ class SessionSupervisor:
             # since the snapshot was taken: ask the database again before adopting.
             if h.company_id not in self._dropping and await db(leases.holds_lease)(h):
                 await self._adopt(h)
-        await db(leases.heartbeat_worker)(self.worker_id, len(self.sessions))
+        lag, self.loop_lag = self.loop_lag, 0.0
+        await db(leases.heartbeat_worker)(self.worker_id, len(self.sessions), round(lag * 1000, 1))
 
     async def reconcile_once(self):
         """Share the load, acquire free leases, and make every owned session's
