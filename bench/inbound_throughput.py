@@ -30,6 +30,12 @@ def main():
     )
     p.add_argument("--profile", action="store_true", help="cProfile the inbound path")
     p.add_argument(
+        "--profile-batch",
+        action="store_true",
+        help="cProfile the group commit's transactions (record_inbound_messages, in the "
+        "database thread)",
+    )
+    p.add_argument(
         "--sessions",
         type=int,
         default=50,
@@ -99,6 +105,19 @@ def main():
 
     grouped_events = serialized_events("3EB1")
     batcher = InboundBatcher(settings.WHATSAPP["INBOUND_BATCH"])
+    batch_prof = None
+    if args.profile_batch:
+        import cProfile
+
+        from whatsapp.worker import inbound as worker_inbound
+
+        batch_prof = cProfile.Profile()
+        record_batch = worker_inbound.record_inbound_messages
+
+        def profiled(items):  # runs in the database thread
+            return batch_prof.runcall(record_batch, items)
+
+        worker_inbound.record_inbound_messages = profiled
 
     def grouped(chunk):
         """As in a worker: --sessions sessions, each recording its next message
@@ -144,6 +163,10 @@ def main():
         import pstats
 
         pstats.Stats(prof).sort_stats("cumulative").print_stats(25)
+    if batch_prof is not None:
+        import pstats
+
+        pstats.Stats(batch_prof).sort_stats("tottime").print_stats(25)
     rate = n / elapsed
     assert InboundMessage.objects.filter(wa_message_id__startswith="3EB0").count() == n
     assert InboundMessage.objects.filter(wa_message_id__startswith="3EB1").count() == n

@@ -18,6 +18,7 @@ from django.utils import timezone
 from django_q.brokers import get_broker
 from django_q.brokers.redis_broker import Redis
 from django_q.signing import SignedPackage
+from django_q.tasks import async_task
 
 from tests.whatsapp.job_queue import inbound_tasks, purge
 from whatsapp.handlers import auto_reply
@@ -140,10 +141,9 @@ def test_with_the_orm_broker_a_failing_enqueue_rolls_back_the_message(
     company, session, monkeypatch
 ):
     orm_pass()
-    # django-q2's async_task as our job module calls it (on SQLite it pushes
-    # through the broker, on PostgreSQL it signs the package written by the
-    # message's own statement).
-    monkeypatch.setattr(jobs_module, "async_task", orm_enqueue_fails)
+    # The task package as our job module builds it (on SQLite it is pushed
+    # through the broker, on PostgreSQL written by the message's own statement).
+    monkeypatch.setattr(jobs_module, "task_package", orm_enqueue_fails)
     with pytest.raises(RuntimeError, match="queue table is gone"):
         receive(company)
     assert InboundMessage.objects.count() == 0
@@ -387,3 +387,30 @@ def test_with_tasks_run_inline_the_job_runs_once_after_the_message_commits(
     assert calls == ["3EB0JOB1"]
     assert job_of().status == ProcessingJob.Status.SUCCEEDED
     assert OutboundMessage.objects.get().text == "got inline"
+
+
+class _KeepPackage:
+    """A broker for async_task that keeps the package instead of pushing it."""
+
+    list_key = "keep"
+    package = None
+
+    def enqueue(self, package):
+        self.package = package
+
+
+def test_the_task_package_is_exactly_what_django_q2s_async_task_builds():
+    """The inbound path builds django-q2's package itself (cheaper than
+    async_task); an upgrade of django-q2 that changes the package fails here."""
+    keep = _KeepPackage()
+    their_id = async_task(TASK, 42, group="inbound", task_name="inbound-42", broker=keep)
+    theirs = SignedPackage.loads(keep.package)
+    our_id, package = jobs_module.task_package(42)
+    ours = SignedPackage.loads(package)
+
+    assert ours.keys() == theirs.keys()
+    for key in theirs.keys() - {"id", "started"}:
+        assert ours[key] == theirs[key], key
+    assert ours["id"] == our_id and len(our_id) == len(their_id) == 32
+    assert int(our_id, 16) != int(their_id, 16)
+    assert abs(ours["started"] - theirs["started"]) < timedelta(seconds=5)

@@ -167,7 +167,7 @@ def _record(company_id, message):
             if row is None:
                 return _count_duplicate(cursor, sql, company_id, message, when)
             message_pk = row[0]
-            create_job(cursor, message_pk, now)
+            create_job(cursor, message_pk, when)
             # The counter UPDATE also answers "does the company have webhook
             # endpoints?" (one statement instead of two on every message).
             cursor.execute(sql.count_message, [when, company_id, company_id])

@@ -15,6 +15,7 @@ lets the ORM path write the job once); the job is found by its message.
 
 import logging
 import threading
+import uuid
 from contextlib import contextmanager
 from datetime import timedelta
 
@@ -24,6 +25,7 @@ from django.db.models import F, Q
 from django.utils import timezone
 from django_q.brokers import get_broker
 from django_q.conf import Conf
+from django_q.signing import SignedPackage
 from django_q.tasks import async_task
 
 from whatsapp.models import ProcessingJob
@@ -48,15 +50,46 @@ def _broker():
     return broker
 
 
+def task_package(message_id):
+    """(task id, signed package) of the processing task of message `message_id`:
+    the package django-q2's `async_task` would build, for the inbound hot path.
+
+    `async_task` also makes a humanhash name (we name the task ourselves, yet it
+    computes one anyway), parses a dozen options and sends a signal nobody here
+    listens to: together about a quarter of the CPU time of recording a message
+    on SQLite (docs/benchmarks.md). The package is the same dict, signed by
+    django-q2's own SignedPackage; tests/whatsapp/test_jobs.py compares it
+    with async_task's, key by key, so an upgrade that changes the format fails
+    there, and the real cluster runs these tasks in test_qcluster_e2e.py."""
+    task = {
+        "id": uuid.uuid4().hex,
+        "name": f"inbound-{message_id}",
+        "func": TASK_PATH,
+        "args": (message_id,),
+        "group": "inbound",
+    }
+    if Conf.CACHED:
+        task["cached"] = Conf.CACHED
+    if Conf.ACK_FAILURES:
+        task["ack_failure"] = Conf.ACK_FAILURES
+    task["kwargs"] = {}
+    task["started"] = timezone.now()
+    return task["id"], SignedPackage.dumps(task)
+
+
 def push_task(message_id):
     """Put the processing task of message `message_id` on the queue; its task id."""
-    return async_task(
-        TASK_PATH,
-        message_id,
-        group="inbound",
-        task_name=f"inbound-{message_id}",
-        broker=_broker(),
-    )
+    if Conf.SYNC:  # async_task runs it inline
+        return async_task(
+            TASK_PATH,
+            message_id,
+            group="inbound",
+            task_name=f"inbound-{message_id}",
+            broker=_broker(),
+        )
+    task_id, package = task_package(message_id)
+    _broker().enqueue(package)
+    return task_id
 
 
 _INSERT_JOB = None
@@ -74,11 +107,11 @@ def _insert_job_sql():
     return _INSERT_JOB
 
 
-def create_job(cursor, message_id, now):
+def create_job(cursor, message_id, when):
     """Insert the one job of a newly stored message and enqueue it; the job id.
 
-    Call inside the transaction that stored the message, with its cursor."""
-    when = connection.ops.adapt_datetimefield_value(now)
+    Call inside the transaction that stored the message, with its cursor;
+    `when` is the time of recording, adapted for the database."""
     if broker_is_transactional() and not Conf.SYNC:
         # The task row commits (or rolls back) with the message and the job.
         task_id = push_task(message_id)
@@ -88,18 +121,6 @@ def create_job(cursor, message_id, now):
     job_id = cursor.fetchone()[0]
     _after_commit(job_id, message_id)
     return job_id
-
-
-class _KeepPackage:
-    """Stands in for the broker in async_task: keeps the signed package (so it
-    can be written together with other rows) instead of pushing it."""
-
-    def __init__(self, list_key):
-        self.list_key = list_key
-        self.package = None
-
-    def enqueue(self, package):
-        self.package = package
 
 
 _ENQUEUE_PG = None
@@ -127,11 +148,9 @@ def enqueue_inserted_job(cursor, job_id, message_id):
             f"UPDATE {q(ProcessingJob._meta.db_table)} SET task_id = %s "
             "WHERE id = %s AND EXISTS (SELECT 1 FROM task)"
         )
-    keep = _KeepPackage(_broker().list_key or settings.Q_CLUSTER["name"])
-    task_id = async_task(
-        TASK_PATH, message_id, group="inbound", task_name=f"inbound-{message_id}", broker=keep
-    )
-    cursor.execute(_ENQUEUE_PG, [keep.list_key, keep.package, timezone.now(), task_id, job_id])
+    task_id, package = task_package(message_id)
+    list_key = _broker().list_key or settings.Q_CLUSTER["name"]
+    cursor.execute(_ENQUEUE_PG, [list_key, package, timezone.now(), task_id, job_id])
 
 
 @contextmanager
