@@ -411,6 +411,9 @@ WHATSAPP_ALERTS = {
     # A worker whose heartbeat is older than this while it still owns leases is dead.
     # (Connection-lost grace and flapping use WHATSAPP DOWN_THRESHOLD_MINUTES / FLAP_*.)
     "WORKER_STALE_SECONDS": env.float("ALERT_WORKER_STALE_SECONDS", default=60.0),
+    # A worker found dead by another (its process gone: SIGKILL, a crash) is an
+    # incident for this long, although its sessions were taken over at once.
+    "WORKER_DIED_MINUTES": env.float("ALERT_WORKER_DIED_MINUTES", default=15.0),
     # Optional Slack-compatible incoming webhook ({"text": ...}) besides mail to ADMINS.
     "CHAT_WEBHOOK_URL": env.str("ALERT_CHAT_WEBHOOK_URL", default=""),
     "CHAT_TIMEOUT": env.float("ALERT_CHAT_TIMEOUT", default=10.0),

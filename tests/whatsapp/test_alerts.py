@@ -26,6 +26,7 @@ from whatsapp.models import (
     WhatsAppSession,
     WorkerProcess,
 )
+from whatsapp.services import leases, local_processes
 from whatsapp.services.alerts import find_problems, run_alert_checks
 
 from .http_receiver import running_receiver
@@ -300,6 +301,38 @@ class TestWhatIsAProblem:
         # Another worker takes the session over: resolved.
         SessionLease.objects.filter(session=session).update(owner="alive", epoch=2)
         assert run_alert_checks(now + timedelta(minutes=1)).resolved == [incident.pk]
+        assert len(mail.outbox) == 2
+
+    def test_a_worker_found_dead_by_another_is_an_incident_for_a_while(self, tenants, alerting):
+        """Its sessions were freed at once (no stale heartbeat, no leases left),
+        but a crashed worker process must still reach an operator."""
+        session = running_session(tenants.a, state=SessionState.CONNECTED)
+        dead = local_processes.ProcessIdentity(local_processes.host_key(), 2**22 + 1, 1)
+        WorkerProcess.objects.create(
+            worker_id="crashed",
+            channel_name="x",
+            hostname="box-1",
+            pid=dead.pid,
+            host_key=dead.host_key,
+            process_start=dead.start,
+        )
+        SessionLease.objects.create(
+            session=session,
+            owner="crashed",
+            epoch=1,
+            expires_at=timezone.now() + timedelta(seconds=15),
+        )
+        assert leases.free_dead_worker("crashed", dead, found_by="survivor") == 1
+        now = timezone.now()
+
+        run_alert_checks(now)
+        incident = Incident.objects.get()
+        assert (incident.kind, incident.worker_id) == (Kind.WORKER_DEAD, "crashed")
+        assert f"process {dead.pid} on box-1 gone" in incident.summary
+        assert "seen by survivor" in incident.details
+        assert len(mail.outbox) == 1
+
+        assert run_alert_checks(now + timedelta(minutes=16)).resolved == [incident.pk]
         assert len(mail.outbox) == 2
 
 

@@ -24,6 +24,8 @@ class WorkerProcess(models.Model):
     # a loop late by seconds delays lease renewal (and so fences the worker).
     loop_lag_ms = models.FloatField(null=True, blank=True)
     stop_reason = models.CharField(max_length=300, blank=True)
+    # Set when another worker found this one's process gone (it did not stop itself).
+    died_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-heartbeat_at"]

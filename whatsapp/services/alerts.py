@@ -15,7 +15,10 @@ WHATSAPP["DOWN_THRESHOLD_MINUTES"]; flapping (WHATSAPP["FLAP_RECONNECTS"]
 reconnections within WHATSAPP["FLAP_WINDOW_MINUTES"], the same definition as
 the health dashboard); a 440 conflict (replaced), logged out or banned
 session; a worker whose heartbeat is older than
-WHATSAPP_ALERTS["WORKER_STALE_SECONDS"] while it still owns leases.
+WHATSAPP_ALERTS["WORKER_STALE_SECONDS"] while it still owns leases, or that
+another worker found dead (its process gone) within the last
+WHATSAPP_ALERTS["WORKER_DIED_MINUTES"]: its sessions were taken over at once,
+but a crashed worker is worth knowing about.
 """
 
 import logging
@@ -140,6 +143,19 @@ def worker_findings(now):
                 f"{owned[worker.worker_id]} session(s)",
                 f"host {worker.hostname}, pid {worker.pid}, last heartbeat "
                 f"{worker.heartbeat_at:%Y-%m-%d %H:%M:%S} UTC",
+                worker_id=worker.worker_id,
+            )
+        )
+    window = timedelta(minutes=settings.WHATSAPP_ALERTS.get("WORKER_DIED_MINUTES", 15.0))
+    for worker in WorkerProcess.objects.filter(died_at__gt=now - window):
+        found.append(
+            Finding(
+                f"worker:{worker.worker_id}",
+                IncidentKind.WORKER_DEAD,
+                f"worker {worker.worker_id} died at {worker.died_at:%H:%M:%S} UTC "
+                f"(process {worker.pid} on {worker.hostname} gone); its sessions were "
+                "freed for the other workers at once",
+                worker.stop_reason,
                 worker_id=worker.worker_id,
             )
         )

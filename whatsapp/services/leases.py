@@ -82,6 +82,7 @@ def register_worker(worker_id, channel_name=None):
             "host_key": me.host_key,
             "process_start": me.start,
             "stop_reason": "",
+            "died_at": None,
             "started_at": timezone.now(),
             "heartbeat_at": timezone.now(),
             "stopped_at": None,
@@ -184,8 +185,9 @@ def free_dead_worker(worker_id, identity: ProcessIdentity, found_by):
         if row is None or not is_gone(identity):
             return 0
         reason = f"worker {worker_id} died (process {identity.pid} gone, seen by {found_by})"
+        now = timezone.now()
         WorkerProcess.objects.filter(pk=row.pk).update(
-            stopped_at=timezone.now(), sessions_owned=0, stop_reason=reason[:300]
+            stopped_at=now, died_at=now, sessions_owned=0, stop_reason=reason[:300]
         )
         released = release_all_leases(worker_id, reason)
     logger.warning("%s: %d lease(s) freed", reason, released)
