@@ -350,6 +350,9 @@ WHATSAPP = {
     "BACKOFF_CAP": env.float("WHATSAPP_BACKOFF_CAP", default=300.0),
     "REPLACED_BACKOFF": env.float("WHATSAPP_REPLACED_BACKOFF", default=600.0),
     "MAX_SESSIONS_PER_WORKER": env.int("WHATSAPP_MAX_SESSIONS_PER_WORKER", default=1000),
+    # PostgreSQL: a worker process keeps its database connection this many seconds
+    # (its database calls share one thread); 0 = a new connection per call.
+    "WORKER_CONN_MAX_AGE": env.int("WHATSAPP_WORKER_CONN_MAX_AGE", default=60),
     "SEND_MAX_ATTEMPTS": env.int("WHATSAPP_SEND_MAX_ATTEMPTS", default=5),
     # Group commit: a worker records at most this many waiting inbound messages
     # in one transaction (the ones that arrived while the previous commit ran).

@@ -390,10 +390,25 @@ def test_three_workers_share_50_companies_survive_sigkill_and_hand_over_on_sigte
     assert not SessionLease.objects.exclude(owner="").exists()  # all released at the end
 
 
+def worker_backends(worker_id):
+    """PostgreSQL backends (pid, start) of one worker, by its application_name."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pid, backend_start FROM pg_stat_activity WHERE application_name = %s",
+            [f"aiadmin-worker {worker_id}"],
+        )
+        return set(cursor.fetchall())
+
+
 @pytest.mark.postgres
 def test_two_workers_started_together_never_both_own_a_company(workers):
     needs_postgres()
     sampler, _ = run_contention(workers, 2, 50)
+    # Each worker keeps one connection (WHATSAPP_WORKER_CONN_MAX_AGE), named after
+    # it, instead of a new one per database call: the same backend seconds apart.
+    before = worker_backends(workers.ids["w1"])
+    time.sleep(2 * INTERVAL)
+    assert len(before) == 1 and worker_backends(workers.ids["w1"]) == before
     terminate_and_check_handover(workers, sampler, "w1", 50)
     workers.start("w3")
     sampler.wait_for(
