@@ -231,16 +231,29 @@ def test_the_pages_fall_back_to_polling_when_the_websocket_is_refused(
     page.route_web_socket("**/ws/admin/whatsapp/", lambda ws: ws.close())
     polls = []
     page.on("request", lambda r: polls.append(r.url) if "status.json" in r.url else None)
+    held = []
+
+    def first_poll(route):
+        # The worker acts after the page was rendered ("Stopped") and before the
+        # page's first poll is answered: that first answer must not become the
+        # baseline silently, or the page would show "Stopped" for good.
+        if not held:
+            held.append(off_loop(try_acquire, "browser-worker", a.pk))
+            assert off_loop(svc.mark_replaced, held[0])
+        route.continue_()
+
+    page.route("**/status.json", first_poll)
     log_in(page, server, "root", "pw-root-123!", "/admin/whatsapp/health/")
     expect(page.locator("[data-wa-live-status]")).to_have_text("polling", timeout=LIVE_TIMEOUT_MS)
-    badge = page.locator(f'tr[data-company="{tenants.a.pk}"] .wa-badge')
-    expect(badge).to_have_text("Stopped")
     page.evaluate("window.__sameDocument = true")
-    held = off_loop(try_acquire, "browser-worker", a.pk)
-    assert off_loop(svc.mark_replaced, held)
+    badge = page.locator(f'tr[data-company="{tenants.a.pk}"] .wa-badge')
     expect(badge).to_have_text("Replaced (440 conflict)", timeout=LIVE_TIMEOUT_MS)
     expect(page.locator("#wa-replaced")).to_contain_text("Salon Alpha")
     expect(page.locator('[data-total="error"]')).to_have_text("1")
+    # A later change is seen by comparing polls.
+    assert off_loop(svc.unpark, held[0], "restarting")
+    assert off_loop(svc.mark_starting, held[0], "client 2 connecting")
+    expect(badge).to_have_text("Starting", timeout=LIVE_TIMEOUT_MS)
     assert page.evaluate("window.__sameDocument") is True
     assert polls, "the page should have polled the status endpoint"
     shot(page, "6-dashboard-polling-fallback")

@@ -63,7 +63,10 @@
         .then(function (data) {
           if (!data) { return; }
           var seen = JSON.stringify(data.sessions);
-          if (lastPoll !== null && seen !== lastPoll) { scheduleRefresh(); }
+          /* The first answer after polling starts has nothing to compare with, and a
+           * change may have landed between rendering the page and that answer: re-read
+           * the page once then, or the page would show the old state for good. */
+          if (lastPoll === null || seen !== lastPoll) { scheduleRefresh(); }
           lastPoll = seen;
         })
         .catch(function () {});
