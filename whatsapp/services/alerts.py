@@ -152,9 +152,9 @@ def worker_findings(now):
             Finding(
                 f"worker:{worker.worker_id}",
                 IncidentKind.WORKER_DEAD,
-                f"worker {worker.worker_id} died at {worker.died_at:%H:%M:%S} UTC "
-                f"(process {worker.pid} on {worker.hostname} gone); its sessions were "
-                "freed for the other workers at once",
+                f"worker {worker.worker_id} found dead at {worker.died_at:%H:%M:%S} UTC "
+                f"(process {worker.pid} on {worker.hostname} gone); its leases were freed "
+                "for the other workers",
                 worker.stop_reason,
                 worker_id=worker.worker_id,
             )
