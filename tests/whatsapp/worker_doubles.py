@@ -68,6 +68,7 @@ class ScriptedClient:
         self.logged_out = False
         self.sent = []
         self.send_errors = []  # TransportErrors to raise on the next sends
+        self.errors_for = {}  # text -> TransportErrors to raise on its next sends
         self.pair_requests = []
 
     def __repr__(self):
@@ -125,6 +126,8 @@ class ScriptedClient:
     async def send_text(self, jid, text):
         if not self.live:
             raise base.TransportError("client stopped")
+        if self.errors_for.get(text):
+            raise self.errors_for[text].pop(0)
         if self.send_errors:
             raise self.send_errors.pop(0)
         self.sent.append((jid, text))

@@ -272,8 +272,10 @@ class NeonizeTransport:
                 executor.shutdown(wait=True)
                 loop.call_soon_threadsafe(done.set)
 
-            threading.Thread(target=shut, name="neonize-executor-shutdown", daemon=True).start()
+            thread = threading.Thread(target=shut, name="neonize-executor-shutdown", daemon=True)
+            thread.start()
             await done.wait()
+            thread.join(1.0)  # it is past its last call: gone at once, none left behind
 
 
 class NeonizeClient:
