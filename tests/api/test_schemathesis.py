@@ -48,7 +48,7 @@ pytestmark = pytest.mark.django_db(databases="__all__")  # the health check uses
 
 
 SETTINGS = hypothesis_settings(
-    max_examples=20,
+    max_examples=10,
     deadline=None,
     suppress_health_check=[
         HealthCheck.too_slow,

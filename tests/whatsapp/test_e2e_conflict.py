@@ -33,7 +33,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True, databases
 
 TTL = 6
 REPLACED_BACKOFF = 8.0
-WINDOW = 18.0  # how long the rogue fights
+WINDOW = 12.0  # how long the rogue fights
 SOAK_SECONDS = float(os.environ.get("AIADMIN_SOAK_SECONDS", "20"))
 
 
