@@ -108,15 +108,7 @@ def claim_worker_id(worker_id, channel_name=None, wait=None):
     wait = settings.WHATSAPP["LEASE_TTL"] + 1 if wait is None else wait
     deadline = time.monotonic() + wait
     while True:
-        other = (
-            WorkerProcess.objects.filter(
-                worker_id=worker_id,
-                stopped_at__isnull=True,
-                heartbeat_at__gt=timezone.now() - _ttl(),
-            )
-            .exclude(hostname=host, pid=pid)
-            .first()
-        )
+        other = live_workers().filter(worker_id=worker_id).exclude(hostname=host, pid=pid).first()
         if other is None:
             return register_worker(worker_id, channel_name)
         dead = ProcessIdentity(other.host_key, other.pid, other.process_start)
@@ -205,11 +197,8 @@ def alive_worker_count(now=None):
 
 
 def other_worker_channels(worker_id, now=None):
-    now = now or timezone.now()
     return list(
-        WorkerProcess.objects.filter(stopped_at__isnull=True, heartbeat_at__gt=now - _ttl())
-        .exclude(worker_id=worker_id)
-        .values_list("channel_name", flat=True)
+        live_workers(now).exclude(worker_id=worker_id).values_list("channel_name", flat=True)
     )
 
 

@@ -58,6 +58,8 @@ class SessionSupervisor:
         self.rebalance_batch = conf.get("REBALANCE_BATCH", 5)
         self.inbound = InboundBatcher(conf.get("INBOUND_BATCH", 100))  # group commit
         self.peer_interval = conf.get("PEER_CHECK_INTERVAL", 0.5)
+        # Only where a dead peer can be told apart (Linux /proc); 0 turns it off.
+        self.watch_peers = self.peer_interval > 0 and bool(local_processes.host_key())
         self._peers = {}  # worker id -> ProcessIdentity of workers on this machine
         # Stop clients this long before our leases could expire if renewing stalls.
         self.fence_margin = min(1.0, self.lease_ttl * 0.25)
@@ -97,7 +99,7 @@ class SessionSupervisor:
         self.spawn(self._lease_loop(), "lease-loop")
         self.spawn(self._reconcile_loop(), "reconcile-loop")
         self.spawn(self._fence_loop(), "fence-loop")
-        if self.peer_interval > 0 and local_processes.host_key():
+        if self.watch_peers:
             self.spawn(self._peer_loop(), "peer-loop")
         logger.info(
             "worker %s started on %s (transport %s)",
@@ -446,7 +448,7 @@ class SessionSupervisor:
         """Share the load, acquire free leases, and make every owned session's
         client match its row."""
         self._round += 1
-        if self.peer_interval > 0:
+        if self.watch_peers:
             self._peers = await db(leases.local_peers)(self.worker_id)
         target = self.max_sessions
         if self.rebalance:
