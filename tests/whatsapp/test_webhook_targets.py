@@ -150,3 +150,127 @@ class TestTargets:
         delivery.refresh_from_db()
         assert "refused" in delivery.last_error
         assert receiver.requests == []
+
+
+def teredo(server, client):
+    """A Teredo address (2001::/32): server in bits 32-63, client inverted in the last 32."""
+    import ipaddress
+
+    s = int(ipaddress.IPv4Address(server))
+    c = int(ipaddress.IPv4Address(client)) ^ 0xFFFFFFFF
+    return str(ipaddress.IPv6Address((0x20010000 << 96) | (s << 64) | (0x8000 << 48) | c))
+
+
+# IPv6 forms that carry an IPv4 address (address, the IPv4 it carries).
+PRIVATE_INSIDE_IPV6 = [
+    ("::127.0.0.1", "127.0.0.1"),  # IPv4-compatible (deprecated ::/96)
+    ("::169.254.169.254", "169.254.169.254"),
+    ("::10.1.2.3", "10.1.2.3"),
+    ("::192.168.0.10", "192.168.0.10"),
+    ("::ffff:169.254.169.254", "169.254.169.254"),  # IPv4-mapped
+    ("::ffff:10.1.2.3", "10.1.2.3"),
+    ("::ffff:0:127.0.0.1", "127.0.0.1"),  # IPv4-translated (SIIT)
+    ("64:ff9b::169.254.169.254", "169.254.169.254"),  # NAT64 well-known prefix
+    ("64:ff9b::127.0.0.1", "127.0.0.1"),
+    ("64:ff9b::10.1.2.3", "10.1.2.3"),
+    ("64:ff9b::192.168.0.10", "192.168.0.10"),
+    ("64:ff9b:1::169.254.169.254", "169.254.169.254"),  # NAT64 local-use prefix
+    ("64:ff9b:1::127.0.0.1", "127.0.0.1"),
+    ("64:ff9b:1::10.1.2.3", "10.1.2.3"),
+    ("64:ff9b:1::192.168.0.10", "192.168.0.10"),
+    ("2002:a9fe:a9fe::1", "169.254.169.254"),  # 6to4
+    ("2002:7f00:1::1", "127.0.0.1"),
+    ("2002:a01:203::", "10.1.2.3"),
+    ("2002:c0a8:a::1", "192.168.0.10"),
+    (teredo("169.254.169.254", "8.8.8.8"), "169.254.169.254"),  # Teredo server
+    (teredo("65.54.227.120", "127.0.0.1"), "127.0.0.1"),  # Teredo client
+    (teredo("65.54.227.120", "10.1.2.3"), "10.1.2.3"),
+    (teredo("65.54.227.120", "192.168.0.10"), "192.168.0.10"),
+]
+
+
+class TestIPv4InsideIPv6:
+    """Every IPv6 form that embeds an IPv4 address is judged by that address."""
+
+    @pytest.mark.parametrize("address,inner", PRIVATE_INSIDE_IPV6)
+    def test_the_embedded_ipv4_address_is_found(self, address, inner):
+        import ipaddress
+
+        from whatsapp.services.webhook_http import embedded_ipv4
+
+        found = embedded_ipv4(ipaddress.ip_address(address))
+        assert ipaddress.IPv4Address(inner) in found
+
+    @pytest.mark.parametrize("address,inner", PRIVATE_INSIDE_IPV6)
+    def test_a_private_address_wrapped_in_ipv6_is_refused_when_saved(self, address, inner):
+        with pytest.raises(UnsafeWebhookURL, match="public addresses"):
+            validate_webhook_url(f"http://[{address}]:8080/hook", allow_private=False)
+
+    @pytest.mark.parametrize("address,inner", PRIVATE_INSIDE_IPV6)
+    def test_a_name_resolving_to_a_wrapped_private_address_is_refused_at_delivery(
+        self, address, inner, settings
+    ):
+        settings.WHATSAPP_WEBHOOKS = {**settings.WHATSAPP_WEBHOOKS, "ALLOW_PRIVATE": False}
+        lookups = []
+
+        def resolve(host, port, type=None):  # public when saved, rebound since
+            lookups.append(host)
+            return [(10, 1, 6, "", (address, port, 0, 0))]
+
+        outcome = post_signed(
+            "https://hooks.example.com/x", "whsec_x", uuid.uuid4(), b"{}", 2.0, resolve=resolve
+        )
+        assert lookups == ["hooks.example.com"]
+        assert outcome.refused and not outcome.ok
+        assert address in outcome.error and "public addresses" in outcome.error
+
+    @pytest.mark.parametrize(
+        "address", ["::ffff:127.0.0.1", "64:ff9b::a9fe:a9fe", "2002:7f00:1::1", "::127.0.0.1"]
+    )
+    def test_a_delivery_to_a_wrapped_private_literal_is_dead_lettered_without_a_request(
+        self, address, tenants, settings
+    ):
+        settings.WHATSAPP_WEBHOOKS = {**settings.WHATSAPP_WEBHOOKS, "ALLOW_PRIVATE": False}
+        WebhookEndpoint.objects.create(company=tenants.a, url=f"http://[{address}]:9/hook")
+        inbound(tenants.a)
+        delivery = WebhookDelivery.objects.get()
+        assert deliver_webhook(delivery.pk) == Status.DEAD
+        delivery.refresh_from_db()
+        assert "refused" in delivery.last_error and "public addresses" in delivery.last_error
+        assert delivery.attempt_log.get().status_code is None
+
+    @pytest.mark.parametrize("address", PRIVATE_INSIDE_IPV6[::4], ids=lambda a: a[0])
+    def test_the_admin_refuses_a_wrapped_private_endpoint_url(
+        self, address, client, tenants, settings
+    ):
+        from django.urls import reverse
+
+        settings.WHATSAPP_WEBHOOKS = {**settings.WHATSAPP_WEBHOOKS, "ALLOW_PRIVATE": False}
+        client.force_login(tenants.superuser)
+        response = client.post(
+            reverse("admin:whatsapp_webhookendpoint_add"),
+            {"company": tenants.a.pk, "url": f"http://[{address[0]}]/hook", "is_active": "on"},
+            secure=True,
+        )
+        assert response.status_code == 200
+        assert "public addresses" in response.content.decode()
+        assert not WebhookEndpoint.objects.exists()
+
+    @pytest.mark.parametrize(
+        "address",
+        [
+            "::ffff:93.184.215.14",  # mapped public
+            "64:ff9b::93.184.215.14",  # what DNS64 synthesises for a public IPv4-only host
+            "2002:5db8:d70e::1",  # 6to4 of a public address
+            "2606:4700:4700::1111",  # plain global IPv6
+        ],
+    )
+    def test_a_public_address_in_ipv6_clothing_is_still_accepted(self, address):
+        assert validate_webhook_url(f"https://[{address}]/hook", allow_private=False)
+
+    def test_local_use_nat64_and_teredo_are_refused_even_around_public_addresses(self):
+        # 64:ff9b:1::/48 is a network's own translator (RFC 8215) and Teredo is not
+        # globally reachable (IANA special-purpose registry): both stay refused.
+        for address in ["64:ff9b:1::93.184.215.14", teredo("65.54.227.120", "93.184.215.14")]:
+            with pytest.raises(UnsafeWebhookURL, match="public addresses"):
+                validate_webhook_url(f"https://[{address}]/hook", allow_private=False)

@@ -2,7 +2,8 @@
 
 Targets are checked when an endpoint is saved and again before every request
 (DNS may change in between): every address the host resolves to must be a
-public one, unless settings.WHATSAPP_WEBHOOKS["ALLOW_PRIVATE"] is set. The
+public one (an IPv6 address wrapping an IPv4 one is judged by the IPv4 address),
+unless settings.WHATSAPP_WEBHOOKS["ALLOW_PRIVATE"] is set. The
 request connects to the address that was checked (TLS still verifies the
 certificate for the host name), so a DNS answer that changes between check
 and connect (rebinding) cannot redirect it. Redirects are not followed either
@@ -30,9 +31,45 @@ class UnsafeWebhookURL(ValueError):
     """The URL is malformed, or resolves to an address webhooks may not reach."""
 
 
-def _refused(ip):
-    if ip.version == 6 and ip.ipv4_mapped:
-        ip = ip.ipv4_mapped
+# IPv6 prefixes whose last 32 bits are an IPv4 address the traffic ends up at.
+_IPV4_IN_LAST_32_BITS = (
+    ipaddress.IPv6Network("::/96"),  # IPv4-compatible (deprecated, RFC 4291)
+    ipaddress.IPv6Network("::ffff:0:0/96"),  # IPv4-mapped
+    ipaddress.IPv6Network("::ffff:0:0:0/96"),  # IPv4-translated (SIIT, RFC 2765)
+    ipaddress.IPv6Network("64:ff9b::/96"),  # NAT64 well-known prefix (RFC 6052)
+    ipaddress.IPv6Network("64:ff9b:1::/48"),  # NAT64 local-use (RFC 8215), as /96
+)
+# A network's own NAT64 translator (RFC 8215): not globally reachable whatever it wraps.
+_LOCAL_USE_NAT64 = ipaddress.IPv6Network("64:ff9b:1::/48")
+
+
+def embedded_ipv4(ip):
+    """The IPv4 addresses an IPv6 address carries: IPv4-compatible, -mapped and
+    -translated, NAT64 (well-known and local-use prefix), 6to4, and Teredo
+    (server and, bit-inverted, client). Empty for IPv4 and plain IPv6."""
+    if ip.version != 6:
+        return ()
+    found = []
+    if any(ip in net for net in _IPV4_IN_LAST_32_BITS):
+        found.append(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
+    if ip.sixtofour:
+        found.append(ip.sixtofour)
+    if ip.teredo:
+        found.extend(ip.teredo)  # (server, client)
+    return tuple(dict.fromkeys(found))
+
+
+def is_refused_address(ip):
+    """True if webhooks may not reach `ip` (an ipaddress object): anything but a
+    global unicast address. An IPv6 address that wraps an IPv4 address is judged
+    by the IPv4 address (and Teredo and local-use NAT64 also by their own prefix,
+    which is not globally reachable)."""
+    if ip.version == 6:
+        inner = embedded_ipv4(ip)
+        if any(is_refused_address(v4) for v4 in inner) or ip in _LOCAL_USE_NAT64:
+            return True
+        if inner and not ip.teredo:
+            return False  # only IPv4 in IPv6 clothing: the IPv4 address decides
     return not ip.is_global or ip.is_multicast
 
 
@@ -80,7 +117,7 @@ def resolve_webhook_target(url, allow_private=None, resolve=socket.getaddrinfo):
         raise UnsafeWebhookURL(f"{host} resolves to no address")
     if not allow_private:
         for address in addresses:
-            if _refused(ipaddress.ip_address(address)):
+            if is_refused_address(ipaddress.ip_address(address)):
                 raise UnsafeWebhookURL(
                     f"{host} resolves to {address}, a private/loopback/link-local or reserved "
                     "address; webhooks only reach public addresses (set "
