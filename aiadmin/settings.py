@@ -357,8 +357,8 @@ WHATSAPP = {
     # Group commit: a worker records at most this many waiting inbound messages
     # in one transaction (the ones that arrived while the previous commit ran).
     "INBOUND_BATCH": env.int("WHATSAPP_INBOUND_BATCH", default=100),
-    # Default processing handler for inbound messages (dotted path).
-    "INBOUND_HANDLER": env.str("WHATSAPP_INBOUND_HANDLER", default="whatsapp.handlers.auto_reply"),
+    # Default processing handler for inbound messages: a name of WHATSAPP_INBOUND_HANDLERS.
+    "INBOUND_HANDLER": env.str("WHATSAPP_INBOUND_HANDLER", default="auto_reply"),
     "DEFAULT_COUNTRY": env.str("WHATSAPP_DEFAULT_COUNTRY", default=""),
     "MAX_TEXT_LENGTH": 4096,
     # A job not enqueued this long after its message was stored is re-enqueued.
@@ -388,6 +388,20 @@ WHATSAPP = {
     "DOWN_THRESHOLD_MINUTES": env.int("WHATSAPP_DOWN_THRESHOLD_MINUTES", default=10),
     # Admin pages poll for changes this often while their WebSocket is down.
     "ADMIN_POLL_SECONDS": env.float("WHATSAPP_ADMIN_POLL_SECONDS", default=5.0),
+}
+
+# The inbound handlers a company may pick (Company.inbound_handler holds a name):
+# name -> {"path": dotted path, "label": shown in the admin}. Only these paths are
+# ever imported; `manage.py check` imports each. WHATSAPP_EXTRA_INBOUND_HANDLERS
+# (JSON, same shape) adds or replaces entries, e.g. your own AI handler.
+WHATSAPP_INBOUND_HANDLERS = {
+    "auto_reply": {"path": "whatsapp.handlers.auto_reply", "label": "Keyword auto-replies"},
+    "webhook": {
+        "path": "whatsapp.handlers.webhook_reply",
+        "label": "Webhook (the company's message-handler endpoint answers)",
+    },
+    "none": {"path": "whatsapp.handlers.no_reply", "label": "No reply (store only)"},
+    **env.json("WHATSAPP_EXTRA_INBOUND_HANDLERS", default={}),
 }
 
 # --- Webhooks, alerts, metrics ---------------------------------------------

@@ -18,6 +18,7 @@ tasks every Q_CLUSTER["poll"] seconds (settings: Q_POLL, default 0.1), so
 about poll/2 is added on average. The Redis broker blocks on BLPOP instead.
 """
 
+import json
 import os
 import shutil
 import tempfile
@@ -25,7 +26,7 @@ import time
 
 from _setup import configure, machine, parser
 
-HANDLER = "bench.latency_handler.record_start"
+HANDLER = "latency"  # registered below as bench.latency_handler.record_start
 
 
 def main():
@@ -46,6 +47,9 @@ def main():
     if args.poll is not None:
         os.environ["Q_POLL"] = str(args.poll)
     os.environ["Q_WORKERS"] = str(args.q_workers)
+    os.environ["WHATSAPP_EXTRA_INBOUND_HANDLERS"] = json.dumps(
+        {HANDLER: {"path": "bench.latency_handler.record_start", "label": "Latency benchmark"}}
+    )
     label = configure(args.db, args.broker, debug=False)
 
     from _procs import Child, child_env, percentile, wait_until

@@ -7,6 +7,8 @@ from django.core.exceptions import ValidationError
 from django.db import models
 from rest_framework_api_key.models import AbstractAPIKey
 
+from .inbound_handlers import handler_choices
+
 
 def validate_timezone(value):
     if value not in zoneinfo.available_timezones():
@@ -43,8 +45,15 @@ class Company(models.Model):
     contact_name = models.CharField(max_length=200, blank=True)
     contact_email = models.EmailField(blank=True)
     contact_phone = models.CharField(max_length=32, blank=True)
-    # Dotted path of a per-company inbound handler; blank = the settings default.
-    inbound_handler = models.CharField(max_length=200, blank=True)
+    # A name from the handler registry (settings.WHATSAPP_INBOUND_HANDLERS), never a
+    # dotted path: nothing stored here is imported. Blank = the settings default.
+    inbound_handler = models.CharField(
+        max_length=64,
+        blank=True,
+        choices=handler_choices,
+        help_text="How inbound messages are answered. Empty: the default handler "
+        "(setting WHATSAPP_INBOUND_HANDLER).",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     objects = CompanyQuerySet.as_manager()

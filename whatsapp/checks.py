@@ -31,15 +31,49 @@ def check_whatsapp_settings(app_configs, **kwargs):
         ))
     if conf["CONNECT_CONCURRENCY"] < 1:
         errors.append(Error("WHATSAPP_CONNECT_CONCURRENCY must be >= 1.", id="whatsapp.E004"))
-    try:
-        import_string(conf["INBOUND_HANDLER"])
-    except ImportError as exc:
-        errors.append(Error(
-            f"WHATSAPP_INBOUND_HANDLER {conf['INBOUND_HANDLER']!r} cannot be imported: {exc}",
-            id="whatsapp.E005",
-        ))
+    errors.extend(check_inbound_handlers())
     if settings.Q_CLUSTER["timeout"] >= settings.Q_CLUSTER["retry"]:
         errors.append(Error("Q_CLUSTER timeout must be below retry.", id="whatsapp.E006"))
+    return errors
+
+
+def check_inbound_handlers():
+    """Every entry of the handler registry imports to a callable, and the default
+    handler is one of them (only these paths are ever imported: see
+    companies/inbound_handlers.py)."""
+    errors = []
+    registry = settings.WHATSAPP_INBOUND_HANDLERS
+    for name, entry in registry.items():
+        where = f"WHATSAPP_INBOUND_HANDLERS[{name!r}]"
+        if not isinstance(entry, dict) or not isinstance(entry.get("path"), str) or not (
+                isinstance(entry.get("label"), str)):
+            errors.append(Error(
+                f'{where} must be {{"path": "dotted.path", "label": "text"}}, not {entry!r}.',
+                id="whatsapp.E008",
+            ))
+            continue
+        if not 0 < len(name) <= 64:
+            errors.append(Error(f"{where}: names are 1 to 64 characters.", id="whatsapp.E008"))
+        try:
+            handler = import_string(entry["path"])
+        except ImportError as exc:
+            errors.append(Error(
+                f"{where} {entry['path']!r} cannot be imported: {exc}", id="whatsapp.E005",
+            ))
+            continue
+        if not callable(handler):
+            errors.append(Error(
+                f"{where} {entry['path']!r} is not callable.", id="whatsapp.E005",
+            ))
+    default = settings.WHATSAPP["INBOUND_HANDLER"]
+    if default not in registry:
+        errors.append(Error(
+            f"WHATSAPP_INBOUND_HANDLER={default!r} is not a name of WHATSAPP_INBOUND_HANDLERS "
+            f"({', '.join(sorted(registry)) or 'empty'}).",
+            hint="Name a registered handler (e.g. auto_reply); dotted paths are no longer "
+            "accepted here: register them in WHATSAPP_EXTRA_INBOUND_HANDLERS.",
+            id="whatsapp.E009",
+        ))
     return errors
 
 

@@ -1,8 +1,9 @@
 """Inbound message handlers. A handler takes an InboundMessage and returns a
 HandlerResult; the processing job queues its reply (at most one per message).
 
-A company picks its handler by dotted path (`Company.inbound_handler`), the
-default being settings.WHATSAPP["INBOUND_HANDLER"]."""
+A company picks its handler by name (`Company.inbound_handler`) from the
+registry settings.WHATSAPP_INBOUND_HANDLERS, the default being
+settings.WHATSAPP["INBOUND_HANDLER"] (see companies/inbound_handlers.py)."""
 
 from whatsapp.models import AutoReplyRule, OutboundMessage
 from whatsapp.services.processing import HandlerError, HandlerResult

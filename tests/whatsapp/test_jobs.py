@@ -76,8 +76,20 @@ def job_of(message_id="3EB0JOB1"):
     return ProcessingJob.objects.get(message__wa_message_id=message_id)
 
 
+@pytest.fixture(autouse=True)
+def test_handlers(settings):
+    """The handlers below, registered under their function names."""
+    settings.WHATSAPP_INBOUND_HANDLERS = {
+        **settings.WHATSAPP_INBOUND_HANDLERS,
+        **{
+            name: {"path": f"tests.whatsapp.test_jobs.{name}", "label": name}
+            for name in ("recording_handler", "failing_handler")
+        },
+    }
+
+
 def use_handler(company, name):
-    company.inbound_handler = f"tests.whatsapp.test_jobs.{name}"
+    company.inbound_handler = name
     company.save(update_fields=["inbound_handler"])
 
 
@@ -253,7 +265,7 @@ def test_a_handler_error_is_recorded_and_retried_up_to_the_maximum_attempts(comp
         job.refresh_from_db()
         assert job.attempts == attempt
         assert "RuntimeError: the AI backend answered 503" in job.error
-        assert job.handler == "tests.whatsapp.test_jobs.failing_handler"
+        assert job.handler == "failing_handler"
         if attempt < max_attempts:
             # Back to pending: the sweeper re-enqueues it (its retry delay).
             assert status == ProcessingJob.Status.PENDING == job.status
@@ -268,13 +280,13 @@ def test_a_handler_error_is_recorded_and_retried_up_to_the_maximum_attempts(comp
 
 
 def test_a_permanent_handler_error_fails_the_job_at_once(company, session):
-    company.inbound_handler = "whatsapp.handlers.no_such_handler"
+    company.inbound_handler = "no_such_handler"
     company.save(update_fields=["inbound_handler"])
     receive(company)
     purge()
     assert run_processing_job(job_of().pk) == ProcessingJob.Status.FAILED
     job = job_of()
-    assert "cannot import handler" in job.error
+    assert "inbound handler 'no_such_handler' is not registered" in job.error
     assert (job.attempts, job.finished_at is not None) == (1, True)
     assert sweep_unqueued_jobs(older_than=0) == 0
     assert inbound_tasks() == []

@@ -19,7 +19,7 @@ from whatsapp.transport.normalize import normalize_message
 from .http_receiver import running_receiver
 
 pytestmark = pytest.mark.django_db
-HANDLER = "whatsapp.handlers.webhook_reply"
+HANDLER = "webhook"  # the registry name of whatsapp.handlers.webhook_reply
 
 
 @pytest.fixture

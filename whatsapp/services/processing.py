@@ -19,6 +19,11 @@ from django.db.models import F, Q
 from django.utils import timezone
 from django.utils.module_loading import import_string
 
+from companies.inbound_handlers import (
+    UnknownHandler,
+    default_handler_name,
+    registered_handler_path,
+)
 from whatsapp.models import ProcessingJob
 
 from .outbound import queue_outbound_message
@@ -45,16 +50,25 @@ class HandlerError(Exception):
 
 
 def handler_path_for(company):
-    return company.inbound_handler or settings.WHATSAPP["INBOUND_HANDLER"]
+    """The registry *name* of the company's handler (blank: the settings default).
+    It is what the job records; load_handler turns it into the handler."""
+    return company.inbound_handler or default_handler_name()
 
 
-def load_handler(path):
+def load_handler(name):
+    """The handler registered as `name`. Only the registry's dotted paths (from the
+    settings, imported by a system check at start) are imported, never a value
+    stored on a company: an unknown name is a permanent HandlerError."""
+    try:
+        path = registered_handler_path(name)
+    except UnknownHandler as exc:
+        raise HandlerError(str(exc)) from None
     try:
         handler = import_string(path)
     except ImportError as exc:
-        raise HandlerError(f"cannot import handler {path!r}: {exc}") from None
+        raise HandlerError(f"cannot import handler {name!r} ({path}): {exc}") from None
     if not callable(handler):
-        raise HandlerError(f"handler {path!r} is not callable")
+        raise HandlerError(f"handler {name!r} ({path}) is not callable")
     return handler
 
 
