@@ -423,6 +423,9 @@ WHATSAPP_WEBHOOKS = {
     "CA_BUNDLE": env.str("WEBHOOK_CA_BUNDLE", default=""),
     # Delivered and dead-lettered deliveries (with their attempts) are deleted after this.
     "RETENTION_DAYS": env.int("WEBHOOK_RETENTION_DAYS", default=30),
+    # After a secret rotation the old secret keeps signing (alongside the new one)
+    # this many seconds, so receivers switch without missing a request; 0 = at once.
+    "SECRET_OVERLAP": env.float("WEBHOOK_SECRET_OVERLAP", default=86400.0),
 }
 WHATSAPP_ALERTS = {
     # A worker whose heartbeat is older than this while it still owns leases is dead.

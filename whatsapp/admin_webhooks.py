@@ -4,11 +4,13 @@ Imported by whatsapp/admin.py. Actions call services; nothing is decided here.
 """
 
 from django import forms
+from django.conf import settings
 from django.contrib import admin, messages
 
 from .models import Incident, WebhookAttempt, WebhookDelivery, WebhookEndpoint, WebhookEvent
+from .models.webhooks import mask_secret
 from .services.webhook_http import UnsafeWebhookURL, validate_webhook_url
-from .services.webhooks import replay_webhook_delivery
+from .services.webhooks import replay_webhook_delivery, rotate_webhook_secret
 
 
 class WebhookEndpointForm(forms.ModelForm):
@@ -46,7 +48,57 @@ class WebhookEndpointAdmin(admin.ModelAdmin):
     ]
     list_filter = ["is_active", "is_message_handler"]
     search_fields = ["company__name", "url", "description"]
-    readonly_fields = ["secret", "last_attempt_at", "last_status_code", "last_error", "created_at"]
+    # The secret is shown once, in a message after creating or rotating; pages show
+    # only its first characters (a view permission must not reveal it).
+    readonly_fields = [
+        "masked_secret",
+        "previous_secret_until",
+        "last_attempt_at",
+        "last_status_code",
+        "last_error",
+        "created_at",
+    ]
+    actions = ["rotate_secrets"]
+
+    @admin.display(description="secret")
+    def masked_secret(self, obj):
+        if obj is None or not obj.pk:
+            return "generated when saved, shown once"
+        return f"{obj.secret_hint} (shown once when created or rotated)"
+
+    @admin.display(description="previous secret")
+    def previous_secret_until(self, obj):
+        if obj is None or not obj.previous_secret_valid():
+            return "-"
+        return (
+            f"{mask_secret(obj.previous_secret)} also signs until "
+            f"{obj.previous_secret_expires_at:%Y-%m-%d %H:%M} UTC"
+        )
+
+    def save_model(self, request, obj, form, change):
+        super().save_model(request, obj, form, change)
+        if not change:
+            self.message_user(
+                request,
+                f"The signing secret of {obj.url} is {obj.secret} -- store it now: it is "
+                "not shown again (the action \"Rotate signing secret\" makes a new one).",
+                messages.WARNING,
+            )
+
+    @admin.action(
+        description="Rotate signing secret (the old one keeps signing for the overlap)",
+        permissions=["change"],
+    )
+    def rotate_secrets(self, request, queryset):
+        overlap = settings.WHATSAPP_WEBHOOKS["SECRET_OVERLAP"]
+        for endpoint in queryset:
+            secret = rotate_webhook_secret(endpoint.pk)
+            self.message_user(
+                request,
+                f"New signing secret of {endpoint.url}: {secret} -- store it now: it is not "
+                f"shown again. The previous secret keeps signing for {overlap / 3600:g} h.",
+                messages.WARNING,
+            )
 
 
 class WebhookAttemptInline(admin.TabularInline):

@@ -118,6 +118,11 @@ def check_webhook_and_alert_settings(app_configs, **kwargs):
             "WEBHOOK_BACKOFF_BASE must be above 0 and at most WEBHOOK_BACKOFF_CAP.",
             id="whatsapp.E103",
         ))
+    if hooks["SECRET_OVERLAP"] < 0:
+        errors.append(Error(
+            "WEBHOOK_SECRET_OVERLAP must be >= 0 seconds (0: a rotated secret stops at once).",
+            id="whatsapp.E105",
+        ))
     chat = settings.WHATSAPP_ALERTS["CHAT_WEBHOOK_URL"]
     if chat and not chat.startswith(("https://", "http://")):
         errors.append(Error("ALERT_CHAT_WEBHOOK_URL must be an http(s) URL.", id="whatsapp.E104"))

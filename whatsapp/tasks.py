@@ -4,7 +4,11 @@ from whatsapp.services.alerts import run_alert_checks
 from whatsapp.services.jobs import sweep_unqueued_jobs
 from whatsapp.services.processing import run_message_job, run_processing_job
 from whatsapp.services.webhooks import deliver_webhook as deliver_webhook_service
-from whatsapp.services.webhooks import dispatch_due_webhooks, prune_webhook_deliveries
+from whatsapp.services.webhooks import (
+    dispatch_due_webhooks,
+    forget_expired_webhook_secrets,
+    prune_webhook_deliveries,
+)
 
 
 def process_message_job(message_id):
@@ -27,7 +31,11 @@ def deliver_webhook(delivery_id):
 
 def dispatch_webhooks():
     pruned = prune_webhook_deliveries()
-    return f"enqueued {len(dispatch_due_webhooks())}, pruned {pruned}"
+    forgotten = forget_expired_webhook_secrets()
+    return (
+        f"enqueued {len(dispatch_due_webhooks())}, forgot {forgotten} old secrets, "
+        f"pruned {pruned}"
+    )
 
 
 def check_alerts():

@@ -28,8 +28,11 @@ class WebhookEvent(models.TextChoices):
     SESSION_QR_UPDATED = "session.qr_updated", "Session QR code updated"
 
 
+SECRET_PREFIX = "whsec_"
+
+
 def generate_webhook_secret():
-    return f"whsec_{secrets.token_urlsafe(32)}"
+    return f"{SECRET_PREFIX}{secrets.token_urlsafe(32)}"
 
 
 def validate_event_list(value):
@@ -50,6 +53,22 @@ def sign_payload(secret, timestamp, body):
     return "sha256=" + hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()
 
 
+def signature_header(secrets, timestamp, body):
+    """The X-Aiadmin-Signature value: one `sha256=<hex>` per secret, comma-separated
+    (the current secret first; two only while a rotated-out secret is still valid)."""
+    return ",".join(sign_payload(secret, timestamp, body) for secret in secrets)
+
+
+
+def mask_secret(secret):
+    """What the admin shows of a secret after it was shown once: its first 4
+    characters after the prefix, e.g. `whsec_AbCd…`."""
+    if not secret:
+        return ""
+    visible = len(SECRET_PREFIX) + 4 if secret.startswith(SECRET_PREFIX) else 4
+    return f"{secret[:visible]}…"
+
+
 class WebhookEndpoint(models.Model):
     """A URL of a company that receives events (and, optionally, handles messages)."""
 
@@ -58,11 +77,16 @@ class WebhookEndpoint(models.Model):
     )
     url = models.URLField(max_length=500)
     description = models.CharField(max_length=200, blank=True)
+    # Shown once (when created or rotated), then only masked; never in a form.
     secret = models.CharField(
         max_length=100,
         default=generate_webhook_secret,
+        editable=False,
         help_text="Signs every request (X-Aiadmin-Signature); share it with the receiver.",
     )
+    # After a rotation the previous secret also signs, until it expires.
+    previous_secret = models.CharField(max_length=100, blank=True, editable=False)
+    previous_secret_expires_at = models.DateTimeField(null=True, blank=True, editable=False)
     events = models.JSONField(
         default=list,
         blank=True,
@@ -97,8 +121,26 @@ class WebhookEndpoint(models.Model):
     def wants(self, event_type):
         return self.is_active and (not self.events or event_type in self.events)
 
-    def sign(self, timestamp, body):
-        return sign_payload(self.secret, timestamp, body)
+    def previous_secret_valid(self, now=None):
+        return bool(
+            self.previous_secret
+            and self.previous_secret_expires_at
+            and (now or timezone.now()) < self.previous_secret_expires_at
+        )
+
+    def signing_secrets(self, now=None):
+        """The secrets a request is signed with at `now`: the current one, plus the
+        rotated-out one while its overlap lasts."""
+        if self.previous_secret_valid(now):
+            return [self.secret, self.previous_secret]
+        return [self.secret]
+
+    def sign(self, timestamp, body, now=None):
+        return signature_header(self.signing_secrets(now), timestamp, body)
+
+    @property
+    def secret_hint(self):
+        return mask_secret(self.secret)
 
 
 class WebhookDelivery(models.Model):

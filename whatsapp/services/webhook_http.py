@@ -21,7 +21,7 @@ import requests.certs
 import urllib3
 from django.conf import settings
 
-from whatsapp.models.webhooks import sign_payload
+from whatsapp.models.webhooks import signature_header
 
 USER_AGENT = "aiadmin-webhooks/1"
 MAX_RESPONSE_BYTES = 64 * 1024
@@ -165,14 +165,18 @@ def encode_body(document):
     return json.dumps(document, separators=(",", ":"), sort_keys=True, default=str).encode()
 
 
-def signed_headers(secret, event_id, body, timestamp=None):
+def signed_headers(secrets, event_id, body, timestamp=None):
+    """The request headers; `secrets` is one secret or a list (each adds a
+    signature to X-Aiadmin-Signature: see signature_header)."""
+    if isinstance(secrets, str):
+        secrets = [secrets]
     timestamp = int(time.time() if timestamp is None else timestamp)
     return {
         "Content-Type": "application/json",
         "User-Agent": USER_AGENT,
         "X-Aiadmin-Event-Id": str(event_id),
         "X-Aiadmin-Timestamp": str(timestamp),
-        "X-Aiadmin-Signature": sign_payload(secret, timestamp, body),
+        "X-Aiadmin-Signature": signature_header(secrets, timestamp, body),
     }
 
 
@@ -196,8 +200,9 @@ def _pool(target, address, timeout):
     return urllib3.HTTPConnectionPool(address, target.port, **common)
 
 
-def post_signed(url, secret, event_id, body, timeout, resolve=socket.getaddrinfo):
-    """POST `body` (bytes) to `url`, signed; never raises for network trouble."""
+def post_signed(url, secrets, event_id, body, timeout, resolve=socket.getaddrinfo):
+    """POST `body` (bytes) to `url`, signed with `secrets` (one or a list); never
+    raises for network trouble."""
     started = time.monotonic()
 
     def elapsed():
@@ -207,7 +212,7 @@ def post_signed(url, secret, event_id, body, timeout, resolve=socket.getaddrinfo
         target = resolve_webhook_target(url, resolve=resolve)
     except UnsafeWebhookURL as exc:
         return PostOutcome(None, elapsed(), f"refused: {exc}", refused=True)
-    headers = {**signed_headers(secret, event_id, body), "Host": target.host_header}
+    headers = {**signed_headers(secrets, event_id, body), "Host": target.host_header}
     failures = []
     for address in target.addresses:  # the next checked address only if one refuses
         try:

@@ -34,7 +34,7 @@ from whatsapp.models import (
     WebhookEvent,
     WhatsAppSession,
 )
-from whatsapp.models.webhooks import next_attempt_time
+from whatsapp.models.webhooks import generate_webhook_secret, next_attempt_time
 
 from .jobs import broker_is_transactional
 from .webhook_http import encode_body, post_signed
@@ -254,7 +254,9 @@ def deliver_webhook(delivery_id, now=None, rng=random):
         return Status.DEAD
     conf = _conf()
     body = encode_body(delivery.envelope())
-    outcome = post_signed(endpoint.url, endpoint.secret, delivery.event_id, body, conf["TIMEOUT"])
+    outcome = post_signed(
+        endpoint.url, endpoint.signing_secrets(now), delivery.event_id, body, conf["TIMEOUT"]
+    )
     finished = now + timedelta(milliseconds=outcome.duration_ms)  # on the caller's clock
 
     with transaction.atomic():
@@ -352,6 +354,39 @@ def replay_webhook_delivery(delivery_id):
     return bool(updated)
 
 
+# --- signing secrets ----------------------------------------------------------------
+def rotate_webhook_secret(endpoint_id, now=None):
+    """Give endpoint `endpoint_id` a new signing secret and return it (to be shown
+    once). The secret it replaces keeps signing too, alongside the new one, for
+    WEBHOOK_SECRET_OVERLAP seconds, so receivers can switch without missing a
+    request. A second rotation within the overlap ends the first one's old secret."""
+    now = now or timezone.now()
+    overlap = timedelta(seconds=_conf()["SECRET_OVERLAP"])
+    new_secret = generate_webhook_secret()
+    with transaction.atomic():
+        current = (
+            WebhookEndpoint.objects.select_for_update()
+            .values_list("secret", flat=True)
+            .get(pk=endpoint_id)
+        )
+        keep = overlap > timedelta(0)
+        WebhookEndpoint.objects.filter(pk=endpoint_id).update(
+            secret=new_secret,
+            previous_secret=current if keep else "",
+            previous_secret_expires_at=now + overlap if keep else None,
+        )
+    return new_secret
+
+
+def forget_expired_webhook_secrets(now=None):
+    """Erase rotated-out secrets whose overlap ended (they no longer sign anyway).
+    Returns how many."""
+    now = now or timezone.now()
+    return WebhookEndpoint.objects.filter(previous_secret_expires_at__lte=now).update(
+        previous_secret="", previous_secret_expires_at=None
+    )
+
+
 # --- the webhook as message handler ------------------------------------------------
 HANDLER_EVENT = "message.handle"
 HANDLER_NAMESPACE = uuid.UUID("6f1c1f0e-3a51-4d0b-9a57-5d8e0c2b7a11")
@@ -386,7 +421,11 @@ def request_webhook_reply(endpoint, message):
         "data": message_data(message),
     }
     outcome = post_signed(
-        endpoint.url, endpoint.secret, event_id, encode_body(document), _conf()["HANDLER_TIMEOUT"]
+        endpoint.url,
+        endpoint.signing_secrets(),
+        event_id,
+        encode_body(document),
+        _conf()["HANDLER_TIMEOUT"],
     )
     WebhookEndpoint.objects.filter(pk=endpoint.pk).update(
         last_attempt_at=timezone.now(),
