@@ -394,6 +394,15 @@ WHATSAPP = {
 # name -> {"path": dotted path, "label": shown in the admin}. Only these paths are
 # ever imported; `manage.py check` imports each. WHATSAPP_EXTRA_INBOUND_HANDLERS
 # (JSON, same shape) adds or replaces entries, e.g. your own AI handler.
+try:
+    _extra_handlers = env.json("WHATSAPP_EXTRA_INBOUND_HANDLERS", default={})
+except ValueError as exc:
+    raise ImproperlyConfigured(f"WHATSAPP_EXTRA_INBOUND_HANDLERS is not valid JSON: {exc}") from exc
+if not isinstance(_extra_handlers, dict):
+    raise ImproperlyConfigured(
+        'WHATSAPP_EXTRA_INBOUND_HANDLERS must be a JSON object: {"name": {"path": '
+        '"dotted.path", "label": "text"}}.'
+    )
 WHATSAPP_INBOUND_HANDLERS = {
     "auto_reply": {"path": "whatsapp.handlers.auto_reply", "label": "Keyword auto-replies"},
     "webhook": {
@@ -401,7 +410,7 @@ WHATSAPP_INBOUND_HANDLERS = {
         "label": "Webhook (the company's message-handler endpoint answers)",
     },
     "none": {"path": "whatsapp.handlers.no_reply", "label": "No reply (store only)"},
-    **env.json("WHATSAPP_EXTRA_INBOUND_HANDLERS", default={}),
+    **_extra_handlers,
 }
 
 # --- Webhooks, alerts, metrics ---------------------------------------------

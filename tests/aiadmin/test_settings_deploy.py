@@ -92,6 +92,14 @@ def test_a_short_secret_is_flagged_by_the_deploy_check(tmp_path):
         ({"DJANGO_SECRET_KEY": None}, "DJANGO_SECRET_KEY is not set."),
         ({"DJANGO_SECRET_KEY": ""}, "DJANGO_SECRET_KEY is not set."),
         ({"DJANGO_ALLOWED_HOSTS": ""}, "DJANGO_ALLOWED_HOSTS is empty."),
+        (
+            {"WHATSAPP_EXTRA_INBOUND_HANDLERS": "{ai: myapp.ai}"},
+            "WHATSAPP_EXTRA_INBOUND_HANDLERS is not valid JSON",
+        ),
+        (
+            {"WHATSAPP_EXTRA_INBOUND_HANDLERS": '["myapp.ai"]'},
+            "WHATSAPP_EXTRA_INBOUND_HANDLERS must be a JSON object",
+        ),
     ],
     ids=[
         "database scheme",
@@ -104,12 +112,14 @@ def test_a_short_secret_is_flagged_by_the_deploy_check(tmp_path):
         "no secret",
         "empty secret",
         "no allowed hosts",
+        "extra handlers not JSON",
+        "extra handlers not an object",
     ],
 )
 def test_a_misconfiguration_fails_at_start_with_a_clear_message(tmp_path, overrides, message):
     env = dict(PRODUCTION)
     for key, value in overrides.items():
-        env.pop(key)
+        env.pop(key, None)
         if value is not None:
             env[key] = value
     result = manage(tmp_path, "check", **env)

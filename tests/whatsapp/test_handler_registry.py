@@ -150,3 +150,20 @@ class TestSystemCheck:
         (error,) = check_inbound_handlers()
         assert error.id == "whatsapp.E009"
         assert "not a name of WHATSAPP_INBOUND_HANDLERS" in error.msg
+
+
+def test_a_process_refuses_to_start_with_a_registered_handler_that_does_not_import(tmp_path):
+    """A real `manage.py` process (qcluster and runworker run the same checks first)."""
+    from tests.aiadmin.test_settings_deploy import manage
+
+    broken = '{"ai": {"path": "myapp.handlers.ai_reply", "label": "AI answers"}}'
+    result = manage(tmp_path, "check", DJANGO_DEBUG="1", WHATSAPP_EXTRA_INBOUND_HANDLERS=broken)
+    assert result.returncode != 0
+    assert "whatsapp.E005" in result.stderr
+    assert "WHATSAPP_INBOUND_HANDLERS['ai'] 'myapp.handlers.ai_reply' cannot be imported" in (
+        result.stderr
+    )
+    fine = '{"ai": {"path": "whatsapp.handlers.no_reply", "label": "AI answers"}}'
+    assert manage(
+        tmp_path, "check", DJANGO_DEBUG="1", WHATSAPP_EXTRA_INBOUND_HANDLERS=fine
+    ).returncode == 0
