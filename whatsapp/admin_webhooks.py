@@ -91,12 +91,17 @@ class WebhookEndpointAdmin(admin.ModelAdmin):
     )
     def rotate_secrets(self, request, queryset):
         overlap = settings.WHATSAPP_WEBHOOKS["SECRET_OVERLAP"]
+        previous = (
+            f"The previous secret keeps signing too for {overlap / 3600:g} h."
+            if overlap > 0
+            else "The previous secret no longer signs."
+        )
         for endpoint in queryset:
             secret = rotate_webhook_secret(endpoint.pk)
             self.message_user(
                 request,
                 f"New signing secret of {endpoint.url}: {secret} -- store it now: it is not "
-                f"shown again. The previous secret keeps signing for {overlap / 3600:g} h.",
+                f"shown again. {previous}",
                 messages.WARNING,
             )
 

@@ -53,11 +53,10 @@ def sign_payload(secret, timestamp, body):
     return "sha256=" + hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()
 
 
-def signature_header(secrets, timestamp, body):
+def signature_header(signing_secrets, timestamp, body):
     """The X-Aiadmin-Signature value: one `sha256=<hex>` per secret, comma-separated
     (the current secret first; two only while a rotated-out secret is still valid)."""
-    return ",".join(sign_payload(secret, timestamp, body) for secret in secrets)
-
+    return ",".join(sign_payload(secret, timestamp, body) for secret in signing_secrets)
 
 
 def mask_secret(secret):
