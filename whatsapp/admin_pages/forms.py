@@ -1,6 +1,6 @@
 from django import forms
 
-from whatsapp.transport.jids import InvalidPhoneNumber, phone_to_e164
+from companies.phones import InvalidPhoneNumber, parse_phone
 
 
 class PairingCodeForm(forms.Form):
@@ -12,6 +12,6 @@ class PairingCodeForm(forms.Form):
 
     def clean_phone(self):
         try:
-            return phone_to_e164(self.cleaned_data["phone"])
+            return parse_phone(self.cleaned_data["phone"])
         except InvalidPhoneNumber as exc:
             raise forms.ValidationError(str(exc)) from None
