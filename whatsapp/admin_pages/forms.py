@@ -7,7 +7,10 @@ class PairingCodeForm(forms.Form):
     phone = forms.CharField(
         max_length=32,
         label="Phone number",
-        help_text="The WhatsApp number to link, in international form (e.g. +49 170 1234567).",
+        help_text=(
+            "The WhatsApp number to link, e.g. +49 170 1234567 (a national number needs "
+            "WHATSAPP_DEFAULT_COUNTRY)."
+        ),
     )
 
     def clean_phone(self):
