@@ -54,6 +54,8 @@ REFUSED = [
     "867051314767696@bot",
     "@s.whatsapp.net",
     "12",
+    "\u0661\u0662\u0663\u0664\u0665\u0666\u0667\u0668@lid",  # digits of another script
+    "491707654321:\u0661@s.whatsapp.net",
 ]
 
 

@@ -631,6 +631,11 @@ MALFORMED = [
         "not a number",
     ),
     (
+        "LID whose user part is digits of another script",
+        message_event("M-x", "\u0661\u0662\u0663\u0664\u0665\u0666@lid", "hi"),
+        "not a number",
+    ),
+    (
         "group message without a participant",
         message_event("M-x", GROUP, "hi"),
         "no participant sender",

@@ -21,7 +21,15 @@ from dataclasses import dataclass
 
 from companies.phones import MAX_E164_DIGITS, InvalidPhoneNumber, phone_to_e164
 
-__all__ = ["InvalidPhoneNumber", "InvalidRecipient", "Jid", "jid_phone", "recipient_jid"]
+__all__ = [
+    "InvalidPhoneNumber",  # raised here, defined with the phone rule
+    "InvalidRecipient",
+    "Jid",
+    "jid_phone",
+    "phone_jid",
+    "phone_or_empty",
+    "recipient_jid",
+]
 
 PHONE_SERVER = "s.whatsapp.net"
 LEGACY_PHONE_SERVER = "c.us"
@@ -33,12 +41,14 @@ NEWSLETTER_SERVER = "newsletter"
 BOT_SERVER = "bot"
 
 # User parts WhatsApp issues, by server (recipients are checked against these).
-_RECIPIENT = re.compile(r"(?P<user>[0-9-]+)(?:\.(?P<agent>\d{1,3}))?(?::(?P<device>\d{1,3}))?"
-                        r"@(?P<server>[a-z.]+)")
-_PHONE_USER = re.compile(rf"[1-9]\d{{0,{MAX_E164_DIGITS - 1}}}")
-_LID_USER = re.compile(r"[1-9]\d{4,19}")  # today 14-15 digits
+_RECIPIENT = re.compile(
+    r"(?P<user>[0-9-]+)(?:\.(?P<agent>\d{1,3}))?(?::(?P<device>\d{1,3}))?@(?P<server>[a-z.]+)",
+    re.ASCII,
+)
+_PHONE_USER = re.compile(rf"[1-9]\d{{0,{MAX_E164_DIGITS - 1}}}", re.ASCII)
+_LID_USER = re.compile(r"[1-9]\d{4,19}", re.ASCII)  # today 14-15 digits
 # 120363025246125888 (today), or the old creator-phone-creation-time form.
-_GROUP_USER = re.compile(r"\d{5,24}|[1-9]\d{4,14}-\d{9,11}")
+_GROUP_USER = re.compile(r"\d{5,24}|[1-9]\d{4,14}-\d{9,11}", re.ASCII)
 
 
 class InvalidRecipient(ValueError):
@@ -133,7 +143,7 @@ def jid_phone(jid):
     parsed = jid if isinstance(jid, Jid) else Jid.parse(jid)
     if not parsed.is_phone:
         raise InvalidPhoneNumber(f"{parsed} is not a phone-number JID")
-    if not parsed.user.isdigit():
+    if not (parsed.user.isascii() and parsed.user.isdigit()):
         raise InvalidPhoneNumber(f"the user part of {parsed} is not a phone number")
     return phone_to_e164(parsed.user)
 

@@ -226,7 +226,7 @@ def _sender_identity(message_id, sender, sender_alt, strict):
         raise MalformedEvent(
             f"message {message_id}: sender {sender} is neither a phone number nor a LID"
         )
-    if strict and not sender.user.isdigit():
+    if strict and not (sender.user.isascii() and sender.user.isdigit()):
         kind = "a phone number" if sender.is_phone else "a number"
         raise MalformedEvent(
             f"message {message_id}: the user part of sender {sender} is not {kind}"
