@@ -16,6 +16,8 @@ from whatsapp.services.webhooks import (
 
 def auto_reply(message):
     """The default: the company's first matching keyword rule answers."""
+    if not message.has_content:
+        return HandlerResult(note="empty message: nothing to answer")
     rules = AutoReplyRule.objects.filter(company_id=message.company_id, is_active=True)
     for rule in rules:
         if message.is_group and not rule.reply_in_groups:

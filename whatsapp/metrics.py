@@ -138,13 +138,20 @@ class DatabaseCollector:
             "Redeliveries of an already recorded message, blocked by the unique constraint.",
             labels=["company"],
         )
-        for slug, m_in, m_out, dup in WhatsAppSession.objects.values_list(
-            "company__slug", "messages_in", "messages_out", "duplicates_blocked"
+        ignored = CounterMetricFamily(
+            "aiadmin_whatsapp_events_ignored",
+            "Delivered events that are no client message (channel posts, pins, poll votes, "
+            "reactions, own messages...): not stored.",
+            labels=["company"],
+        )
+        for slug, m_in, m_out, dup, skipped in WhatsAppSession.objects.values_list(
+            "company__slug", "messages_in", "messages_out", "duplicates_blocked", "events_ignored"
         ):
             received.add_metric([slug], m_in)
             sent.add_metric([slug], m_out)
             duplicates.add_metric([slug], dup)
-        yield from (received, sent, duplicates)
+            ignored.add_metric([slug], skipped)
+        yield from (received, sent, duplicates, ignored)
 
         outbound = GaugeMetricFamily(
             "aiadmin_whatsapp_outbound_messages",

@@ -2,7 +2,7 @@ from rest_framework import serializers
 
 from aiadmin.api.strict import StrictTypesMixin
 from companies.models import Company
-from whatsapp.transport.jids import InvalidPhoneNumber, phone_to_e164
+from companies.phones import InvalidPhoneNumber, parse_phone
 
 
 class CompanySerializer(StrictTypesMixin, serializers.ModelSerializer):
@@ -26,6 +26,6 @@ class CompanySerializer(StrictTypesMixin, serializers.ModelSerializer):
         if not value:
             return value
         try:
-            return phone_to_e164(value)
+            return parse_phone(value)
         except InvalidPhoneNumber as exc:
             raise serializers.ValidationError(str(exc)) from None

@@ -117,6 +117,16 @@ def test_an_invalid_phone_number_is_refused_with_a_clear_error(client, tenants, 
     assert snapshot(a) == before
 
 
+def test_a_national_number_is_paired_like_the_api_does_with_a_default_country(
+    client, tenants, sessions, settings
+):
+    settings.WHATSAPP = {**settings.WHATSAPP, "DEFAULT_COUNTRY": "DE"}
+    a, _ = sessions
+    response = login(client, tenants.owner).post(pair(a), {"phone": "0170 1234567"})
+    assert response.status_code == 302
+    assert fresh(a).pairing_phone == "+491701234567"
+
+
 def test_a_paired_session_cannot_request_a_pairing_code(client, tenants, sessions):
     a, _ = sessions
     set_session(a, jid="491701234567:3@s.whatsapp.net")

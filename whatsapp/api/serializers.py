@@ -5,6 +5,7 @@ from django.conf import settings
 from rest_framework import serializers
 
 from aiadmin.api.strict import StrictTypesMixin
+from companies.phones import InvalidPhoneNumber, default_region, parse_phone
 from whatsapp.models import (
     ConnectionEvent,
     InboundMessage,
@@ -13,11 +14,7 @@ from whatsapp.models import (
     ProcessingJob,
     WhatsAppSession,
 )
-from whatsapp.transport.jids import InvalidPhoneNumber, phone_to_e164, recipient_jid
-
-
-def _default_region():
-    return settings.WHATSAPP["DEFAULT_COUNTRY"] or None
+from whatsapp.transport.jids import recipient_jid
 
 
 class SessionSerializer(serializers.ModelSerializer):
@@ -61,6 +58,7 @@ class SessionSerializer(serializers.ModelSerializer):
             "messages_in",
             "messages_out",
             "duplicates_blocked",
+            "events_ignored",
             "restart_requested_at",
             "logout_requested_at",
             "pairing_requested_at",
@@ -88,7 +86,7 @@ class PairingCodeRequestSerializer(StrictTypesMixin, serializers.Serializer):
 
     def validate_phone(self, value):
         try:
-            return phone_to_e164(value, _default_region())
+            return parse_phone(value)
         except InvalidPhoneNumber as exc:
             raise serializers.ValidationError(str(exc)) from None
 
@@ -175,7 +173,7 @@ class InboundFilterSerializer(serializers.Serializer):
 
     def validate_phone(self, value):
         try:
-            return phone_to_e164(value, _default_region())
+            return parse_phone(value)
         except InvalidPhoneNumber as exc:
             raise serializers.ValidationError(str(exc)) from None
 
@@ -234,8 +232,8 @@ class SendTextSerializer(StrictTypesMixin, serializers.Serializer):
 
     def validate_to(self, value):
         try:
-            recipient_jid(value, _default_region())
-        except (InvalidPhoneNumber, ValueError) as exc:
+            recipient_jid(value, default_region())
+        except ValueError as exc:  # InvalidRecipient, InvalidPhoneNumber
             raise serializers.ValidationError(f"Invalid recipient: {exc}") from None
         return value.strip()
 

@@ -59,6 +59,13 @@ class InboundMessage(models.Model):
         return f"{self.wa_message_id} from {self.sender_phone or self.sender_jid}"
 
     @property
+    def has_content(self):
+        """Whether the client said or sent something: text, or media, a location,
+        a contact... An empty text or an unknown message kind has none (nothing
+        to answer, not even for a rule that answers anything)."""
+        return bool(self.text.strip()) or self.kind not in {MessageKind.TEXT, MessageKind.OTHER}
+
+    @property
     def reply_jid(self):
         """Where a reply goes: the group chat for groups, else the sender's chat."""
         return self.chat_jid

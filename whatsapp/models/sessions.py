@@ -154,6 +154,9 @@ class WhatsAppSession(models.Model):
     messages_in = models.PositiveBigIntegerField(default=0)
     messages_out = models.PositiveBigIntegerField(default=0)
     duplicates_blocked = models.PositiveBigIntegerField(default=0)
+    # Delivered events that are no client message (channel posts, pins, votes,
+    # reactions, own messages...): not stored, counted here.
+    events_ignored = models.PositiveBigIntegerField(default=0)
 
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)

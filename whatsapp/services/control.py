@@ -9,8 +9,8 @@ from django.db import transaction
 from django.utils import timezone
 
 from companies.models import Company
+from companies.phones import InvalidPhoneNumber, parse_phone
 from whatsapp.models import ConnectionEvent, DesiredState, SessionLease, WhatsAppSession
-from whatsapp.transport.jids import InvalidPhoneNumber, phone_to_e164
 
 from . import live
 from .commands import notify_owner
@@ -94,7 +94,7 @@ def request_pairing_code(company_id, phone, actor=""):
 
     The worker fetches the code from WhatsApp and stores it on the row."""
     try:
-        e164 = phone_to_e164(phone)
+        e164 = parse_phone(phone)
     except InvalidPhoneNumber as exc:
         raise SessionCommandError(str(exc)) from None
     with transaction.atomic():

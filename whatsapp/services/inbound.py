@@ -16,6 +16,7 @@ import logging
 from dataclasses import dataclass
 
 from django.db import connection, transaction
+from django.db.models import F
 from django.utils import timezone
 
 from whatsapp.models import InboundMessage, ProcessingJob, WhatsAppSession
@@ -118,7 +119,9 @@ def _record(company_id, message):
     """The statements of one message (the caller holds the transaction)."""
     now = timezone.now()
     if not message.is_client_message:
-        WhatsAppSession.objects.filter(company_id=company_id).update(last_event_at=now)
+        WhatsAppSession.objects.filter(company_id=company_id).update(
+            last_event_at=now, events_ignored=F("events_ignored") + 1
+        )
         return InboundOutcome(InboundOutcome.IGNORED, reason=message.ignore_reason)
 
     sql = inbound_statements()

@@ -11,8 +11,9 @@ import uuid
 from django.conf import settings
 from django.db import IntegrityError, transaction
 
+from companies.phones import default_region as configured_region
 from whatsapp.models import OutboundMessage
-from whatsapp.transport.jids import InvalidPhoneNumber, recipient_jid
+from whatsapp.transport.jids import recipient_jid
 
 from .commands import notify_owner
 
@@ -37,8 +38,8 @@ def validate_outbound(to, text, default_region=None):
     if len(text) > limit:
         raise InvalidOutbound(f"text is {len(text)} characters; the limit is {limit}")
     try:
-        jid, phone = recipient_jid(to, default_region or settings.WHATSAPP["DEFAULT_COUNTRY"])
-    except (InvalidPhoneNumber, ValueError) as exc:
+        jid, phone = recipient_jid(to, default_region or configured_region())
+    except ValueError as exc:  # InvalidRecipient, InvalidPhoneNumber
         raise InvalidOutbound(f"invalid recipient: {exc}") from None
     return jid, phone, text
 

@@ -27,7 +27,7 @@ from whatsapp.models import (
     backoff_delay,
 )
 from whatsapp.models.sessions import LIVE_STATES
-from whatsapp.transport.jids import InvalidPhoneNumber, Jid, jid_phone
+from whatsapp.transport.jids import phone_or_empty
 
 from . import live
 from .leases import Held, release_all_leases
@@ -111,10 +111,7 @@ def transition(held: Held, state=None, kind=None, reason="", from_states=None, *
 
 
 def _phone_of(jid):
-    try:
-        return jid_phone(Jid.parse(jid))
-    except (InvalidPhoneNumber, ValueError):
-        return ""
+    return phone_or_empty(jid)
 
 
 # --- the state machine -------------------------------------------------------

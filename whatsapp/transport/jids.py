@@ -8,12 +8,28 @@ LIDs and groups. A JID is `user[.agent][:device]@server`:
   the event's `SenderAlt`.
 * `g.us`: a group; the sender is a separate participant JID.
 * `broadcast`: `status@broadcast` (stories) and broadcast lists.
+* `newsletter`: channels (one-to-many posts; never a client), `bot`: Meta's bots.
+
+WhatsApp decides which JIDs exist; the phone library only derives E.164 from
+them. An inbound JID is kept as the identity even where no E.164 can be
+derived (Mexico's `521...` JIDs are +52...; see companies/phones.py).
+Outbound recipients are checked strictly (`recipient_jid`).
 """
 
+import re
 from dataclasses import dataclass
-from functools import lru_cache
 
-import phonenumbers
+from companies.phones import MAX_E164_DIGITS, InvalidPhoneNumber, phone_to_e164
+
+__all__ = [
+    "InvalidPhoneNumber",  # raised here, defined with the phone rule
+    "InvalidRecipient",
+    "Jid",
+    "jid_phone",
+    "phone_jid",
+    "phone_or_empty",
+    "recipient_jid",
+]
 
 PHONE_SERVER = "s.whatsapp.net"
 LEGACY_PHONE_SERVER = "c.us"
@@ -21,10 +37,22 @@ LID_SERVER = "lid"
 GROUP_SERVER = "g.us"
 BROADCAST_SERVER = "broadcast"
 STATUS_BROADCAST = "status@broadcast"
+NEWSLETTER_SERVER = "newsletter"
+BOT_SERVER = "bot"
+
+# User parts WhatsApp issues, by server (recipients are checked against these).
+_RECIPIENT = re.compile(
+    r"(?P<user>[0-9-]+)(?:\.(?P<agent>\d{1,3}))?(?::(?P<device>\d{1,3}))?@(?P<server>[a-z.]+)",
+    re.ASCII,
+)
+_PHONE_USER = re.compile(rf"[1-9]\d{{0,{MAX_E164_DIGITS - 1}}}", re.ASCII)
+_LID_USER = re.compile(r"[1-9]\d{4,19}", re.ASCII)  # today 14-15 digits
+# 120363025246125888 (today), or the old creator-phone-creation-time form.
+_GROUP_USER = re.compile(r"\d{5,24}|[1-9]\d{4,14}-\d{9,11}", re.ASCII)
 
 
-class InvalidPhoneNumber(ValueError):
-    """A phone number (or JID user part) that is not a possible phone number."""
+class InvalidRecipient(ValueError):
+    """Not something a message can be sent to; the message says why."""
 
 
 @dataclass(frozen=True)
@@ -76,6 +104,18 @@ class Jid:
     def is_broadcast(self):
         return self.server == BROADCAST_SERVER
 
+    @property
+    def is_broadcast_list(self):
+        return self.is_broadcast and not self.is_status
+
+    @property
+    def is_newsletter(self):
+        return self.server == NEWSLETTER_SERVER
+
+    @property
+    def is_bot(self):
+        return self.server == BOT_SERVER
+
     def bare(self):
         """The JID without device: where messages to this user go."""
         return f"{self.user}@{self.server}"
@@ -91,64 +131,66 @@ def _device(text):
         raise ValueError(f"JID device suffix is not a number: {text!r}") from None
 
 
-@lru_cache(maxsize=8192)  # a pure function; clients write again and again
-def phone_to_e164(raw, default_region=None):
-    """Normalise a phone number typed by a person or taken from a JID to E.164.
-
-    Accepts `+49 170 1234567`, `0049...`, `491701234567` (international digits,
-    as in JIDs) and, with `default_region`, national formats. Raises
-    InvalidPhoneNumber with a message that says what was wrong."""
-    text = str(raw or "").strip()
-    if not text:
-        raise InvalidPhoneNumber("phone number is empty")
-    if len(text) > 32:
-        raise InvalidPhoneNumber("phone number is too long")
-    candidate = text
-    if candidate.startswith("00"):
-        candidate = "+" + candidate[2:]
-    elif candidate.isdigit() and not default_region:
-        candidate = "+" + candidate
-    try:
-        number = phonenumbers.parse(candidate, default_region or None)
-    except phonenumbers.NumberParseException as exc:
-        raise InvalidPhoneNumber(f"{text!r} is not a phone number: {exc}") from None
-    # "possible" (length and country code right) rather than "valid" (metadata
-    # of assigned ranges): stale metadata must never make us drop a real
-    # client's message.
-    if not phonenumbers.is_possible_number(number):
-        raise InvalidPhoneNumber(
-            f"{text!r} is not a possible phone number (check the country code and length)"
-        )
-    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
-
-
 def phone_jid(e164):
     """The user JID of an E.164 phone number."""
     return f"{e164.lstrip('+')}@{PHONE_SERVER}"
 
 
 def jid_phone(jid):
-    """E.164 phone of a phone JID (string or Jid); raises InvalidPhoneNumber."""
+    """E.164 phone of a phone JID (string or Jid); raises InvalidPhoneNumber.
+
+    `5215512345678@s.whatsapp.net` is +525512345678 (see companies/phones.py)."""
     parsed = jid if isinstance(jid, Jid) else Jid.parse(jid)
     if not parsed.is_phone:
         raise InvalidPhoneNumber(f"{parsed} is not a phone-number JID")
-    if not parsed.user.isdigit():
+    if not (parsed.user.isascii() and parsed.user.isdigit()):
         raise InvalidPhoneNumber(f"the user part of {parsed} is not a phone number")
     return phone_to_e164(parsed.user)
 
 
+def phone_or_empty(jid):
+    """E.164 of a phone JID, or "" where none can be derived (inbound: the JID
+    stays the identity; a message is never dropped for its phone number)."""
+    try:
+        return jid_phone(jid)
+    except (InvalidPhoneNumber, ValueError):
+        return ""
+
+
 def recipient_jid(value, default_region=None):
-    """Turn an API/handler recipient (phone number or JID) into (jid, e164 or '')."""
+    """(bare JID, E.164 or "") of an outbound recipient: a phone number or a
+    phone, @lid or @g.us JID. Raises InvalidRecipient (or InvalidPhoneNumber,
+    also a ValueError) saying what is wrong.
+
+    A phone JID is kept as given (WhatsApp's own `521...` form for Mexico is
+    where replies to such a client go); its E.164 is derived beside it."""
     text = str(value or "").strip()
-    if "@" in text:
-        jid = Jid.parse(text)
-        if jid.is_phone:
-            phone = jid_phone(jid)
-            return phone_jid(phone), phone
-        if jid.is_lid or jid.is_group:
-            if not jid.user:
-                raise ValueError(f"JID has no user part: {text!r}")
-            return jid.bare(), ""
-        raise ValueError(f"cannot send to {text!r}: only phone, LID and group JIDs are supported")
-    phone = phone_to_e164(text, default_region)
-    return phone_jid(phone), phone
+    if "@" not in text:
+        phone = phone_to_e164(text, default_region)
+        return phone_jid(phone), phone
+    match = _RECIPIENT.fullmatch(text)
+    if match is None:
+        raise InvalidRecipient(
+            f"{text!r} is not a JID: expected digits[:device]@s.whatsapp.net, digits@lid "
+            "or a group id@g.us"
+        )
+    user, server = match["user"], match["server"]
+    if server in {PHONE_SERVER, LEGACY_PHONE_SERVER}:
+        if not _PHONE_USER.fullmatch(user):
+            raise InvalidRecipient(
+                f"{text!r}: a phone JID's user part is the international number, "
+                f"1 to {MAX_E164_DIGITS} digits"
+            )
+        phone = phone_to_e164(user)
+        return f"{user}@{PHONE_SERVER}", phone
+    if server == LID_SERVER:
+        if not _LID_USER.fullmatch(user):
+            raise InvalidRecipient(f"{text!r}: a LID's user part is 5 to 20 digits")
+        return f"{user}@{LID_SERVER}", ""
+    if server == GROUP_SERVER:
+        if match["agent"] or match["device"] or not _GROUP_USER.fullmatch(user):
+            raise InvalidRecipient(
+                f"{text!r}: a group id is digits (or the old phone-timestamp form)"
+            )
+        return f"{user}@{GROUP_SERVER}", ""
+    raise InvalidRecipient(f"cannot send to {text!r}: only phone, LID and group JIDs are supported")

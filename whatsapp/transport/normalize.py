@@ -2,6 +2,13 @@
 
 Only this module reads message protobufs; everything after it sees plain
 values. A malformed event raises MalformedEvent and nothing is stored.
+
+What WhatsApp delivered from a person is never dropped for our opinion of
+their number: the JID is the identity, the E.164 phone is derived beside it
+where it can be (Mexico's `521...` JIDs become +52...), else left "".
+Events that are not a client writing -- reactions, edits, pins, keeps, album
+headers, poll votes, channel (newsletter) posts, bots, status stories, our
+own messages -- come back with an `ignore_reason` and are not stored.
 """
 
 from dataclasses import dataclass, field
@@ -13,7 +20,7 @@ from neonize.proto.waE2E.WAWebProtobufsE2E_pb2 import ProtocolMessage
 
 from whatsapp.models.messages import MessageKind
 
-from .jids import InvalidPhoneNumber, Jid, jid_phone
+from .jids import Jid, phone_or_empty
 
 MAX_TEXT_CHARS = 65536  # WhatsApp's own limit for a text message
 MAX_EVENT_BYTES = 2 * 1024 * 1024
@@ -50,20 +57,24 @@ class NormalizedMessage:
     is_group: bool = False
     is_status: bool = False
     extra: dict = field(default_factory=dict, compare=False)
+    ignored: str = ""  # why the source is not a client at all (a channel, a bot)
 
     @property
     def is_client_message(self):
         """A new message from a client, i.e. something to process and maybe answer."""
-        return not self.from_me and not self.is_status and self.kind not in NON_CLIENT_KINDS
+        return not self.ignore_reason
 
     @property
     def ignore_reason(self):
+        if self.ignored:
+            return self.ignored
         if self.from_me:
             return "own message"
         if self.is_status:
             return "status broadcast"
         if self.kind in NON_CLIENT_KINDS:
-            return f"{self.kind} is not a new client message"
+            what = self.extra.get("protocol_type", "").lower().replace("_", " ")
+            return f"{what or self.kind} is not a new client message"
         return ""
 
 
@@ -107,12 +118,38 @@ def normalize_message(event):
     for role, jid in (("chat", chat), ("sender", sender), ("SenderAlt", sender_alt)):
         _check_jid(message_id, role, jid)
 
+    from_me = bool(source.IsFromMe)
+    not_a_client = _not_a_client(chat, sender)
+    if not_a_client:
+        return NormalizedMessage(
+            message_id=message_id,
+            chat_jid=chat.bare(),
+            sender_jid=sender.bare(),
+            sender_phone="",
+            sender_lid="",
+            push_name=DEFAULT_PUSH_NAME,
+            text="",
+            kind=MessageKind.OTHER,
+            timestamp=datetime.now(UTC),
+            from_me=from_me,
+            ignored=not_a_client,
+        )
+
     is_status = chat.is_status
-    is_group = bool(source.IsGroup) or chat.is_group
+    extra = {}
+    if chat.is_broadcast_list:
+        # A broadcast list message arrives in the 1:1 chat with its sender:
+        # that chat is where a reply goes, not the list.
+        extra["broadcast_list"] = chat.bare()
+        chat = sender
+        is_group = False
+    else:
+        is_group = bool(source.IsGroup) or chat.is_group
     if is_group and sender == chat:
         raise MalformedEvent(f"group message {message_id} has no participant sender")
 
-    kind, text, extra = _classify(event)
+    kind, text, content_extra = _classify(event)
+    extra.update(content_extra)
     if is_status:
         kind = MessageKind.STATUS
     if len(text) > MAX_TEXT_CHARS:
@@ -120,7 +157,6 @@ def normalize_message(event):
             f"message {message_id} text is {len(text)} characters; the limit is {MAX_TEXT_CHARS}"
         )
 
-    from_me = bool(source.IsFromMe)
     sender_phone, sender_lid = _sender_identity(
         message_id, sender, sender_alt, strict=not from_me and not is_status
     )
@@ -139,6 +175,15 @@ def normalize_message(event):
         is_status=is_status,
         extra=extra,
     )
+
+
+def _not_a_client(chat, sender):
+    """Why messages of this chat/sender are no client writing to us, or ""."""
+    if chat.is_newsletter or sender.is_newsletter:
+        return "newsletter (channel) post"
+    if chat.is_bot or sender.is_bot:
+        return "message from a bot"
+    return ""
 
 
 def _check_jid(message_id, role, jid):
@@ -162,7 +207,11 @@ def _clean(text):
 
 
 def _sender_identity(message_id, sender, sender_alt, strict):
-    """(E.164 phone or '', LID or '') of the sender."""
+    """(E.164 phone or '', LID or '') of the sender.
+
+    `strict` (a client message): the sender must be a user JID WhatsApp issues
+    (phone or LID, numeric). The phone is derived where it can be; a number our
+    phone library does not know is no reason to drop what WhatsApp delivered."""
     lid = ""
     phone_jid = None
     if sender.is_lid:
@@ -177,14 +226,12 @@ def _sender_identity(message_id, sender, sender_alt, strict):
         raise MalformedEvent(
             f"message {message_id}: sender {sender} is neither a phone number nor a LID"
         )
-    if phone_jid is None:
-        return "", lid
-    try:
-        return jid_phone(phone_jid), lid
-    except InvalidPhoneNumber as exc:
-        if strict:
-            raise MalformedEvent(f"message {message_id}: invalid sender phone: {exc}") from None
-        return "", lid
+    if strict and not (sender.user.isascii() and sender.user.isdigit()):
+        kind = "a phone number" if sender.is_phone else "a number"
+        raise MalformedEvent(
+            f"message {message_id}: the user part of sender {sender} is not {kind}"
+        )
+    return (phone_or_empty(phone_jid) if phone_jid is not None else ""), lid
 
 
 def _timestamp(value):
@@ -204,6 +251,9 @@ _WRAPPERS = (
     "viewOnceMessageV2Extension",
     "documentWithCaptionMessage",
     "groupMentionedMessage",
+    "associatedChildMessage",  # an album's photos and videos
+    "lottieStickerMessage",
+    "spoilerMessage",
 )
 _MEDIA = (
     ("imageMessage", MessageKind.IMAGE),
@@ -217,7 +267,21 @@ _POLLS = (
     "pollCreationMessage",
     "pollCreationMessageV2",
     "pollCreationMessageV3",
-    "pollUpdateMessage",
+    "pollCreationMessageV4",
+    "pollCreationMessageV5",
+    "pollCreationMessageV6",
+)
+# Content that is no client writing: chat housekeeping and votes. Stored
+# nowhere, answered never (a handler that wants poll votes would need them
+# decrypted first: whatsmeow's DecryptPollVote).
+_NOT_WRITING = (
+    ("pinInChatMessage", "PIN_IN_CHAT"),
+    ("keepInChatMessage", "KEEP_IN_CHAT"),
+    ("albumMessage", "ALBUM_HEADER"),
+    ("pollUpdateMessage", "POLL_VOTE"),
+    ("encEventResponseMessage", "EVENT_RESPONSE"),
+    ("messageHistoryBundle", "HISTORY_BUNDLE"),
+    ("messageHistoryNotice", "HISTORY_NOTICE"),
 )
 
 
@@ -248,6 +312,9 @@ def _classify(event):
         return MessageKind.PROTOCOL, "", {"protocol_type": ProtocolMessage.Type.Name(ptype)}
     if msg.HasField("editedMessage"):
         return MessageKind.EDIT, "", {}
+    for name, label in _NOT_WRITING:
+        if msg.HasField(name):
+            return MessageKind.PROTOCOL, "", {"protocol_type": label}
     if msg.HasField("reactionMessage") or msg.HasField("encReactionMessage"):
         return MessageKind.REACTION, msg.reactionMessage.text, {}
     if msg.HasField("conversation") or msg.conversation:
