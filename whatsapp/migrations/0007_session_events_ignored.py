@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('whatsapp', '0005_worker_died_at'),
+        ('whatsapp', '0006_webhook_secret_rotation'),
     ]
 
     operations = [
