@@ -6,6 +6,8 @@ Imported by whatsapp/admin.py. Actions call services; nothing is decided here.
 from django import forms
 from django.contrib import admin, messages
 
+from companies.admin_tenancy import TenantScopedAdmin, TenantScopedInline
+
 from .models import Incident, WebhookAttempt, WebhookDelivery, WebhookEndpoint, WebhookEvent
 from .services.webhook_http import UnsafeWebhookURL, validate_webhook_url
 from .services.webhooks import replay_webhook_delivery
@@ -33,7 +35,7 @@ class WebhookEndpointForm(forms.ModelForm):
 
 
 @admin.register(WebhookEndpoint)
-class WebhookEndpointAdmin(admin.ModelAdmin):
+class WebhookEndpointAdmin(TenantScopedAdmin):
     form = WebhookEndpointForm
     list_display = [
         "company",
@@ -49,8 +51,9 @@ class WebhookEndpointAdmin(admin.ModelAdmin):
     readonly_fields = ["secret", "last_attempt_at", "last_status_code", "last_error", "created_at"]
 
 
-class WebhookAttemptInline(admin.TabularInline):
+class WebhookAttemptInline(TenantScopedInline, admin.TabularInline):
     model = WebhookAttempt
+    company_field = "delivery__company"
     extra = 0
     can_delete = False
     fields = [
@@ -82,7 +85,7 @@ def replay_deliveries(modeladmin, request, queryset):
 
 
 @admin.register(WebhookDelivery)
-class WebhookDeliveryAdmin(admin.ModelAdmin):
+class WebhookDeliveryAdmin(TenantScopedAdmin):
     list_display = [
         "created_at",
         "company",
@@ -137,7 +140,7 @@ class OpenIncidentFilter(admin.SimpleListFilter):
 
 
 @admin.register(Incident)
-class IncidentAdmin(admin.ModelAdmin):
+class IncidentAdmin(TenantScopedAdmin):
     list_display = [
         "opened_at",
         "kind",
