@@ -39,6 +39,9 @@ GLOBAL_MODELS = {
     "django_q.OrmQ": "queued tasks of every company: superusers only",
 }
 
+# A company's credentials: not even listed to its plain members.
+MANAGERS_ONLY = {"companies.CompanyAPIKey"}
+
 
 def label(model):
     return model._meta.label
@@ -137,6 +140,8 @@ def test_a_foreign_companys_objects_are_out_of_reach(attacker, world, model):
         if response.status_code == 200 and "cl" in response.context:
             shown = {obj.pk for obj in response.context["cl"].result_list}
             assert not shown & {obj.pk for obj in b_objects}, (label(model), query)
+            # Nor in a filter's choices, or anywhere else on the page.
+            assert world.b.name not in response.content.decode(), (label(model), query)
 
     # Change (GET and POST), history, delete (GET and POST) of B's object.
     assert refused(attacker.get(url(model, "change", foreign.pk)))
@@ -185,6 +190,32 @@ def test_a_foreign_companys_objects_are_out_of_reach(attacker, world, model):
                 errors = answer.context["adminform"].form.errors
                 assert all(name in errors for name in pointing), (label(model), errors)
 
+    assert snapshot(watched_models()) == before
+
+
+@pytest.mark.parametrize("model", [m for m, _ in OWNED], ids=label)
+def test_a_plain_member_reads_but_never_writes_their_own_companys_objects(
+    client, world, model
+):
+    """Every permission, but the member role: no add, change, delete or bulk action."""
+    own = objects_of(model, world.a).first()
+    assert own is not None, f"the test world has no {label(model)} of company A"
+    login(client, world.member)
+    before = snapshot(watched_models())
+    assert client.get(url(model, "add")).status_code == 403
+    assert client.post(url(model, "change", own.pk), values_of(own)).status_code in (403, 405)
+    assert client.post(url(model, "delete", own.pk), {"post": "yes"}).status_code == 403
+    listing = client.get(url(model, "changelist"))
+    assert listing.status_code == 200
+    shown = {obj.pk for obj in listing.context["cl"].result_list}
+    assert (own.pk in shown) == (label(model) not in MANAGERS_ONLY)
+    if listing.context.get("action_form"):
+        for name, _ in listing.context["action_form"].fields["action"].choices:
+            if name:
+                client.post(
+                    url(model, "changelist"),
+                    {"action": name, "_selected_action": [own.pk], "post": "yes", "index": 0},
+                )
     assert snapshot(watched_models()) == before
 
 
