@@ -17,7 +17,7 @@ from django.forms import ModelChoiceField
 from django.forms.models import model_to_dict
 from django.urls import reverse
 
-from companies.admin_tenancy import TenantScopedAdmin
+from companies.admin_tenancy import TenantScopedAdmin, TenantScopedInline
 from companies.models import Company, Membership
 
 from .conftest import login
@@ -101,6 +101,10 @@ def test_every_registered_admin_derives_from_the_scoped_base():
             f"{label(model)} is registered with {type(model_admin).__name__}, which does not "
             "derive from companies.admin_tenancy.TenantScopedAdmin"
         )
+        for inline in model_admin.inlines:
+            assert issubclass(inline, TenantScopedInline), (
+                f"{label(model)}: inline {inline.__name__} does not derive from TenantScopedInline"
+            )
         if path_to_company(model) is None:
             assert label(model) in GLOBAL_MODELS, (
                 f"{label(model)} belongs to no company: add it to GLOBAL_MODELS with a reason"
