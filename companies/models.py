@@ -16,23 +16,36 @@ def validate_timezone(value):
 
 
 class CompanyQuerySet(models.QuerySet):
-    def visible_to(self, user):
-        """Companies `user` may see: all for superusers, else their memberships."""
-        if not user or not user.is_authenticated:
+    """Who may see or manage which company: the one definition, used by the API,
+    the admin (model admins, pages, autocomplete), the WebSocket and the services.
+
+    A caller is a Django user or a company API key's principal (anything with
+    `tenant_company_id`: it acts for that one company, as a manager).
+    Superusers see and manage every company; other users the companies of their
+    memberships, managing those where their role is owner or admin."""
+
+    def with_role(self, user, minimum):
+        """Companies where `user` holds `minimum` or a higher role."""
+        if not user or not user.is_authenticated or not user.is_active:
             return self.none()
+        key_company = getattr(user, "tenant_company_id", None)
+        if key_company is not None:
+            return self.filter(pk=key_company)
         if user.is_superuser:
             return self
-        return self.filter(memberships__user=user).distinct()
+        roles = Membership.Role.at_least(minimum)
+        return self.filter(
+            pk__in=Membership.objects.filter(user=user, role__in=roles).values("company_id")
+        )
+
+    def visible_to(self, user):
+        """Companies `user` may see: any role."""
+        return self.with_role(user, Membership.Role.MEMBER)
 
     def managed_by(self, user):
-        """Companies whose WhatsApp session `user` may control (start, stop, pair...):
-        all for superusers, else those where they are owner or admin."""
-        if not user or not user.is_authenticated:
-            return self.none()
-        if user.is_superuser:
-            return self
-        roles = [Membership.Role.OWNER, Membership.Role.ADMIN]
-        return self.filter(memberships__user=user, memberships__role__in=roles).distinct()
+        """Companies `user` may manage (control the session, change rows,
+        memberships, keys): owner or admin."""
+        return self.with_role(user, Membership.Role.ADMIN)
 
 
 class Company(models.Model):
@@ -65,19 +78,21 @@ class Company(models.Model):
     def __str__(self):
         return self.name
 
-    def role_of(self, user):
-        """The role of `user` in this company, or None."""
-        if user.is_superuser:
-            return Membership.Role.OWNER
-        membership = self.memberships.filter(user=user).first()
-        return membership.role if membership else None
-
 
 class Membership(models.Model):
     class Role(models.TextChoices):
         OWNER = "owner", "Owner"
         ADMIN = "admin", "Admin"
         MEMBER = "member", "Member"
+
+        @property
+        def rank(self):
+            return RANKS[self]
+
+        @classmethod
+        def at_least(cls, role):
+            """The roles ranking `role` or higher."""
+            return [r for r in cls if r.rank >= cls(role).rank]
 
     company = models.ForeignKey(Company, on_delete=models.CASCADE, related_name="memberships")
     user = models.ForeignKey(
@@ -94,9 +109,27 @@ class Membership(models.Model):
     def __str__(self):
         return f"{self.user} @ {self.company} ({self.role})"
 
-    @property
-    def can_manage(self):
-        return self.role in {self.Role.OWNER, self.Role.ADMIN}
+    @classmethod
+    def role_of(cls, user, company_id):
+        """The role of `user` in a company (superusers: owner), or None."""
+        if user.is_superuser:
+            return cls.Role.OWNER
+        role = cls.objects.filter(user=user, company_id=company_id).values_list("role", flat=True)
+        return cls.Role(role[0]) if role else None
+
+    @classmethod
+    def may_grant(cls, user, company_id, role):
+        """Whether `user` may add, change or remove a membership of `role` in the
+        company: they manage it, and `role` is not above their own."""
+        own = cls.role_of(user, company_id)
+        return (
+            own is not None
+            and own.rank >= cls.Role.ADMIN.rank
+            and own.rank >= cls.Role(role).rank
+        )
+
+
+RANKS = {Membership.Role.MEMBER: 1, Membership.Role.ADMIN: 2, Membership.Role.OWNER: 3}
 
 
 class CompanyAPIKey(AbstractAPIKey):

@@ -1,9 +1,12 @@
 """Admin registration. The connection-health pages build on these."""
 
 from django.contrib import admin
+from django_q import admin as q_admin
+from django_q import models as q_models
+
+from companies.admin_tenancy import TenantScopedAdmin
 
 from .admin_pages.sessions import WhatsAppSessionAdmin
-from .admin_pages.tenancy import CompanyScopedAdmin
 from .models import (
     AutoReplyRule,
     ConnectionEvent,
@@ -20,14 +23,17 @@ admin.site.register(WhatsAppSession, WhatsAppSessionAdmin)
 
 
 @admin.register(SessionLease)
-class SessionLeaseAdmin(CompanyScopedAdmin):
+class SessionLeaseAdmin(TenantScopedAdmin):
     company_field = "session__company"
     list_display = ["session", "owner", "epoch", "expires_at", "heartbeat_at"]
     readonly_fields = ["session", "owner", "epoch", "expires_at", "heartbeat_at", "acquired_at"]
 
+    def has_add_permission(self, request):
+        return False  # workers take leases
+
 
 @admin.register(ConnectionEvent)
-class ConnectionEventAdmin(CompanyScopedAdmin):
+class ConnectionEventAdmin(TenantScopedAdmin):
     company_field = "session__company"
     list_display = ["created_at", "session", "kind", "reason", "state", "worker_id"]
     list_filter = ["kind"]
@@ -35,7 +41,7 @@ class ConnectionEventAdmin(CompanyScopedAdmin):
 
 
 @admin.register(InboundMessage)
-class InboundMessageAdmin(CompanyScopedAdmin):
+class InboundMessageAdmin(TenantScopedAdmin):
     list_display = ["received_at", "company", "sender_phone", "push_name", "kind", "text",
                     "redeliveries"]
     list_filter = ["kind", "is_group"]
@@ -43,7 +49,7 @@ class InboundMessageAdmin(CompanyScopedAdmin):
 
 
 @admin.register(ProcessingJob)
-class ProcessingJobAdmin(CompanyScopedAdmin):
+class ProcessingJobAdmin(TenantScopedAdmin):
     company_field = "message__company"
     list_display = ["message", "status", "attempts", "enqueue_count", "created_at",
                     "finished_at"]
@@ -51,24 +57,40 @@ class ProcessingJobAdmin(CompanyScopedAdmin):
 
 
 @admin.register(OutboundMessage)
-class OutboundMessageAdmin(CompanyScopedAdmin):
+class OutboundMessageAdmin(TenantScopedAdmin):
     list_display = ["created_at", "company", "to_phone", "status", "attempts", "sent_at"]
     list_filter = ["status"]
     search_fields = ["to_phone", "to_jid", "idempotency_key", "wa_message_id"]
 
 
 @admin.register(AutoReplyRule)
-class AutoReplyRuleAdmin(CompanyScopedAdmin):
+class AutoReplyRuleAdmin(TenantScopedAdmin):
     list_display = ["company", "priority", "match", "keyword", "is_active", "reply_in_groups"]
     list_filter = ["match", "is_active"]
     search_fields = ["company__name", "keyword", "reply_text"]
 
 
 @admin.register(WorkerProcess)
-class WorkerProcessAdmin(admin.ModelAdmin):
+class WorkerProcessAdmin(TenantScopedAdmin):
+    company_field = None  # workers serve every company: superusers only
     list_display = ["worker_id", "hostname", "pid", "started_at", "heartbeat_at", "stopped_at",
                     "sessions_owned", "loop_lag_ms", "stop_reason"]
 
+
+# django-q2's queue, results and schedules belong to no company (and a schedule runs
+# any function with any arguments): superusers only.
+for _model, _admin in [
+    (q_models.Schedule, q_admin.ScheduleAdmin),
+    (q_models.Success, q_admin.TaskAdmin),
+    (q_models.Failure, q_admin.FailAdmin),
+    (q_models.OrmQ, q_admin.QueueAdmin),
+]:
+    if not admin.site.is_registered(_model):
+        continue  # django-q2 lists its ORM queue only with the ORM broker
+    admin.site.unregister(_model)
+    admin.site.register(
+        _model, type(_admin.__name__, (TenantScopedAdmin, _admin), {"company_field": None})
+    )
 
 # Webhook endpoints and deliveries (replay), alert incidents.
 from . import admin_webhooks  # noqa: E402,F401

@@ -7,6 +7,8 @@ from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
 
+from companies.admin_tenancy import TenantScopedAdmin, TenantScopedInline
+
 from .models import Incident, WebhookAttempt, WebhookDelivery, WebhookEndpoint, WebhookEvent
 from .models.webhooks import mask_secret
 from .services.webhook_http import UnsafeWebhookURL, validate_webhook_url
@@ -35,7 +37,7 @@ class WebhookEndpointForm(forms.ModelForm):
 
 
 @admin.register(WebhookEndpoint)
-class WebhookEndpointAdmin(admin.ModelAdmin):
+class WebhookEndpointAdmin(TenantScopedAdmin):
     form = WebhookEndpointForm
     list_display = [
         "company",
@@ -106,8 +108,9 @@ class WebhookEndpointAdmin(admin.ModelAdmin):
             )
 
 
-class WebhookAttemptInline(admin.TabularInline):
+class WebhookAttemptInline(TenantScopedInline, admin.TabularInline):
     model = WebhookAttempt
+    company_field = "delivery__company"
     extra = 0
     can_delete = False
     fields = [
@@ -139,7 +142,7 @@ def replay_deliveries(modeladmin, request, queryset):
 
 
 @admin.register(WebhookDelivery)
-class WebhookDeliveryAdmin(admin.ModelAdmin):
+class WebhookDeliveryAdmin(TenantScopedAdmin):
     list_display = [
         "created_at",
         "company",
@@ -194,7 +197,7 @@ class OpenIncidentFilter(admin.SimpleListFilter):
 
 
 @admin.register(Incident)
-class IncidentAdmin(admin.ModelAdmin):
+class IncidentAdmin(TenantScopedAdmin):
     list_display = [
         "opened_at",
         "kind",

@@ -32,6 +32,11 @@ class CompanyKeyPrincipal:
     def company_id(self):
         return self.api_key.company_id
 
+    @property
+    def tenant_company_id(self):
+        """The one company a key acts for (see `CompanyQuerySet.with_role`)."""
+        return self.api_key.company_id
+
     def __str__(self):
         return f"api-key {self.api_key.prefix} ({self.api_key.company_id})"
 

@@ -2,9 +2,10 @@
 
 `TenantAPIView` is the base of every authenticated endpoint:
 
-* `visible_companies()` is the one definition of what the caller may see: the
-  key's company for an API key, every company for a superuser, the companies
-  of their memberships for other staff.
+* `visible_companies()` is what the caller may see, by the one definition
+  (`Company.objects.visible_to`, companies/models.py): the key's company for
+  an API key, every company for a superuser, the companies of their
+  memberships for other staff.
 * A URL with `company_id` resolves `self.company` before the handler runs,
   from the visible companies only: another tenant's company is a 404
   (indistinguishable from one that does not exist, never a 403).
@@ -15,26 +16,19 @@
 from rest_framework import exceptions
 from rest_framework.generics import GenericAPIView
 
-from companies.models import Company, CompanyAPIKey, Membership
+from companies.models import Company
 
 from .permissions import IsTenantCaller
 
 
 def visible_companies(request):
-    if isinstance(request.auth, CompanyAPIKey):
-        return Company.objects.filter(pk=request.auth.company_id)
+    """`request.user` is a staff user or a key's principal: the model decides."""
     return Company.objects.visible_to(request.user)
 
 
 def can_manage(request, company):
     """Whether the caller may change the session of `company` (not only read it)."""
-    if isinstance(request.auth, CompanyAPIKey):
-        return request.auth.company_id == company.pk
-    user = request.user
-    if user.is_superuser:
-        return True
-    managing = [Membership.Role.OWNER, Membership.Role.ADMIN]
-    return company.memberships.filter(user=user, role__in=managing).exists()
+    return Company.objects.managed_by(request.user).filter(pk=company.pk).exists()
 
 
 class TenantAPIView(GenericAPIView):

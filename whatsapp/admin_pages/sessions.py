@@ -1,10 +1,13 @@
 """Session list and session page. Reads rows (annotated by the model's
 queryset methods); every action calls the control services the API uses.
 
-Tenancy: a user sees the sessions of the companies they belong to
-(`Company.objects.visible_to`) and controls those where they are owner or
-admin (`Company.objects.managed_by`); superusers see and control all. A
-foreign or unknown session is a 404, a refused action a 403.
+Tenancy (companies.admin_tenancy.TenantScopedAdmin, the base of every model
+admin): a user sees the sessions of the companies they belong to
+(`Company.objects.visible_to`; membership is enough here, no model
+permission needed) and controls those where they are owner or admin
+(`Company.objects.managed_by`); superusers see and control all. A foreign or
+unknown session is a 404, a refused action a 403. Every view below gets its
+session from `get_queryset` and its right to act from `has_change_permission`.
 """
 
 import segno
@@ -20,7 +23,7 @@ from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.timesince import timesince
 
-from companies.models import Company
+from companies.admin_tenancy import TenantScopedAdmin
 from whatsapp.models import WhatsAppSession
 from whatsapp.models.health import reconnect_reasons, state_timeline
 from whatsapp.services import control
@@ -78,7 +81,7 @@ class HasErrorsFilter(admin.SimpleListFilter):
         return queryset
 
 
-class WhatsAppSessionAdmin(admin.ModelAdmin):
+class WhatsAppSessionAdmin(TenantScopedAdmin):
     list_display = [
         "company",
         "state_badge",
@@ -110,26 +113,23 @@ class WhatsAppSessionAdmin(admin.ModelAdmin):
 
     # --- tenancy -------------------------------------------------------------
     def get_queryset(self, request):
-        qs = WhatsAppSession.objects.visible_to(request.user).with_health()
+        qs = WhatsAppSession.objects.with_health()
+        if not request.user.is_superuser:
+            qs = self.scoped(qs, self.readable_companies(request))
         return qs.select_related("company", "lease").order_by(*self.get_ordering(request))
 
     def get_ordering(self, request):
         return ["-health_rank", "company__name"]
 
+    # Membership alone grants these (no model permission needed).
     def has_module_permission(self, request):
-        return Company.objects.visible_to(request.user).exists()
+        return self.readable_companies(request).exists()
 
     def has_view_permission(self, request, obj=None):
-        companies = Company.objects.visible_to(request.user)
-        if obj is not None:
-            companies = companies.filter(pk=obj.company_id)
-        return companies.exists()
+        return self._allowed(request, obj, True, self.readable_companies(request))
 
     def has_change_permission(self, request, obj=None):
-        companies = Company.objects.managed_by(request.user)
-        if obj is not None:
-            companies = companies.filter(pk=obj.company_id)
-        return companies.exists()
+        return self._allowed(request, obj, True, self.writable_companies(request))
 
     def has_add_permission(self, request):
         return False  # a session is created by starting it
@@ -196,11 +196,8 @@ class WhatsAppSessionAdmin(admin.ModelAdmin):
     def _bulk(self, request, queryset, action):
         label, service = ACTIONS[action]
         done, refused = [], []
-        managed = set(Company.objects.managed_by(request.user).values_list("pk", flat=True))
+        # The base's response_action left only the sessions the user manages.
         for session in queryset.select_related("company"):
-            if session.company_id not in managed:
-                refused.append(session.company.name)
-                continue
             try:
                 service(session.company_id, actor=self.actor(request))
             except control.SessionCommandError as exc:
@@ -261,9 +258,9 @@ class WhatsAppSessionAdmin(admin.ModelAdmin):
         return session
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
+        session = self._session_or_404(request, object_id)  # foreign: 404 whatever the method
         if request.method != "GET":
             return HttpResponseNotAllowed(["GET"])
-        session = self._session_or_404(request, object_id)
         return self.render_session_page(request, session, PairingCodeForm())
 
     def render_session_page(self, request, session, pairing_form, status=200):
