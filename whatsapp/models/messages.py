@@ -7,25 +7,7 @@ delivers a message and however often, only one row -- and so one job -- exists.
 from django.db import models
 from django.utils import timezone
 
-
-class MessageKind(models.TextChoices):
-    TEXT = "text", "Text"
-    IMAGE = "image", "Image"
-    VIDEO = "video", "Video"
-    AUDIO = "audio", "Audio"
-    DOCUMENT = "document", "Document"
-    STICKER = "sticker", "Sticker"
-    LOCATION = "location", "Location"
-    CONTACT = "contact", "Contact"
-    BUTTON_REPLY = "button_reply", "Button reply"
-    LIST_REPLY = "list_reply", "List reply"
-    POLL = "poll", "Poll"
-    REACTION = "reaction", "Reaction"
-    EDIT = "edit", "Edit"
-    REVOKE = "revoke", "Revoke"
-    PROTOCOL = "protocol", "Protocol"
-    STATUS = "status", "Status broadcast"
-    OTHER = "other", "Other"
+from whatsapp.transport.kinds import MessageKind
 
 
 class InboundMessage(models.Model):

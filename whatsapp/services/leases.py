@@ -37,11 +37,12 @@ from whatsapp.models import (
     WorkerProcess,
 )
 from whatsapp.models.sessions import LIVE_STATES
-from whatsapp.routing import WORKER_CHANNEL_PREFIX
 
 from .local_processes import ProcessIdentity, is_gone, this_process
 
 logger = logging.getLogger(__name__)
+# A worker's own channel (routed to its consumer by whatsapp.routing).
+WORKER_CHANNEL_PREFIX = "whatsapp.worker."
 
 
 @dataclass(frozen=True)
