@@ -75,10 +75,6 @@ class ProcessingJob(models.Model):
         return f"job for {self.message_id} [{self.status}]"
 
     @property
-    def is_finished(self):
-        return self.status in {self.Status.SUCCEEDED, self.Status.FAILED}
-
-    @property
     def latency_seconds(self):
         if self.finished_at and self.message_id:
             return (self.finished_at - self.message.received_at).total_seconds()

@@ -97,9 +97,6 @@ class WebhookEndpoint(models.Model):
     def wants(self, event_type):
         return self.is_active and (not self.events or event_type in self.events)
 
-    def sign(self, timestamp, body):
-        return sign_payload(self.secret, timestamp, body)
-
 
 class WebhookDelivery(models.Model):
     """One event for one endpoint, retried until delivered or dead-lettered."""

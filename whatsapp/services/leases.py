@@ -390,7 +390,3 @@ def release_all_leases(worker_id, reason="worker stopped", keep=()):
             for sid in session_ids
         )
     return len(session_ids)
-
-
-def owned_count(worker_id):
-    return SessionLease.objects.filter(owner=worker_id, expires_at__gt=Now()).count()
