@@ -5,6 +5,9 @@ import pytest
 
 from tests.tenants import Tenants
 
+# process_guard: a test that starts a real process must be marked e2e (scripts/test --fast).
+pytest_plugins = ["tests.process_guard", "pytester"]
+
 
 @pytest.fixture
 def tenants(db):

@@ -3,8 +3,7 @@
 from django.urls import path
 
 from whatsapp.admin_pages.consumer import AdminLiveConsumer
-
-WORKER_CHANNEL_PREFIX = "whatsapp.worker."
+from whatsapp.services.leases import WORKER_CHANNEL_PREFIX
 
 # Staff browsers: live hints that a session changed (see services/live.py).
 websocket_urlpatterns = [path("ws/admin/whatsapp/", AdminLiveConsumer.as_asgi())]

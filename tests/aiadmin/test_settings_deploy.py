@@ -44,6 +44,7 @@ def manage(tmp_path, *args, **env_vars):
     )
 
 
+@pytest.mark.e2e
 def test_production_settings_pass_the_deploy_check_with_no_warnings(tmp_path):
     result = manage(tmp_path, "check", "--deploy", "--fail-level", "WARNING", **PRODUCTION)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -51,6 +52,7 @@ def test_production_settings_pass_the_deploy_check_with_no_warnings(tmp_path):
     assert "WARNINGS" not in result.stderr + result.stdout
 
 
+@pytest.mark.e2e
 def test_the_embedded_default_is_flagged_by_the_deploy_check(tmp_path):
     env = dict(PRODUCTION, DATABASE_URL=None, REDIS_URL=None, Q_BROKER=None)
     result = manage(tmp_path, "check", "--deploy", "--fail-level", "WARNING", **env)
@@ -59,6 +61,7 @@ def test_the_embedded_default_is_flagged_by_the_deploy_check(tmp_path):
     assert "whatsapp.W001" in output and "whatsapp.W002" in output
 
 
+@pytest.mark.e2e
 def test_a_short_secret_is_flagged_by_the_deploy_check(tmp_path):
     env = dict(PRODUCTION, DJANGO_SECRET_KEY="short-secret")
     result = manage(tmp_path, "check", "--deploy", "--fail-level", "WARNING", **env)
@@ -116,6 +119,7 @@ def test_a_short_secret_is_flagged_by_the_deploy_check(tmp_path):
         "extra handlers not an object",
     ],
 )
+@pytest.mark.e2e
 def test_a_misconfiguration_fails_at_start_with_a_clear_message(tmp_path, overrides, message):
     env = dict(PRODUCTION)
     for key, value in overrides.items():
@@ -129,6 +133,7 @@ def test_a_misconfiguration_fails_at_start_with_a_clear_message(tmp_path, overri
     assert message in last_line
 
 
+@pytest.mark.e2e
 def test_debug_without_a_secret_runs_on_a_development_key(tmp_path):
     result = manage(tmp_path, "check", DJANGO_DEBUG="1")
     assert result.returncode == 0, result.stderr

@@ -75,6 +75,7 @@ def test_the_health_check_is_never_throttled(client, db):
     assert 429 not in statuses
 
 
+@pytest.mark.e2e
 def test_the_rates_are_set_from_the_environment():
     env = {**os.environ, "API_RATE_LIMIT": "7/second", "API_SEND_RATE_LIMIT": "5/hour"}
     out = subprocess.run(
@@ -93,6 +94,7 @@ def test_the_rates_are_set_from_the_environment():
     assert out.strip() == "{'api': '7/second', 'send': '5/hour'}"
 
 
+@pytest.mark.e2e
 def test_a_malformed_rate_fails_at_start_with_a_clear_message():
     env = {**os.environ, "API_RATE_LIMIT": "lots", "DJANGO_SETTINGS_MODULE": "tests.settings"}
     result = subprocess.run(

@@ -118,6 +118,7 @@ def test_eight_threads_delivering_at_once_create_one_message_and_one_job(company
     assert_exactly_one(company, total)
 
 
+@pytest.mark.e2e
 def test_two_processes_delivering_at_once_create_one_message_and_one_job(
     company, session, tmp_path
 ):

@@ -65,10 +65,12 @@ def wait_for_zombie(pid, timeout=10):
 
 
 class TestIsGone:
+    @pytest.mark.e2e
     def test_a_running_process_is_not_gone_and_neither_is_this_one(self, child):
         assert not local_processes.is_gone(local_processes.identity_of(child.pid))
         assert not local_processes.is_gone(local_processes.this_process())
 
+    @pytest.mark.e2e
     def test_a_killed_process_is_gone_before_and_after_its_parent_reaps_it(self, child):
         identity = local_processes.identity_of(child.pid)
         child.send_signal(signal.SIGKILL)
@@ -82,6 +84,7 @@ class TestIsGone:
         earlier = ProcessIdentity(me.host_key, me.pid, me.start - 1)
         assert local_processes.is_gone(earlier)
 
+    @pytest.mark.e2e
     def test_a_process_of_another_machine_or_container_is_never_judged(self, child):
         identity = local_processes.identity_of(child.pid)
         child.kill()
@@ -99,6 +102,7 @@ class TestIsGone:
 
 @pytest.mark.django_db
 class TestFreeDeadWorker:
+    @pytest.mark.e2e
     def test_it_releases_every_lease_of_a_dead_worker_and_says_why(self, child):
         sessions = running_companies(3)
         identity = local_processes.identity_of(child.pid)
@@ -120,6 +124,7 @@ class TestFreeDeadWorker:
         # Free now: another worker takes them without waiting for the TTL.
         assert len(leases.acquire_leases("w-live", 10)) == 3
 
+    @pytest.mark.e2e
     def test_it_leaves_a_live_worker_alone(self, child):
         sessions = running_companies(2)
         identity = local_processes.identity_of(child.pid)
@@ -130,6 +135,7 @@ class TestFreeDeadWorker:
         assert SessionLease.objects.filter(owner="alive").count() == 2
         assert WorkerProcess.objects.get(worker_id="alive").stopped_at is None
 
+    @pytest.mark.e2e
     def test_it_leaves_a_worker_id_registered_again_by_a_new_process_alone(self, child):
         (session,) = running_companies(1)
         old = local_processes.identity_of(child.pid)
@@ -147,6 +153,7 @@ class TestFreeDeadWorker:
         assert SessionLease.objects.get(session=session).owner == "fixed-id"
         assert WorkerProcess.objects.get(worker_id="fixed-id").stopped_at is None
 
+    @pytest.mark.e2e
     def test_local_peers_lists_the_other_live_workers_of_this_machine_only(self, child):
         here = local_processes.identity_of(child.pid)
         register_as("peer", here)
@@ -157,6 +164,7 @@ class TestFreeDeadWorker:
 
         assert leases.local_peers("me") == {"peer": here}
 
+    @pytest.mark.e2e
     def test_a_successor_under_a_fixed_id_does_not_wait_for_a_dead_predecessor(self, child):
         (session,) = running_companies(1)
         identity = local_processes.identity_of(child.pid)
@@ -172,6 +180,7 @@ class TestFreeDeadWorker:
         assert SessionLease.objects.get(session=session).owner == ""  # taken with a new epoch
 
 
+@pytest.mark.e2e
 @pytest.mark.django_db(transaction=True, databases="__all__")
 def test_a_worker_takes_a_dead_neighbours_sessions_long_before_their_leases_expire(
     child, settings, tmp_path

@@ -102,6 +102,7 @@ def test_a_postgres_store_url_is_given_the_sslmode_django_would_use():
     assert store_url("/var/wa/company-1.sqlite3") == "/var/wa/company-1.sqlite3"
 
 
+@pytest.mark.e2e
 def test_the_store_stays_per_company_sqlite_files_unless_a_store_url_is_set(monkeypatch):
     """PostgreSQL for the app does not put neonize's store there: its clients hold
     connections they never close (docs/worker.md); a shared store is opt-in."""

@@ -7,25 +7,7 @@ delivers a message and however often, only one row -- and so one job -- exists.
 from django.db import models
 from django.utils import timezone
 
-
-class MessageKind(models.TextChoices):
-    TEXT = "text", "Text"
-    IMAGE = "image", "Image"
-    VIDEO = "video", "Video"
-    AUDIO = "audio", "Audio"
-    DOCUMENT = "document", "Document"
-    STICKER = "sticker", "Sticker"
-    LOCATION = "location", "Location"
-    CONTACT = "contact", "Contact"
-    BUTTON_REPLY = "button_reply", "Button reply"
-    LIST_REPLY = "list_reply", "List reply"
-    POLL = "poll", "Poll"
-    REACTION = "reaction", "Reaction"
-    EDIT = "edit", "Edit"
-    REVOKE = "revoke", "Revoke"
-    PROTOCOL = "protocol", "Protocol"
-    STATUS = "status", "Status broadcast"
-    OTHER = "other", "Other"
+from whatsapp.transport.kinds import MessageKind
 
 
 class InboundMessage(models.Model):
@@ -98,10 +80,6 @@ class ProcessingJob(models.Model):
 
     def __str__(self):
         return f"job for {self.message_id} [{self.status}]"
-
-    @property
-    def is_finished(self):
-        return self.status in {self.Status.SUCCEEDED, self.Status.FAILED}
 
     @property
     def latency_seconds(self):

@@ -134,9 +134,6 @@ class WebhookEndpoint(models.Model):
             return [self.secret, self.previous_secret]
         return [self.secret]
 
-    def sign(self, timestamp, body, now=None):
-        return signature_header(self.signing_secrets(now), timestamp, body)
-
     @property
     def secret_hint(self):
         return mask_secret(self.secret)

@@ -32,7 +32,3 @@ class WorkerProcess(models.Model):
 
     def __str__(self):
         return f"{self.worker_id} ({self.hostname}:{self.pid})"
-
-    def is_alive(self, ttl_seconds, now=None):
-        now = now or timezone.now()
-        return self.stopped_at is None and (now - self.heartbeat_at).total_seconds() <= ttl_seconds

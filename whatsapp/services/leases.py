@@ -37,11 +37,12 @@ from whatsapp.models import (
     WorkerProcess,
 )
 from whatsapp.models.sessions import LIVE_STATES
-from whatsapp.routing import WORKER_CHANNEL_PREFIX
 
 from .local_processes import ProcessIdentity, is_gone, this_process
 
 logger = logging.getLogger(__name__)
+# A worker's own channel (routed to its consumer by whatsapp.routing).
+WORKER_CHANNEL_PREFIX = "whatsapp.worker."
 
 
 @dataclass(frozen=True)
@@ -389,7 +390,3 @@ def release_all_leases(worker_id, reason="worker stopped", keep=()):
             for sid in session_ids
         )
     return len(session_ids)
-
-
-def owned_count(worker_id):
-    return SessionLease.objects.filter(owner=worker_id, expires_at__gt=Now()).count()

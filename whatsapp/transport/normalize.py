@@ -18,9 +18,8 @@ from google.protobuf.message import DecodeError
 from neonize.proto.Neonize_pb2 import Message as MessageEv
 from neonize.proto.waE2E.WAWebProtobufsE2E_pb2 import ProtocolMessage
 
-from whatsapp.models.messages import MessageKind
-
 from .jids import Jid, phone_or_empty
+from .kinds import MessageKind
 
 MAX_TEXT_CHARS = 65536  # WhatsApp's own limit for a text message
 MAX_EVENT_BYTES = 2 * 1024 * 1024

@@ -28,10 +28,10 @@ from channels.db import database_sync_to_async as db
 from channels.layers import get_channel_layer
 from django.conf import settings
 
-from whatsapp.routing import WORKER_CHANNEL_PREFIX
 from whatsapp.services import leases, live, local_processes, sending
 from whatsapp.services import sessions as svc
 from whatsapp.services.control import ensure_session
+from whatsapp.services.leases import WORKER_CHANNEL_PREFIX
 from whatsapp.transport.base import get_transport
 
 from .commands import describe
