@@ -372,7 +372,11 @@ class SimulatorState:
 
     def _later(self, delay, coro):
         async def run():
-            await asyncio.sleep(delay)
+            try:
+                await asyncio.sleep(delay)
+            except asyncio.CancelledError:  # the simulator stops first
+                coro.close()
+                raise
             try:
                 await coro
             except Exception:  # the connection went away meanwhile
