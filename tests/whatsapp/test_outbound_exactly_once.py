@@ -31,6 +31,7 @@ from whatsapp.services.control import ensure_session, start_session
 from whatsapp.services.outbound import queue_outbound_message
 from whatsapp.worker.supervisor import SessionSupervisor
 
+from .test_worker_leases import running_companies
 from .test_worker_simulator import Rig
 from .worker_doubles import (  # noqa: F401  (company_fixture is the `company` fixture)
     ScriptedTransport,
@@ -168,6 +169,50 @@ def test_a_send_in_flight_when_the_lease_is_lost_finishes_and_reads_sent(
     row = outbound(seen["message"])
     assert row.status == Status.SENT and row.attempts == 1
     assert transport.clients[0].sent_ids == [row.wa_message_id]
+
+
+@pytest.mark.django_db(transaction=True, databases="__all__")
+def test_a_send_in_flight_when_rebalancing_hands_its_session_over_finishes_and_reads_sent(
+    settings, tmp_path
+):
+    fast_settings(settings, tmp_path, SEND_HANDOVER_BUDGET=4.0)
+    sessions = running_companies(4, prefix="rebalance")
+    handed = min(s.company_id for s in sessions)  # all connected: the lowest id goes first
+    first_transport, second_transport = ScriptedTransport(), ScriptedTransport()
+    first = SessionSupervisor(worker_id="w-first", transport=first_transport)
+    second = SessionSupervisor(worker_id="w-second", transport=second_transport)
+    seen = {}
+
+    async def scenario():
+        await first.start()
+        await wait_until(
+            lambda: WhatsAppSession.objects.filter(state=SessionState.CONNECTED).count() == 4,
+            what="four connected",
+        )
+        client = first_transport.clients_of(handed)[0]
+        client.hold = asyncio.Event()
+        message = await db(queue_outbound_message)(handed, TO, "your table is ready")
+        first.wants_drain(first.sessions[handed])
+        await asyncio.wait_for(client.in_flight.wait(), 10)
+        ms = first.sessions[handed]
+        await second.start()  # fair share 2 each: the first hands one session over
+        await until(lambda: ms.stopping, "the rebalancing hand-over to begin")
+        seen["client up during the hand-over"] = client.live
+        client.hold.set()
+        await wait_until(
+            lambda: len(second_transport.live_of(handed)) == 1, what="taken over by the second"
+        )
+        await asyncio.sleep(0.5)
+        await second.shutdown("test over")
+        await first.shutdown("test over")
+        seen["message"] = message[0].pk
+
+    run(scenario)
+    assert seen["client up during the hand-over"]
+    row = outbound(seen["message"])
+    assert row.status == Status.SENT and row.attempts == 1
+    assert first_transport.clients_of(handed)[0].sent_ids == [row.wa_message_id]
+    assert all(c.sent == [] for c in second_transport.clients)  # not sent again
 
 
 def _cut_off_send(company, settings, tmp_path, first_transport):

@@ -500,9 +500,12 @@ class SessionSupervisor:
         if excess <= 1:  # tolerate one over the fair share: no ping-pong
             return
         ranked = sorted(self.sessions.values(), key=lambda m: (m.connected, m.company_id))
-        for ms in ranked[: min(excess - 1, self.rebalance_batch)]:
+        handed = ranked[: min(excess - 1, self.rebalance_batch)]
+        for ms in handed:
             del self.sessions[ms.company_id]
-            await ms.close("rebalancing to another worker")
+        # Concurrently: each may let a send in flight finish first (the budget).
+        await asyncio.gather(*(ms.close("rebalancing to another worker") for ms in handed))
+        for ms in handed:
             await db(svc.mark_stopped)(
                 ms.held, "handed to another worker (rebalancing)", only_live=True
             )
