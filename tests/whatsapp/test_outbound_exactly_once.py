@@ -88,6 +88,15 @@ class TestTheMessageId:
         assert sending.recover_interrupted_sends(company.pk) == (0, 1)
 
 
+def test_a_hand_over_budget_out_of_range_stops_the_start_with_a_clear_error(settings):
+    from whatsapp.checks import check_whatsapp_settings
+
+    settings.WHATSAPP = {**settings.WHATSAPP, "SEND_HANDOVER_BUDGET": -1}
+    assert [e.id for e in check_whatsapp_settings(None)] == ["whatsapp.E008"]
+    settings.WHATSAPP = {**settings.WHATSAPP, "SEND_HANDOVER_BUDGET": 3}
+    assert check_whatsapp_settings(None) == []
+
+
 # --- hand-overs with the scripted transport ------------------------------------------
 def connected(company):
     return lambda: (
