@@ -354,6 +354,9 @@ WHATSAPP = {
     # (its database calls share one thread); 0 = a new connection per call.
     "WORKER_CONN_MAX_AGE": env.int("WHATSAPP_WORKER_CONN_MAX_AGE", default=60),
     "SEND_MAX_ATTEMPTS": env.int("WHATSAPP_SEND_MAX_ATTEMPTS", default=5),
+    # A hand-over (rebalancing, SIGTERM, a lost lease) lets a send in flight finish
+    # this many seconds before it stops the client (at most half the shutdown budget).
+    "SEND_HANDOVER_BUDGET": env.float("WHATSAPP_SEND_HANDOVER_BUDGET", default=5.0),
     # Group commit: a worker records at most this many waiting inbound messages
     # in one transaction (the ones that arrived while the previous commit ran).
     "INBOUND_BATCH": env.int("WHATSAPP_INBOUND_BATCH", default=100),

@@ -29,6 +29,11 @@ def check_whatsapp_settings(app_configs, **kwargs):
             "WHATSAPP_RECONCILE_INTERVAL must be below WHATSAPP_LEASE_TTL, or leases lapse "
             "between renewals.", id="whatsapp.E003",
         ))
+    if not 0 <= conf.get("SEND_HANDOVER_BUDGET", 5.0) <= 60:
+        errors.append(Error(
+            "WHATSAPP_SEND_HANDOVER_BUDGET must be between 0 and 60 seconds (how long a "
+            "hand-over lets a send in flight finish).", id="whatsapp.E008",
+        ))
     if conf["CONNECT_CONCURRENCY"] < 1:
         errors.append(Error("WHATSAPP_CONNECT_CONCURRENCY must be >= 1.", id="whatsapp.E004"))
     errors.extend(check_inbound_handlers())

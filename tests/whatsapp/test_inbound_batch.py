@@ -180,3 +180,117 @@ def test_a_broker_failing_mid_batch_leaves_the_rest_to_the_sweeper(monkeypatch):
     assert {(j.status, j.enqueue_count) for j in ProcessingJob.objects.all()} == {
         (ProcessingJob.Status.QUEUED, 1)
     }
+
+
+# --- two group commits at once (PostgreSQL row locks) ------------------------------
+class Interleave:
+    """Run two batches on two threads, each pausing after its first statement
+    until the other has run its first statement too -- or is blocked by a lock
+    (seen in pg_stat_activity from a third connection). That is the worst
+    interleaving for lock order, made deterministic; errors of every statement
+    are recorded, also those the batch's fallback then hides."""
+
+    def __init__(self):
+        import threading
+
+        self.first_done = {name: threading.Event() for name in ("a", "b")}
+        self.pids = {}
+        self.errors = []
+        self.results = {}
+
+    def _blocked(self, name):
+        import psycopg
+
+        pid = self.pids.get(name)
+        if pid is None:
+            return False
+        settings_dict = connection.settings_dict
+        with psycopg.connect(
+            host=settings_dict["HOST"] or "127.0.0.1",
+            port=settings_dict["PORT"] or 5432,
+            user=settings_dict["USER"] or "postgres",
+            password=settings_dict["PASSWORD"] or None,
+            dbname=settings_dict["NAME"],
+            autocommit=True,
+        ) as monitor:
+            row = monitor.execute(
+                "SELECT wait_event_type FROM pg_stat_activity WHERE pid = %s", [pid]
+            ).fetchone()
+        return row is not None and row[0] == "Lock"
+
+    def wrapper(self, name):
+        import time
+
+        other = "b" if name == "a" else "a"
+
+        def wrap(execute, sql, params, many, context):
+            self.pids.setdefault(name, context["connection"].connection.info.backend_pid)
+            try:
+                return execute(sql, params, many, context)
+            except Exception as exc:
+                self.errors.append((name, repr(exc)))
+                raise
+            finally:
+                if not self.first_done[name].is_set():
+                    self.first_done[name].set()
+                    deadline = time.monotonic() + 30
+                    while not self.first_done[other].is_set() and not self._blocked(other):
+                        if time.monotonic() > deadline:
+                            break
+                        time.sleep(0.02)
+
+        return wrap
+
+    def run(self, name, items):
+        from django.db import connections
+
+        try:
+            with connection.execute_wrapper(self.wrapper(name)):
+                self.results[name] = record_inbound_messages(items)
+        finally:
+            connections.close_all()
+
+    def both(self, a_items, b_items):
+        import threading
+
+        threads = [
+            threading.Thread(target=self.run, args=("a", a_items)),
+            threading.Thread(target=self.run, args=("b", b_items)),
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+        return self
+
+
+@pytest.mark.postgres
+def test_two_batches_for_the_same_sessions_in_opposite_orders_never_deadlock():
+    if connection.vendor != "postgresql":
+        pytest.skip("row locks of concurrent transactions: PostgreSQL pass")
+    first, second = companies()
+    run = Interleave().both(
+        [(first.pk, normalized("3EB0A1")), (second.pk, normalized("3EB0A2"))],
+        [(second.pk, normalized("3EB0B1")), (first.pk, normalized("3EB0B2"))],
+    )
+    assert run.errors == []  # before the fix: DeadlockDetected, a 1 s stall, then one by one
+    assert [o.status for o in run.results["a"] + run.results["b"]] == ["created"] * 4
+    assert InboundMessage.objects.count() == 4 and ProcessingJob.objects.count() == 4
+    counts = WhatsAppSession.objects.values_list("messages_in", flat=True)
+    assert sorted(counts) == [2, 2]
+
+
+@pytest.mark.postgres
+def test_two_batches_redelivering_the_same_messages_in_opposite_orders_never_deadlock():
+    if connection.vendor != "postgresql":
+        pytest.skip("row locks of concurrent transactions: PostgreSQL pass")
+    first, second = companies()
+    run = Interleave().both(
+        [(first.pk, normalized("3EB0X1")), (second.pk, normalized("3EB0X2"))],
+        [(second.pk, normalized("3EB0X2")), (first.pk, normalized("3EB0X1"))],
+    )
+    assert run.errors == []
+    statuses = sorted(o.status for o in run.results["a"] + run.results["b"])
+    assert statuses == ["created", "created", "duplicate", "duplicate"]
+    assert InboundMessage.objects.count() == 2 and ProcessingJob.objects.count() == 2
+    assert sorted(WhatsAppSession.objects.values_list("duplicates_blocked", flat=True)) == [1, 1]

@@ -196,6 +196,55 @@ def test_sends_are_acknowledged_with_an_id_and_recorded_for_the_receiving_phone(
     assert sim.company(7)["sends"] == 2 and sim.sends(company="7", phone="4915100000009") == []
 
 
+def test_a_resend_with_the_same_id_is_acknowledged_but_the_phone_shows_it_once(sim, tmp_path):
+    to = f"{PHONE}@s.whatsapp.net"
+
+    async def body():
+        t = transport(sim, tmp_path)
+        client, _ = await paired_client(sim, t, 15)
+        first = await client.send_text(to, "your table is booked", "3EB0AAAAAAAAAAAAAAAAAA")
+        again = await client.send_text(to, "your table is booked", "3EB0AAAAAAAAAAAAAAAAAA")
+        other = await client.send_text(to, "your table is booked", "3EB0BBBBBBBBBBBBBBBBBB")
+        with pytest.raises(base.TransportError) as bad:
+            await client.send_text(to, "x", "3EB0" + "F" * 200)
+        await client.stop()
+        await t.aclose()
+        return first, again, other, bad.value
+
+    first, again, other, bad = run(body)
+    assert first == again == "3EB0AAAAAAAAAAAAAAAAAA" and other == "3EB0BBBBBBBBBBBBBBBBBB"
+    assert bad.permanent and "message id" in str(bad)
+    shown = [(s["id"], s["duplicates"]) for s in sim.sends(phone=PHONE)]
+    assert shown == [(first, 1), (other, 0)]  # a new id is a new message, even with one text
+    company = sim.company(15)
+    assert company["sends"] == 2 and company["duplicate_sends"] == 1
+    assert sim.stats()["totals"]["duplicate_sends"] == 1
+
+
+def test_slow_sends_reach_the_phone_at_once_and_are_acknowledged_late(sim, tmp_path):
+    to = f"{PHONE}@s.whatsapp.net"
+
+    async def body():
+        t = transport(sim, tmp_path)
+        client, _ = await paired_client(sim, t, 16)
+        await asyncio.to_thread(sim.post, "slow-sends", company=16, seconds=0.8)
+        send = asyncio.create_task(client.send_text(to, "slow one", "3EB0CCCCCCCCCCCCCCCCCC"))
+        while not await asyncio.to_thread(sim.sends, phone=PHONE):
+            await asyncio.sleep(0.02)
+        in_flight = not send.done()  # on the phone, not yet acknowledged
+        acked = await send
+        quick = await client.send_text(to, "next one")  # count 1: only the first was slow
+        await client.stop()
+        await t.aclose()
+        return in_flight, acked, quick
+
+    in_flight, acked, quick = run(body)
+    assert in_flight and acked == "3EB0CCCCCCCCCCCCCCCCCC" and WEB_ID.match(quick)
+    with pytest.raises(ControlError) as err:
+        sim.post("slow-sends", company=16, seconds=0)
+    assert err.value.status == 400 and "seconds" in err.value.body
+
+
 def test_bad_control_requests_get_a_clear_error_and_queue_nothing(sim, tmp_path):
     async def body():
         t = transport(sim, tmp_path)

@@ -138,7 +138,10 @@ def test_start_send_restart_stop_through_the_consumer(worker, company):
     assert transport.violations == []
     assert not transport.live_of(company.pk)
     sent = OutboundMessage.objects.filter(company=company).order_by("id")
-    assert [m.wa_message_id for m in sent] == ["3EB000010001", "3EB000010002", "3EB000010003"]
+    # All three through client 1, each with the id stored on its row before sending.
+    first_client = transport.clients_of(company.pk)[0]
+    assert [m.wa_message_id for m in sent] == first_client.sent_ids
+    assert len(set(first_client.sent_ids)) == 3
     session = WhatsAppSession.objects.get(company=company)
     assert session.messages_out == 3
     assert session.jid == transport.jid and session.phone == "+491700000001"

@@ -88,29 +88,32 @@ class TestSendingService:
         assert (message.status, message.attempts) == (Status.FAILED, 1)
         assert "unknown server (permanent)" == message.last_error
 
-    def test_a_worker_taking_over_many_companies_fails_their_interrupted_sends_at_once(
+    def test_a_worker_taking_over_many_companies_recovers_their_interrupted_sends_at_once(
         self, company
     ):
         other = Company.objects.create(name="Other", slug="other-interrupted")
         mine, theirs = held_for(company), held_for(other)
         in_flight = [queue(company, "one"), queue(company, "two"), queue(other, "three")]
         waiting = queue(other, "not claimed yet")
-        for held in (mine, mine, theirs):
-            assert len(sending.claim_outbound(held, limit=1)) == 1
-        assert sending.fail_interrupted_sends_of([company.pk, other.pk]) == {
-            company.pk: 2,
-            other.pk: 1,
+        # Two claimed with our id (resendable), one by a transport that cannot take it.
+        for held, with_id in ((mine, True), (mine, False), (theirs, True)):
+            assert len(sending.claim_outbound(held, limit=1, with_id=with_id)) == 1
+        assert sending.recover_interrupted_sends_of([company.pk, other.pk]) == {
+            company.pk: (1, 1),
+            other.pk: (1, 0),
         }
         statuses = dict(OutboundMessage.objects.values_list("pk", "status"))
-        assert {statuses[m.pk] for m in in_flight} == {Status.FAILED}
+        assert [statuses[m.pk] for m in in_flight] == [Status.QUEUED, Status.FAILED, Status.QUEUED]
         assert statuses[waiting.pk] == Status.QUEUED
-        assert sending.fail_interrupted_sends_of([company.pk, other.pk]) == {}
+        assert sending.recover_interrupted_sends_of([company.pk, other.pk]) == {}
 
-    def test_rows_a_dead_owner_left_in_sending_are_failed_not_resent(self, company):
+    def test_rows_a_dead_owner_left_in_sending_without_our_id_are_failed_not_resent(
+        self, company
+    ):
         held = held_for(company)
         message = queue(company, "hello")
-        sending.claim_outbound(held)
-        assert sending.fail_interrupted_sends(company.pk) == 1
+        sending.claim_outbound(held)  # neonize: WhatsApp chooses the id
+        assert sending.recover_interrupted_sends(company.pk) == (0, 1)
         message.refresh_from_db()
         assert message.status == Status.FAILED and "outcome unknown" in message.last_error
         # WhatsApp's late answer still wins: the id is the truth.
@@ -154,7 +157,8 @@ def test_a_message_queued_while_no_worker_runs_is_sent_once_when_one_starts(
     run(scenario)
     assert transport.clients[0].sent == [("491701234567@s.whatsapp.net", "queued while down")]
     message = OutboundMessage.objects.get(pk=first.pk)
-    assert message.wa_message_id == "3EB000010001" and message.attempts == 1
+    assert transport.clients[0].sent_ids == [message.wa_message_id]  # sent with our id
+    assert message.wa_message_id.startswith("3EB0") and message.attempts == 1
     assert WhatsAppSession.objects.get(company=company).messages_out == 1
 
 

@@ -17,7 +17,10 @@ from whatsapp.transport import base
 class ScriptedTransport:
     name = "scripted"
 
-    def __init__(self, behaviour="connect", jid="491700000001:7@s.whatsapp.net"):
+    def __init__(
+        self, behaviour="connect", jid="491700000001:7@s.whatsapp.net", sends_with_id=True
+    ):
+        self.sends_with_id = sends_with_id
         self.default = behaviour
         self.behaviour = {}  # company_id -> behaviour for its next clients
         self.jid = jid
@@ -69,6 +72,9 @@ class ScriptedClient:
         self.sent = []
         self.send_errors = []  # TransportErrors to raise on the next sends
         self.errors_for = {}  # text -> TransportErrors to raise on its next sends
+        self.sent_ids = []  # the message id of each send, in order
+        self.in_flight = asyncio.Event()  # set when a send has started
+        self.hold = None  # an asyncio.Event: sends wait for it (a send in flight)
         self.pair_requests = []
 
     def __repr__(self):
@@ -123,16 +129,26 @@ class ScriptedClient:
         self.logged_out = True
         self.transport.log.append(("logout", self.spec.company_id, self.number))
 
-    async def send_text(self, jid, text):
+    async def send_text(self, jid, text, message_id=""):
         if not self.live:
             raise base.TransportError("client stopped")
         if self.errors_for.get(text):
             raise self.errors_for[text].pop(0)
         if self.send_errors:
             raise self.send_errors.pop(0)
+        self.in_flight.set()
+        if self.hold is not None:
+            await self.hold.wait()
+            if not self.live:
+                raise base.TransportError("client stopped while sending")
         self.sent.append((jid, text))
         self.transport.log.append(("send", self.spec.company_id, self.number))
-        return f"3EB0{self.number:04d}{len(self.sent):04d}"
+        if message_id and self.transport.sends_with_id:
+            wa_id = message_id
+        else:
+            wa_id = f"3EB0{self.number:04d}{len(self.sent):04d}"
+        self.sent_ids.append(wa_id)
+        return wa_id
 
     async def pair_phone(self, phone_e164):
         self.pair_requests.append(phone_e164)

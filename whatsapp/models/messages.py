@@ -4,6 +4,8 @@ The unique constraint on (company, wa_message_id) is the dedupe: whatever
 delivers a message and however often, only one row -- and so one job -- exists.
 """
 
+import secrets
+
 from django.db import models
 from django.utils import timezone
 
@@ -130,6 +132,13 @@ class OutboundMessage(models.Model):
 
     def __str__(self):
         return f"to {self.to_phone or self.to_jid} [{self.status}]"
+
+    @staticmethod
+    def new_wa_message_id():
+        """A message id as whatsmeow's GenerateMessageID makes them (3EB0 + 18 hex
+        digits). Chosen by us before the first attempt and kept for every resend:
+        a recipient ignores a second message with an id it already has."""
+        return "3EB0" + secrets.token_hex(9).upper()
 
     @property
     def is_final(self):

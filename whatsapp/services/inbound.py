@@ -10,6 +10,14 @@ company stores nothing and costs no extra query.
 This is the hot path of every worker (bench/inbound_throughput.py): raw SQL
 on one cursor, no savepoint, no ORM query compilation. Both SQLite (>= 3.35)
 and PostgreSQL support `ON CONFLICT DO NOTHING RETURNING`.
+
+Lock order (PostgreSQL): a transaction that records messages first locks the
+session rows of all its companies, sorted by company id, in one statement.
+Every later lock it takes -- a message's unique-index entry, its session
+counter -- belongs to one of those companies, so two transactions that record
+for the same companies (two workers around a hand-over, in any order, even
+the same redelivered messages) queue behind each other instead of
+deadlocking. SQLite serialises writers anyway.
 """
 
 import logging
@@ -59,6 +67,7 @@ def record_inbound_message(company_id, message: NormalizedMessage) -> InboundOut
     if isinstance(checked, Exception):
         raise checked
     with transaction.atomic():
+        _lock_sessions([checked[0]])
         return _record(*checked)
 
 
@@ -76,6 +85,7 @@ def record_inbound_messages(items):
     checked = [_checked(company_id, message) for company_id, message in items]
     try:
         with transaction.atomic(), enqueue_together():
+            _lock_sessions([c[0] for c in checked if not isinstance(c, Exception)])
             return [c if isinstance(c, Exception) else _record_or_refusal(*c) for c in checked]
     except Exception:  # the database, or its driver, refused something
         logger.warning(
@@ -90,10 +100,20 @@ def record_inbound_messages(items):
             continue
         try:
             with transaction.atomic():
+                _lock_sessions([c[0]])
                 results.append(_record(*c))
         except Exception as exc:
             results.append(exc)
     return results
+
+
+def _lock_sessions(company_ids):
+    """PostgreSQL: lock the companies' session rows in company order before
+    anything else in the transaction (the lock order above)."""
+    if connection.vendor != "postgresql" or not company_ids:
+        return
+    with connection.cursor() as cursor:
+        cursor.execute(inbound_statements().lock_sessions_pg, [sorted(set(company_ids))])
 
 
 def _checked(company_id, message):

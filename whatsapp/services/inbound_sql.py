@@ -11,6 +11,9 @@ from the models' table names.
   and a redelivery's two counters into another: one round trip each.
 * SQLite has no data-modifying CTEs, but runs in-process: separate statements
   cost no round trips there.
+* PostgreSQL: every transaction that records messages first locks the session
+  rows of its companies in company order (`lock_sessions_pg`), so two
+  concurrent group commits never deadlock (see services/inbound.py).
 """
 
 from dataclasses import dataclass
@@ -45,6 +48,7 @@ class InboundStatements:
     has_endpoints: str
     insert_all_pg: str
     count_duplicate_pg: str
+    lock_sessions_pg: str
 
 
 _STATEMENTS = None
@@ -99,6 +103,12 @@ def _build():
             f"s AS (UPDATE {sessions} SET messages_in = messages_in + 1, last_event_at = %s "
             "WHERE company_id = %s AND EXISTS (SELECT 1 FROM m)) "
             f"SELECT m.id, j.id, EXISTS ({has_endpoints}) FROM m, j"
+        ),
+        # params: a list of company ids. LockRows runs above the Sort: the rows
+        # are locked in company order, whoever runs it.
+        lock_sessions_pg=(
+            f"SELECT 1 FROM {sessions} WHERE company_id = ANY(%s) "
+            "ORDER BY company_id FOR UPDATE"
         ),
         # params: company id, message id, the session's last event, company id.
         count_duplicate_pg=(

@@ -7,10 +7,15 @@ WhatsApp's message id. Transient failures go back to `queued` with
 exponential backoff (full jitter) until WHATSAPP["SEND_MAX_ATTEMPTS"];
 permanent ones are marked `failed` with the reason.
 
-At-most-once on an unknown outcome: a row left in `sending` by a worker that
-died mid-send may or may not have reached WhatsApp, and neonize gives us no
-way to send with our own message id (to let WhatsApp dedupe). Such rows are
-marked failed with an explicit reason rather than risking a duplicate.
+Exactly once through the sender's message id: when the transport sends with
+an id we choose (`sends_with_id`), the id is stored on the row when it is
+claimed, before the first attempt, and every later attempt uses the same id.
+WhatsApp's recipient ignores a second message with an id it already has, so
+a row left in `sending` by a worker that died mid-send is simply sent again
+with its id by the next owner. Only where the id is WhatsApp's choice (neonize
+0.5.2 cannot pass ours, see whatsapp/transport/neonize_client.py) is such a
+row's outcome unknown: it is marked failed with that reason rather than
+risking a duplicate.
 """
 
 import logging
@@ -20,7 +25,8 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import F, Q
+from django.db.models import F, Q, Value
+from django.db.models.functions import Coalesce, NullIf
 from django.utils import timezone
 
 from whatsapp.models import OutboundMessage, WhatsAppSession, backoff_delay
@@ -33,6 +39,7 @@ logger = logging.getLogger(__name__)
 Status = OutboundMessage.Status
 MIN_SEND_RETRY = 1.0
 INTERRUPTED = "outcome unknown: the worker stopped while sending; not retried to avoid a duplicate"
+RESENT = "interrupted while sending; sent again with the same message id (WhatsApp keeps one)"
 
 
 @dataclass(frozen=True)
@@ -43,13 +50,19 @@ class Claimed:
     to_jid: str
     text: str
     attempts: int
+    message_id: str = ""  # the id to send with ("" = WhatsApp chooses)
 
 
-def claim_outbound(held: Held, limit=20, now=None):
+def claim_outbound(held: Held, limit=20, now=None, with_id=False):
     """Move up to `limit` due rows of the held company from queued to sending.
 
     Returns the claimed rows (oldest first). Nothing is claimed unless the
-    lease is still ours; each row is claimed with a conditional UPDATE."""
+    lease is still ours; each row is claimed with a conditional UPDATE.
+
+    `with_id` (the transport sends with our id): the same UPDATE stores the
+    row's message id -- a new one on the first attempt, the same one on every
+    later attempt -- so a row in `sending` carries an id exactly when a resend
+    with it is safe. Without, the id is cleared (WhatsApp's comes back)."""
     now = now or timezone.now()
     if not holds_lease(held):
         return []
@@ -61,13 +74,22 @@ def claim_outbound(held: Held, limit=20, now=None):
     )
     claimed = []
     for pk in list(due):
+        if with_id:
+            wa_id = Coalesce(
+                NullIf(F("wa_message_id"), Value("")), Value(OutboundMessage.new_wa_message_id())
+            )
+        else:
+            wa_id = Value("")
         won = OutboundMessage.objects.filter(pk=pk, status=Status.QUEUED).update(
-            status=Status.SENDING, attempts=F("attempts") + 1, next_attempt_at=None
+            status=Status.SENDING,
+            attempts=F("attempts") + 1,
+            next_attempt_at=None,
+            wa_message_id=wa_id,
         )
         if won:
             claimed.append(pk)
     rows = OutboundMessage.objects.filter(pk__in=claimed).order_by("created_at", "id")
-    return [Claimed(r.pk, r.to_jid, r.text, r.attempts) for r in rows]
+    return [Claimed(r.pk, r.to_jid, r.text, r.attempts, r.wa_message_id) for r in rows]
 
 
 def companies_with_due_outbound(company_ids, now=None):
@@ -150,31 +172,47 @@ def release_claimed(outbound_id, reason):
     )
 
 
-def fail_interrupted_sends(company_id, exclude=()):
-    """Rows a previous owner left in `sending` (it died mid-send): mark them failed.
+def recover_interrupted_sends(company_id, resend=True):
+    """Rows a previous owner left in `sending` (it died or was cut off mid-send).
 
-    Called by a worker that just acquired the company's lease, before it sends."""
-    return fail_interrupted_sends_of([company_id], exclude).get(company_id, 0)
+    Called by a worker that just acquired the company's lease, before it sends.
+    Returns (rows queued again, rows failed as outcome unknown)."""
+    return recover_interrupted_sends_of([company_id], resend).get(company_id, (0, 0))
 
 
-def fail_interrupted_sends_of(company_ids, exclude=()):
-    """fail_interrupted_sends for many companies in one transaction (a worker
-    taking over many sessions at once). Returns {company id: rows failed}."""
+def recover_interrupted_sends_of(company_ids, resend=True):
+    """recover_interrupted_sends for many companies in one transaction (a worker
+    taking over many sessions at once). Returns {company id: (resent, failed)}.
+
+    A row that carries its message id was being sent with it: it is queued again
+    at once and sent with the same id, which WhatsApp keeps only once. A row
+    without one (WhatsApp chooses the id), or any row when this worker's
+    transport cannot send with our id (`resend` false), may or may not have
+    arrived: it is failed as outcome unknown rather than risk a duplicate."""
     with transaction.atomic():
         rows = list(
             OutboundMessage.objects.select_for_update()
             .filter(company_id__in=list(company_ids), status=Status.SENDING)
-            .exclude(pk__in=list(exclude))
-            .values_list("pk", "company_id")
+            .order_by("pk")
+            .values_list("pk", "company_id", "wa_message_id")
         )
         if not rows:
             return {}
-        ids = [pk for pk, _company in rows]
-        OutboundMessage.objects.filter(pk__in=ids, status=Status.SENDING).update(
-            status=Status.FAILED, last_error=INTERRUPTED, next_attempt_at=None
-        )
-        emit_outbound_status(ids)
-    return dict(Counter(company_id for _pk, company_id in rows))
+        again = [pk for pk, _c, wa_id in rows if resend and wa_id]
+        lost = [pk for pk, _c, wa_id in rows if not (resend and wa_id)]
+        if again:
+            OutboundMessage.objects.filter(pk__in=again, status=Status.SENDING).update(
+                status=Status.QUEUED, last_error=RESENT, next_attempt_at=None
+            )
+        if lost:
+            OutboundMessage.objects.filter(pk__in=lost, status=Status.SENDING).update(
+                status=Status.FAILED, last_error=INTERRUPTED, next_attempt_at=None
+            )
+            emit_outbound_status(lost)
+    requeued = set(again)
+    resent = Counter(c for pk, c, _w in rows if pk in requeued)
+    failed = Counter(c for pk, c, _w in rows if pk not in requeued)
+    return {c: (resent[c], failed[c]) for c in set(resent) | set(failed)}
 
 
 RECEIPT_STATUS = {"delivered": Status.DELIVERED, "read": Status.READ, "played": Status.READ}

@@ -327,10 +327,13 @@ def hand_over(worker_id, helds, reason, clients=None, keep=()):
             .values_list("session_id", "epoch")
         )
         fenced = {h.session_id for h in helds if epochs.get(h.session_id) == h.epoch}
+        # Session rows locked in company order, as inbound recording locks them
+        # (services/inbound.py): the two never deadlock.
         before = dict(
-            WhatsAppSession.objects.filter(pk__in=[h.session_id for h in helds]).values_list(
-                "pk", "state"
-            )
+            WhatsAppSession.objects.select_for_update()
+            .filter(pk__in=[h.session_id for h in helds])
+            .order_by("company_id")
+            .values_list("pk", "state")
         )
         live_ids = [pk for pk, state in before.items() if pk in fenced and state in LIVE_STATES]
         WhatsAppSession.objects.filter(pk__in=live_ids, state__in=list(LIVE_STATES)).update(

@@ -3,7 +3,10 @@
 Client -> simulator
   hello        {credential?, company, agent}     first frame of every connection
   ack          {id}                              an inbound message was handled
-  send         {req, to, text}                   send a text; answered by send_ack / send_error
+  send         {req, to, text, id?}              send a text with the sender's message id
+                                                 (made up if absent); answered by send_ack /
+                                                 send_error. A resend with an id the phone
+                                                 has is acked, not shown twice
   pair_phone   {req, phone}                      ask for a pairing code; answered by pair_code
   logout       {req}                             remove this device; answered by logout_ok
   ping         {n}                               keep-alive; answered by pong {n}

@@ -10,6 +10,7 @@ CREDENTIAL_COUNTERS = (
     "redelivered",
     "acked",
     "sends",
+    "duplicate_sends",
     "drops",
     "keepalive_mutes",
     "logouts",

@@ -12,6 +12,7 @@
   POST /control/keepalive-timeout  {company, seconds} withhold keep-alive answers
   POST /control/logout             {company, reason?} logout from the phone
   POST /control/ban                {company, seconds, code?} temporary ban
+  POST /control/slow-sends         {company, seconds, count?} the next sends' acks come late
   POST /control/reset              forget everything (tests)
   GET  /                           the demo page: write as a phone, read the answers
 
@@ -308,6 +309,19 @@ async def ban(state, body):
 
 
 @control
+async def slow_sends(state, body):
+    cred = _target(state, body)
+    count = body.get("count", 1)
+    if not isinstance(count, int) or not 1 <= count <= MAX_BATCH:
+        raise BadRequest(f"count must be an integer from 1 to {MAX_BATCH}")
+    seconds = _seconds(body)
+    if seconds > 300:
+        raise BadRequest("seconds must be at most 300 for a send")
+    state.slow_down_sends(cred, seconds, count)
+    return {"company": cred.company, "seconds": seconds, "count": count}
+
+
+@control
 async def reset(state, body):
     for cred in list(state.credentials.values()):
         state.drop(cred)
@@ -326,6 +340,7 @@ CONTROLS = {
     "keepalive-timeout": keepalive_timeout,
     "logout": logout,
     "ban": ban,
+    "slow-sends": slow_sends,
     "reset": reset,
 }
 

@@ -50,6 +50,10 @@ class SimulatorState:
         self.pending = {}  # QR ref -> Connection
         self.sends = []
         self.sends_by_phone = defaultdict(list)
+        # (sender phone, recipient, message id) -> its send record: a phone shows
+        # a message once, however often its sender sends that id (a resend).
+        self.seen_sends = {}
+        self.slow_sends = {}  # company -> [seconds, sends left] before their ack
         self.conflicts = []
         self.totals = Counter()
         self.lids = {}  # LID user -> phone, of every phone that wrote (WhatsApp's mapping)
@@ -296,45 +300,83 @@ class SimulatorState:
 
     # --- sends ------------------------------------------------------------------------
     async def send(self, conn, frame):
+        """A text from the device to a phone. The sender chooses the message id
+        (whatsmeow's SendRequestExtra.ID; one is made up when none is given); a
+        phone ignores a second message with an id it already has from that sender:
+        the resend is acknowledged, counted as a duplicate, and not shown twice."""
         cred = conn.credential
         req = frame.get("req")
-        to, text = frame.get("to"), frame.get("text")
+        to, text, chosen = frame.get("to"), frame.get("text"), frame.get("id")
         try:
             if cred is None:
                 raise p.FrameError("not logged in")
             user, _device, server = p.parse_jid(to)
             if not isinstance(text, str) or not text.strip():
                 raise p.FrameError("message is empty")
+            if chosen is not None and not (isinstance(chosen, str) and 0 < len(chosen) <= 128):
+                raise p.FrameError("a message id is a string of 1 to 128 characters")
         except p.FrameError as exc:
             self.totals["send_errors"] += 1
             await conn.send(
                 {"type": "send_error", "req": req, "error": str(exc), "permanent": cred is not None}
             )
             return
-        message_id = p.web_message_id()
-        phone = user if server == "s.whatsapp.net" else self.phone_of_lid(user, server)
-        record = {
-            "id": message_id,
-            "company": cred.company,
-            "from": cred.jid,
-            "to": to,
-            "phone": phone,
-            "text": text,
-            "at": time.time(),
-        }
-        self.sends.append(record)
-        if phone:
-            self.sends_by_phone[phone].append(record)
-        cred.counts["sends"] += 1
-        self.totals["sends"] += 1
-        await conn.send({"type": "send_ack", "req": req, "id": message_id})
+        message_id = chosen or p.web_message_id()
+        key = (cred.phone, to, message_id)
+        record = self.seen_sends.get(key)
+        if record is not None:
+            record["duplicates"] += 1
+            cred.counts["duplicate_sends"] += 1
+            self.totals["duplicate_sends"] += 1
+        else:
+            phone = user if server == "s.whatsapp.net" else self.phone_of_lid(user, server)
+            record = {
+                "id": message_id,
+                "company": cred.company,
+                "from": cred.jid,
+                "to": to,
+                "phone": phone,
+                "text": text,
+                "at": time.time(),
+                "duplicates": 0,
+            }
+            self.seen_sends[key] = record
+            self.sends.append(record)
+            if phone:
+                self.sends_by_phone[phone].append(record)
+            cred.counts["sends"] += 1
+            self.totals["sends"] += 1
+        delay = self._ack_delay(cred.company)
+        ack = {"type": "send_ack", "req": req, "id": message_id}
+        if delay:
+            self._later(delay, conn.send(ack))
+        else:
+            await conn.send(ack)
         if self.receipts:  # the phone confirms a moment later, as on WhatsApp
             receipt = {"type": "receipt", "ids": [message_id], "kind": "delivered", "chat": to}
-            self._later(RECEIPT_DELAY, conn.send(receipt))
+            self._later(delay + RECEIPT_DELAY, conn.send(receipt))
+
+    def slow_down_sends(self, cred, seconds, count=1):
+        """The next `count` sends of this company reach the phone at once but are
+        acknowledged only `seconds` later (a slow network: a send in flight)."""
+        self.slow_sends[cred.company] = [float(seconds), int(count)]
+
+    def _ack_delay(self, company):
+        slow = self.slow_sends.get(company)
+        if slow is None:
+            return 0.0
+        slow[1] -= 1
+        if slow[1] <= 0:
+            del self.slow_sends[company]
+        return slow[0]
 
     def _later(self, delay, coro):
         async def run():
-            await asyncio.sleep(delay)
+            try:
+                await asyncio.sleep(delay)
+            except asyncio.CancelledError:  # the simulator stops first
+                coro.close()
+                raise
             try:
                 await coro
             except Exception:  # the connection went away meanwhile

@@ -136,8 +136,12 @@ class Client(Protocol):
     async def logout(self) -> None:
         """Log the device out of WhatsApp (its keys become useless)."""
 
-    async def send_text(self, jid: str, text: str) -> str:
-        """Send a text; returns WhatsApp's message id. Raises TransportError."""
+    async def send_text(self, jid: str, text: str, message_id: str = "") -> str:
+        """Send a text; returns WhatsApp's message id. Raises TransportError.
+
+        With `message_id` (chosen by the sender, as whatsmeow's
+        SendRequestExtra.ID), a transport whose `sends_with_id` is true sends
+        under that id, so sending again with it is safe: the recipient keeps one."""
 
     async def pair_phone(self, phone_e164: str) -> str:
         """Request an 8-character pairing code for `phone_e164`."""
@@ -148,6 +152,7 @@ class Client(Protocol):
 
 class Transport(Protocol):
     name: str
+    sends_with_id: bool  # send_text honours the caller's message id
 
     def new_client(self, spec: ClientSpec, on_event: EventSink) -> Client:
         ...

@@ -201,6 +201,12 @@ def forget_postgres_device(store, jid):
 
 class NeonizeTransport:
     name = "neonize"
+    # whatsmeow sends with a caller's id (SendRequestExtra.ID), but neonize 0.5.2
+    # does not pass one through: its Go export SendMessage takes only the
+    # recipient and the message (GenerateMessageID exists, SendMessage cannot
+    # use it). So WhatsApp picks the id, and an interrupted send cannot be
+    # resent safely: its outcome is unknown (whatsapp.services.sending).
+    sends_with_id = False
 
     def __init__(self):
         self._executors = weakref.WeakKeyDictionary()  # loop -> executor
@@ -383,7 +389,9 @@ class NeonizeClient:
         except Exception as exc:
             raise base.TransportError(f"logout failed: {exc}") from exc
 
-    async def send_text(self, jid, text):
+    async def send_text(self, jid, text, message_id=""):
+        """Send `text`; returns WhatsApp's id. `message_id` cannot be honoured
+        (see NeonizeTransport.sends_with_id): WhatsApp chooses the id."""
         from neonize.proto.waE2E.WAWebProtobufsE2E_pb2 import Message as WAMessage
 
         client = self._require()

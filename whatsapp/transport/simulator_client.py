@@ -93,6 +93,9 @@ def message_content(frame):
 
 class SimulatorTransport:
     name = "simulator"
+    # The simulator takes the sender's message id (as whatsmeow's SendRequestExtra.ID
+    # does), so a resend with the same id is safe: the phone shows it once.
+    sends_with_id = True
 
     def __init__(self, url=None, reconnect_step=RECONNECT_STEP, store_dir=None):
         self.url = (url or settings.WHATSAPP["SIMULATOR_URL"]).rstrip("/")
@@ -451,10 +454,13 @@ class SimulatorClient:
             if not future.done():
                 future.set_exception(base.TransportError(why))
 
-    async def send_text(self, jid, text):
+    async def send_text(self, jid, text, message_id=""):
         if not self._logged_in:
             raise base.TransportError("not logged in to WhatsApp right now")
-        reply = await self._call({"type": "send", "to": jid, "text": text}, "send")
+        frame = {"type": "send", "to": jid, "text": text}
+        if message_id:
+            frame["id"] = message_id
+        reply = await self._call(frame, "send")
         if reply.get("type") != "send_ack":
             raise base.TransportError(
                 f"send failed: {reply.get('error', reply)}", permanent=bool(reply.get("permanent"))

@@ -57,6 +57,7 @@ class ManagedSession:
         self.retry_handle = None
         self.tasks = set()
         self.closed = False
+        self.stopping = False  # closing: a send in flight may finish, no new one starts
         self.adopted_at = time.monotonic()
 
     def __repr__(self):
@@ -438,20 +439,24 @@ class ManagedSession:
     async def drain(self):
         """Send this company's due queued messages through the current client.
 
-        One row is claimed at a time, right before it is sent: a worker killed
-        mid-send leaves at most that one row in `sending` (marked "outcome
-        unknown" by the next owner), never a claimed batch it had not started."""
-        while not self.closed and self.connected and self.client is not None:
-            batch = await db(sending.claim_outbound)(self.held, 1)
+        One row is claimed at a time, right before it is sent, with the message
+        id it is sent with (when the transport takes ours): a worker killed
+        mid-send leaves at most that one row in `sending`, which the next owner
+        sends again with the same id (or, without an id of ours, marks "outcome
+        unknown"). A closing session lets the send in flight finish (see close)
+        and starts no other."""
+        with_id = bool(getattr(self.sup.transport, "sends_with_id", False))
+        while self._may_send():
+            batch = await db(sending.claim_outbound)(self.held, 1, with_id=with_id)
             if not batch:
                 return
             for item in batch:
                 client = self.client
-                if client is None or not self.connected or self.closed:
+                if client is None or not self._may_send():
                     await db(sending.release_claimed)(item.pk, "client went away before sending")
                     continue
                 try:
-                    wa_id = await client.send_text(item.to_jid, item.text)
+                    wa_id = await client.send_text(item.to_jid, item.text, item.message_id)
                 except base.TransportError as exc:
                     await db(sending.mark_outbound_failed)(item.pk, str(exc), exc.permanent)
                 except Exception as exc:
@@ -460,13 +465,40 @@ class ManagedSession:
                 else:
                     await db(sending.mark_outbound_sent)(item.pk, wa_id)
 
+    def _may_send(self):
+        return (
+            not self.closed and not self.stopping and self.connected and self.client is not None
+        )
+
     # --- end of ownership ----------------------------------------------------
-    async def close(self, reason, record=True):
+    async def close(self, reason, record=True, send_budget=None):
         """Stop the client for good (lease lost, released, or worker stopping).
-        Returns the number of the client stopped, or None if there was none."""
+        Returns the number of the client stopped, or None if there was none.
+
+        A send in flight is not cut off: it gets up to `send_budget` seconds
+        (WHATSAPP["SEND_HANDOVER_BUDGET"] by default) to finish and record its
+        true outcome before the client stops. No new send starts meanwhile. A
+        send still running after the budget is cancelled and its row stays in
+        `sending` for the next owner (sent again with its id)."""
         if self.retry_handle is not None:
             self.retry_handle.cancel()
+        self.stopping = True
+        budget = self.sup.send_budget if send_budget is None else send_budget
         current = asyncio.current_task()
+        sends = [
+            t
+            for t in self.tasks
+            if t is not current and not t.done() and t.get_name().startswith("drain")
+        ]
+        if sends and budget > 0:
+            _done, late = await asyncio.wait(sends, timeout=budget)
+            if late:
+                logger.warning(
+                    "company %s: a send did not finish within the %.1fs hand-over budget; "
+                    "the next owner sends it again",
+                    self.company_id,
+                    budget,
+                )
         for task in list(self.tasks):
             if task is not current:
                 task.cancel()

@@ -54,6 +54,11 @@ class SessionSupervisor:
         self.max_sessions = conf["MAX_SESSIONS_PER_WORKER"]
         self.connect_timeout = conf.get("CONNECT_TIMEOUT", 75.0)
         self.stop_timeout = conf.get("STOP_TIMEOUT", 15.0)
+        # A hand-over lets a send in flight finish this long before the client stops.
+        self.send_budget = conf.get("SEND_HANDOVER_BUDGET", 5.0)
+        # Rows left in `sending` are sent again with their id only if our
+        # transport sends with it (whatsapp.services.sending).
+        self.sends_with_id = bool(getattr(self.transport, "sends_with_id", False))
         self.rebalance = conf.get("REBALANCE", True)
         self.rebalance_batch = conf.get("REBALANCE_BATCH", 5)
         self.inbound = InboundBatcher(conf.get("INBOUND_BATCH", 100))  # group commit
@@ -126,10 +131,15 @@ class SessionSupervisor:
                 task.cancel()
         owned = list(self.sessions.values())
         self.sessions.clear()
-        # Every client stops concurrently; then one transaction marks them all
-        # stopped and releases the leases (not two round trips per session).
+        # Every client stops concurrently (a send in flight first finishes, within
+        # at most half the budget); then one transaction marks them all stopped
+        # and releases the leases (not two round trips per session).
+        send_budget = min(self.send_budget, budget / 2)
         results = await asyncio.gather(
-            *(asyncio.wait_for(ms.close(reason, record=False), budget) for ms in owned),
+            *(
+                asyncio.wait_for(ms.close(reason, record=False, send_budget=send_budget), budget)
+                for ms in owned
+            ),
             return_exceptions=True,
         )
         stuck, clients = [], {}
@@ -305,8 +315,9 @@ class SessionSupervisor:
 
     async def _adopt_many(self, helds):
         """ManagedSessions for leases just acquired. Rows a previous owner left
-        in `sending` (it died mid-send) are failed first, in one database call
-        for all, so no send of ours can start before that."""
+        in `sending` (it died mid-send) are dealt with first, in one database
+        call for all, so no send of ours can start before that: queued again to
+        be sent with their id, or failed as outcome unknown without one."""
         fresh = []
         for held in helds:
             dropping = self._dropping.get(held.company_id)
@@ -315,13 +326,16 @@ class SessionSupervisor:
             ms = self.sessions.get(held.company_id)
             if ms is None or ms.held != held:
                 fresh.append(held.company_id)
-        failed = await db(sending.fail_interrupted_sends_of)(fresh) if fresh else {}
-        for company_id, count in failed.items():
+        recovered = {}
+        if fresh:
+            recovered = await db(sending.recover_interrupted_sends_of)(fresh, self.sends_with_id)
+        for company_id, (resent, failed) in recovered.items():
             logger.warning(
-                "company %s: %s message(s) interrupted by the previous owner marked "
-                "failed (outcome unknown)",
+                "company %s: message(s) interrupted by the previous owner: %s sent again "
+                "with the same id, %s marked failed (outcome unknown)",
                 company_id,
-                count,
+                resent,
+                failed,
             )
         adopted = []
         for held in helds:
@@ -334,18 +348,19 @@ class SessionSupervisor:
             adopted.append(ms)
         return adopted
 
-    async def lease_lost(self, ms, reason):
+    async def lease_lost(self, ms, reason, send_budget=None):
         """Forget `ms` now and stop its client from another task (the caller may
-        hold the session's lock). A later adoption of the company waits for it."""
+        hold the session's lock) once a send in flight finished (`send_budget`).
+        A later adoption of the company waits for it."""
         if self.sessions.get(ms.company_id) is ms:
             del self.sessions[ms.company_id]
         if ms.company_id not in self._dropping:
-            task = self.spawn(self._drop(ms, reason), f"drop:{ms.company_id}")
+            task = self.spawn(self._drop(ms, reason, send_budget), f"drop:{ms.company_id}")
             self._dropping[ms.company_id] = task
             task.add_done_callback(lambda _t, cid=ms.company_id: self._dropping.pop(cid, None))
 
-    async def _drop(self, ms, reason):
-        await ms.close(f"lease lost: {reason}")
+    async def _drop(self, ms, reason, send_budget=None):
+        await ms.close(f"lease lost: {reason}", send_budget=send_budget)
         await db(svc.record_event)(ms.held, svc.Kind.LEASE_LOST, reason)
 
     async def release(self, ms, reason):
@@ -398,8 +413,13 @@ class SessionSupervisor:
                     self.worker_id,
                     len(self.sessions),
                 )
+                # A send in flight may finish only while the lease surely holds.
                 for ms in list(self.sessions.values()):
-                    await self.lease_lost(ms, "lease renewal overdue (database unreachable?)")
+                    await self.lease_lost(
+                        ms,
+                        "lease renewal overdue (database unreachable?)",
+                        send_budget=self.fence_margin / 2,
+                    )
 
     async def _peer_loop(self):
         """Free the leases of a worker on this machine as soon as its process is
@@ -480,9 +500,12 @@ class SessionSupervisor:
         if excess <= 1:  # tolerate one over the fair share: no ping-pong
             return
         ranked = sorted(self.sessions.values(), key=lambda m: (m.connected, m.company_id))
-        for ms in ranked[: min(excess - 1, self.rebalance_batch)]:
+        handed = ranked[: min(excess - 1, self.rebalance_batch)]
+        for ms in handed:
             del self.sessions[ms.company_id]
-            await ms.close("rebalancing to another worker")
+        # Concurrently: each may let a send in flight finish first (the budget).
+        await asyncio.gather(*(ms.close("rebalancing to another worker") for ms in handed))
+        for ms in handed:
             await db(svc.mark_stopped)(
                 ms.held, "handed to another worker (rebalancing)", only_live=True
             )
