@@ -311,6 +311,9 @@ else:
 # Largest API request body (DRF reads the stream itself, so Django's
 # DATA_UPLOAD_MAX_MEMORY_SIZE does not apply to it): 413 above this.
 API_MAX_BODY_BYTES = env.int("API_MAX_BODY_BYTES", default=128 * 1024)
+# Deepest nesting of arrays/objects in a JSON body (400 beyond; no request needs more
+# than a few levels, and Python's json parser recurses once per level).
+API_MAX_JSON_DEPTH = env.int("API_MAX_JSON_DEPTH", default=32)
 SPECTACULAR_SETTINGS = {
     "TITLE": "aiadmin API",
     "DESCRIPTION": "WhatsApp sessions and messages per company. Authenticate with a "
