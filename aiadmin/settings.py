@@ -434,4 +434,7 @@ SERVER_EMAIL = env.str("DJANGO_SERVER_EMAIL", default="aiadmin@localhost")
 # EMAIL_URL=smtp+tls://user:password@smtp.example.com:587 (default: print to the console).
 vars().update(env.email_url("EMAIL_URL", default="consolemail://"))
 # /metrics answers only requests with "Authorization: Bearer <METRICS_TOKEN>" when set.
+# Without a token it is refused (403) unless METRICS_PUBLIC=1 (or DEBUG) opens it to
+# anyone who can reach it; `check --deploy` warns then (whatsapp.W004).
 METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
+METRICS_PUBLIC = env.bool("METRICS_PUBLIC", default=False)
