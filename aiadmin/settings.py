@@ -244,6 +244,11 @@ LOGIN_URL = "admin:login"
 MESSAGE_STORAGE = "django.contrib.messages.storage.session.SessionStorage"
 
 # --- Security (production) -------------------------------------------------
+# Trusted reverse proxies in front of the web processes, each appending to
+# X-Forwarded-For (aiadmin/client_address.py). 0: the TCP peer is the client and
+# X-Forwarded-For is ignored. Behind one load balancer: 1. Per-address limits (failed
+# API authentication, admin login lockouts) count the wrong address if this is wrong.
+NUM_PROXIES = env.int("DJANGO_NUM_PROXIES", default=0)
 if not DEBUG:
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
     SECURE_SSL_REDIRECT = env.bool("DJANGO_SECURE_SSL_REDIRECT", default=True)
@@ -295,6 +300,7 @@ REST_FRAMEWORK = {
         "send": _api_rate("API_SEND_RATE_LIMIT", "60/min"),
     },
     "EXCEPTION_HANDLER": "aiadmin.api.errors.api_exception_handler",
+    "NUM_PROXIES": NUM_PROXIES,  # the anonymous rate limit counts per aiadmin.client_address
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
 }
 # API throttle counters: in Redis when there is one, so every web process shares
@@ -312,6 +318,13 @@ else:
         "BACKEND": "django.core.cache.backends.locmem.LocMemCache",
         "LOCATION": "api-throttle",
     }
+# Failed authentication (aiadmin/api/auth_failures.py): wrong/revoked/expired keys and
+# calls without credentials per client address; wrong secrets per API key, from any
+# address (a right key keeps working). 429 with Retry-After over the limit.
+API_AUTH_FAILURE_RATES = {
+    "address": _api_rate("API_AUTH_FAILURE_RATE", "10/min"),
+    "key": _api_rate("API_KEY_FAILURE_RATE", "10/min"),
+}
 # Largest API request body (DRF reads the stream itself, so Django's
 # DATA_UPLOAD_MAX_MEMORY_SIZE does not apply to it): 413 above this.
 API_MAX_BODY_BYTES = env.int("API_MAX_BODY_BYTES", default=128 * 1024)
