@@ -10,6 +10,7 @@ Misconfiguration fails at import time with a message that says what to set.
 """
 
 import re
+from datetime import timedelta
 from pathlib import Path
 
 import environ
@@ -66,6 +67,7 @@ INSTALLED_APPS = [
     "rest_framework_api_key",
     "drf_spectacular",
     "drf_spectacular_sidecar",  # Swagger UI assets served locally, no CDN
+    "axes",  # admin login lockouts (AXES_* below)
 ]
 
 MIDDLEWARE = [
@@ -78,6 +80,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "axes.middleware.AxesMiddleware",  # last: answers a locked-out login with 429
 ]
 
 ROOT_URLCONF = "aiadmin.urls"
@@ -217,6 +220,11 @@ else:
     Q_CLUSTER["broker_class"] = "whatsapp.job_broker.ORMBroker"
 
 # --- Auth, i18n, static ----------------------------------------------------
+# django-axes first: a locked-out login is refused before any password is checked.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
@@ -260,6 +268,21 @@ if not DEBUG:
     SESSION_COOKIE_SECURE = True
     CSRF_COOKIE_SECURE = True
 SECURE_CONTENT_TYPE_NOSNIFF = True
+
+# Admin login lockouts (django-axes, database handler: shared by every web process).
+# Locked per username AND address together: a flood from one address cannot lock the
+# real user out from another (by username alone it could, for any known username),
+# and one office address with a user mistyping does not lock out its colleagues (by
+# address alone it would). A success before the limit forgets the failures. Lifted
+# after the cool-off, or at once by an admin: Axes -> Access attempts, or
+# `manage.py axes_reset` (axes_reset_username / axes_reset_ip for one).
+AXES_FAILURE_LIMIT = env.int("ADMIN_LOGIN_FAILURE_LIMIT", default=5)
+_cooloff = env.int("ADMIN_LOGIN_COOLOFF_MINUTES", default=30)
+AXES_COOLOFF_TIME = timedelta(minutes=_cooloff) if _cooloff > 0 else None  # 0: admin resets
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_HTTP_RESPONSE_CODE = 429
+AXES_CLIENT_IP_CALLABLE = "aiadmin.client_address.client_address"
 X_FRAME_OPTIONS = "DENY"
 
 LOGGING = {
