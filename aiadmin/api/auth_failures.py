@@ -56,11 +56,6 @@ def _window(kind, ident, now):
     return key, (window + 1) * period - now, limit, period
 
 
-def failure_count(kind, ident, cache=None):
-    key, _, _, _ = _window(kind, ident, time.time())
-    return (cache or caches["api_throttle"]).get(key, 0)
-
-
 class AuthFailures:
     """The failure budgets of one request."""
 

@@ -173,16 +173,29 @@ def test_the_failure_rates_are_set_from_the_environment():
 
 @pytest.mark.redis
 @pytest.mark.skipif(not settings.REDIS_URL, reason="runs in the PostgreSQL + Redis pass")
-def test_with_redis_every_web_process_sees_the_same_failures(keys, settings):
-    """Failures counted by one process (its own connection pool) block in another."""
-    from django.core.cache import caches
-
-    from aiadmin.api import auth_failures
-
-    for _ in range(LIMIT):
-        get(key_client(random_key()), "203.0.113.99")
-    another_process = caches.create_connection("api_throttle")
-    assert auth_failures.failure_count("address", "203.0.113.99", cache=another_process) == LIMIT
+def test_with_redis_failures_counted_by_another_process_block_here(keys, settings):
+    """Another web process (a real one: its own interpreter and Redis connection)
+    counts the failures; this process refuses the address."""
+    script = (
+        "import django; django.setup()\n"
+        "from types import SimpleNamespace\n"
+        "from django.conf import settings\n"
+        "from aiadmin.api.auth_failures import AuthFailures\n"
+        f"settings.API_THROTTLE_NAMESPACE = {settings.API_THROTTLE_NAMESPACE!r}\n"
+        f"settings.API_AUTH_FAILURE_RATES = {settings.API_AUTH_FAILURE_RATES!r}\n"
+        "request = SimpleNamespace(META={'REMOTE_ADDR': '203.0.113.99'})\n"
+        f"for _ in range({LIMIT}): AuthFailures(request).failed()\n"
+    )
+    subprocess.run(
+        [sys.executable, "-c", script],
+        env={**os.environ, "DJANGO_SETTINGS_MODULE": "tests.settings"},
+        cwd=settings.BASE_DIR,
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    assert_throttled(get(key_client(keys["a"]), "203.0.113.99"))
+    assert get(key_client(keys["a"]), "203.0.113.100").status_code == 200
 
 
 def test_an_unreachable_counter_store_does_not_break_authentication(keys, settings, caplog):
