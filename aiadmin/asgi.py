@@ -7,10 +7,15 @@ served by one SessionWorkerConsumer, which owns that process's live clients.
 
 import os
 
-from django.core.asgi import get_asgi_application
+import django
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "aiadmin.settings")
-django_asgi_app = get_asgi_application()
+django.setup(set_prefix=False)  # what django.core.asgi.get_asgi_application does
+
+from aiadmin.body_length import BodyLengthASGIHandler  # noqa: E402
+
+# Django's handler, plus a Content-Length for chunked bodies (see body_length.py).
+django_asgi_app = BodyLengthASGIHandler()
 
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402

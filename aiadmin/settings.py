@@ -10,6 +10,7 @@ Misconfiguration fails at import time with a message that says what to set.
 """
 
 import re
+from datetime import timedelta
 from pathlib import Path
 
 import environ
@@ -66,17 +67,20 @@ INSTALLED_APPS = [
     "rest_framework_api_key",
     "drf_spectacular",
     "drf_spectacular_sidecar",  # Swagger UI assets served locally, no CDN
+    "axes",  # admin login lockouts (AXES_* below)
 ]
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",  # static files from daphne itself
+    "aiadmin.api.no_store.NoStoreMiddleware",  # Cache-Control: no-store under /api/
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "axes.middleware.AxesMiddleware",  # last: answers a locked-out login with 429
 ]
 
 ROOT_URLCONF = "aiadmin.urls"
@@ -216,6 +220,11 @@ else:
     Q_CLUSTER["broker_class"] = "whatsapp.job_broker.ORMBroker"
 
 # --- Auth, i18n, static ----------------------------------------------------
+# django-axes first: a locked-out login is refused before any password is checked.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
@@ -238,8 +247,16 @@ STORAGES = {
 }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 LOGIN_URL = "admin:login"
+# Messages wait in the session (the database), not in a cookie: Django's default cookie
+# is signed but readable by whoever holds it, and a new API key is shown in a message.
+MESSAGE_STORAGE = "django.contrib.messages.storage.session.SessionStorage"
 
 # --- Security (production) -------------------------------------------------
+# Trusted reverse proxies in front of the web processes, each appending to
+# X-Forwarded-For (aiadmin/client_address.py). 0: the TCP peer is the client and
+# X-Forwarded-For is ignored. Behind one load balancer: 1. Per-address limits (failed
+# API authentication, admin login lockouts) count the wrong address if this is wrong.
+NUM_PROXIES = env.int("DJANGO_NUM_PROXIES", default=0)
 if not DEBUG:
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
     SECURE_SSL_REDIRECT = env.bool("DJANGO_SECURE_SSL_REDIRECT", default=True)
@@ -251,6 +268,21 @@ if not DEBUG:
     SESSION_COOKIE_SECURE = True
     CSRF_COOKIE_SECURE = True
 SECURE_CONTENT_TYPE_NOSNIFF = True
+
+# Admin login lockouts (django-axes, database handler: shared by every web process).
+# Locked per username AND address together: a flood from one address cannot lock the
+# real user out from another (by username alone it could, for any known username),
+# and one office address with a user mistyping does not lock out its colleagues (by
+# address alone it would). A success before the limit forgets the failures. Lifted
+# after the cool-off, or at once by an admin: Axes -> Access attempts, or
+# `manage.py axes_reset` (axes_reset_username / axes_reset_ip for one).
+AXES_FAILURE_LIMIT = env.int("ADMIN_LOGIN_FAILURE_LIMIT", default=5)
+_cooloff = env.int("ADMIN_LOGIN_COOLOFF_MINUTES", default=30)
+AXES_COOLOFF_TIME = timedelta(minutes=_cooloff) if _cooloff > 0 else None  # 0: admin resets
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_HTTP_RESPONSE_CODE = 429
+AXES_CLIENT_IP_CALLABLE = "aiadmin.client_address.client_address"
 X_FRAME_OPTIONS = "DENY"
 
 LOGGING = {
@@ -291,6 +323,7 @@ REST_FRAMEWORK = {
         "send": _api_rate("API_SEND_RATE_LIMIT", "60/min"),
     },
     "EXCEPTION_HANDLER": "aiadmin.api.errors.api_exception_handler",
+    "NUM_PROXIES": NUM_PROXIES,  # the anonymous rate limit counts per aiadmin.client_address
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
 }
 # API throttle counters: in Redis when there is one, so every web process shares
@@ -308,9 +341,19 @@ else:
         "BACKEND": "django.core.cache.backends.locmem.LocMemCache",
         "LOCATION": "api-throttle",
     }
+# Failed authentication (aiadmin/api/auth_failures.py): wrong/revoked/expired keys and
+# calls without credentials per client address; wrong secrets per API key, from any
+# address (a right key keeps working). 429 with Retry-After over the limit.
+API_AUTH_FAILURE_RATES = {
+    "address": _api_rate("API_AUTH_FAILURE_RATE", "10/min"),
+    "key": _api_rate("API_KEY_FAILURE_RATE", "10/min"),
+}
 # Largest API request body (DRF reads the stream itself, so Django's
 # DATA_UPLOAD_MAX_MEMORY_SIZE does not apply to it): 413 above this.
 API_MAX_BODY_BYTES = env.int("API_MAX_BODY_BYTES", default=128 * 1024)
+# Deepest nesting of arrays/objects in a JSON body (400 beyond; no request needs more
+# than a few levels, and Python's json parser recurses once per level).
+API_MAX_JSON_DEPTH = env.int("API_MAX_JSON_DEPTH", default=32)
 SPECTACULAR_SETTINGS = {
     "TITLE": "aiadmin API",
     "DESCRIPTION": "WhatsApp sessions and messages per company. Authenticate with a "
@@ -456,4 +499,7 @@ SERVER_EMAIL = env.str("DJANGO_SERVER_EMAIL", default="aiadmin@localhost")
 # EMAIL_URL=smtp+tls://user:password@smtp.example.com:587 (default: print to the console).
 vars().update(env.email_url("EMAIL_URL", default="consolemail://"))
 # /metrics answers only requests with "Authorization: Bearer <METRICS_TOKEN>" when set.
+# Without a token it is refused (403) unless METRICS_PUBLIC=1 (or DEBUG) opens it to
+# anyone who can reach it; `check --deploy` warns then (whatsapp.W004).
 METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
+METRICS_PUBLIC = env.bool("METRICS_PUBLIC", default=False)

@@ -101,6 +101,12 @@ def check_production_services(app_configs, **kwargs):
             "WhatsApp; unset it (the default is neonize) in production.",
             id="whatsapp.W003",
         ))
+    if not settings.METRICS_TOKEN and settings.METRICS_PUBLIC:
+        warnings.append(Warning(
+            "/metrics is open to anyone who can reach it (METRICS_PUBLIC=1 and no "
+            "METRICS_TOKEN): it names every company and its message counts. Set METRICS_TOKEN.",
+            id="whatsapp.W004",
+        ))
     return warnings
 
 

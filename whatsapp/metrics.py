@@ -6,7 +6,9 @@ scrape -- any daphne of many -- reports the same numbers; nothing is counted
 in process memory. Counters are backed by columns that only ever increase
 (session counters, attempt rows); gauges by current row counts.
 
-Set METRICS_TOKEN to require `Authorization: Bearer <token>`.
+Set METRICS_TOKEN to require `Authorization: Bearer <token>`. Without a token
+the endpoint is refused (403) unless METRICS_PUBLIC is set or DEBUG is on; the
+deploy check whatsapp.W004 warns when it is open to anyone.
 """
 
 import hmac
@@ -274,18 +276,28 @@ def render_metrics(accept=""):
     return encoder(registry), content_type
 
 
-def _authorized(request):
-    token = settings.METRICS_TOKEN
-    if not token:
-        return True
+def metrics_open():
+    """Whether /metrics answers without a token (never when a token is set)."""
+    return not settings.METRICS_TOKEN and (settings.METRICS_PUBLIC or settings.DEBUG)
+
+
+def _token_matches(request):
     header = request.headers.get("Authorization", "")
     scheme, _, given = header.partition(" ")
+    token = settings.METRICS_TOKEN
     return scheme.lower() == "bearer" and hmac.compare_digest(given.encode(), token.encode())
 
 
 @require_GET
 def metrics_view(request):
-    if not _authorized(request):
+    if not settings.METRICS_TOKEN and not metrics_open():
+        return HttpResponse(
+            "/metrics is closed: set METRICS_TOKEN (scrape with Authorization: Bearer <token>), "
+            "or METRICS_PUBLIC=1 to open it to anyone who can reach it.\n",
+            status=403,
+            content_type="text/plain",
+        )
+    if settings.METRICS_TOKEN and not _token_matches(request):
         response = HttpResponse("metrics token required\n", status=401, content_type="text/plain")
         response["WWW-Authenticate"] = 'Bearer realm="metrics"'
         return response

@@ -1,4 +1,9 @@
-"""Cursor pagination: stable under inserts, opaque cursors, bad cursor = 400."""
+"""Cursor pagination: stable under inserts, opaque cursors, bad cursor = 400.
+
+A cursor is base64 of `o=<offset>&r=<reverse>&p=<position>`; DRF checks the
+offset and the reverse flag but passes the position straight into the query
+(`id < 'abc'`: a 500). Every ordering here is by id, so a position must look
+like one (what `<id:...>` accepts in paths)."""
 
 import re
 
@@ -14,11 +19,21 @@ class IdCursorPagination(CursorPagination):
 
     def decode_cursor(self, request):
         try:
-            return super().decode_cursor(request)
+            cursor = super().decode_cursor(request)
         except exceptions.NotFound:
+            cursor = None
+            valid = False
+        else:
+            valid = (
+                cursor is None
+                or cursor.position is None
+                or (re.fullmatch(r"[0-9]{1,18}", cursor.position) is not None)
+            )
+        if not valid:
             raise exceptions.ValidationError(
                 {self.cursor_query_param: ["Invalid cursor: use the `next`/`previous` links."]}
-            ) from None
+            )
+        return cursor
 
     def get_page_size(self, request):
         raw = request.query_params.get(self.page_size_query_param)

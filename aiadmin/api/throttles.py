@@ -15,6 +15,7 @@ from django.core.cache import caches
 from rest_framework.settings import api_settings
 from rest_framework.throttling import SimpleRateThrottle
 
+from aiadmin.client_address import client_address
 from companies.models import CompanyAPIKey
 
 logger = logging.getLogger(__name__)
@@ -45,6 +46,6 @@ class TenantRateThrottle(SimpleRateThrottle):
         elif request.user is not None and request.user.is_authenticated:
             ident = f"user:{request.user.pk}"
         else:
-            ident = f"addr:{self.get_ident(request)}"
+            ident = f"addr:{client_address(request)}"
         namespace = getattr(settings, "API_THROTTLE_NAMESPACE", "")
         return f"throttle:{namespace}:{self.scope}:{ident}"

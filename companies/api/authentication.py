@@ -3,7 +3,10 @@
     Authorization: Api-Key <prefix>.<secret>
 
 A key acts for its company only. A present but unknown, revoked or expired
-key is refused with 401 (never silently treated as anonymous).
+key is refused with 401 (never silently treated as anonymous). Failures are
+throttled per client address and per key (aiadmin/api/auth_failures.py): 429
+once over the limit, but the right key is always checked before its own
+key's limit applies.
 """
 
 from dataclasses import dataclass
@@ -13,6 +16,7 @@ from rest_framework import exceptions
 from rest_framework.authentication import BaseAuthentication
 from rest_framework_api_key.permissions import KeyParser
 
+from aiadmin.api.auth_failures import AuthFailures
 from companies.models import CompanyAPIKey
 
 
@@ -48,17 +52,22 @@ class CompanyAPIKeyAuthentication(BaseAuthentication):
         raw = KeyParser().get_from_authorization(request)
         if raw is None:
             return None  # no key: let session authentication try
+        failures = AuthFailures(request)
+        failures.refuse_if_address_blocked()
         prefix, dot, _ = raw.strip().partition(".")
         api_key = None
         if dot and prefix:
             api_key = CompanyAPIKey.objects.select_related("company").filter(prefix=prefix).first()
         if api_key is None or not api_key.is_valid(raw.strip()):
-            raise exceptions.AuthenticationFailed("Invalid API key.")
-        if api_key.revoked:
-            raise exceptions.AuthenticationFailed("This API key has been revoked.")
-        if api_key.has_expired:
-            raise exceptions.AuthenticationFailed("This API key has expired.")
-        return CompanyKeyPrincipal(api_key), api_key
+            refusal = "Invalid API key."
+        elif api_key.revoked:
+            refusal = "This API key has been revoked."
+        elif api_key.has_expired:
+            refusal = "This API key has expired."
+        else:
+            return CompanyKeyPrincipal(api_key), api_key
+        # The key's own budget applies only now: the right secret is never refused by it.
+        raise failures.failed(api_key) or exceptions.AuthenticationFailed(refusal)
 
     def authenticate_header(self, request):
         return self.keyword  # makes "not authenticated" a 401, not a 403

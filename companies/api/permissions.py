@@ -3,6 +3,7 @@ default permission classes while its own views module is being imported)."""
 
 from rest_framework.permissions import BasePermission
 
+from aiadmin.api.auth_failures import AuthFailures
 from companies.models import CompanyAPIKey
 
 
@@ -15,4 +16,11 @@ class IsTenantCaller(BasePermission):
         if isinstance(request.auth, CompanyAPIKey):
             return True
         user = request.user
-        return bool(user and user.is_authenticated and user.is_active and user.is_staff)
+        if not (user and user.is_authenticated):
+            # No credentials at all (a wrong key already failed in authentication):
+            # counts against the address' failure budget, 429 once over it.
+            failures = AuthFailures(request)
+            failures.refuse_if_address_blocked()
+            failures.failed()
+            return False
+        return bool(user.is_active and user.is_staff)

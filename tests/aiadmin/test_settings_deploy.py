@@ -30,7 +30,9 @@ def manage(tmp_path, *args, **env_vars):
     env = {
         k: v
         for k, v in os.environ.items()
-        if not k.startswith(("DJANGO_", "DATABASE_", "REDIS_", "Q_", "WHATSAPP_", "EMAIL_"))
+        if not k.startswith(
+            ("DJANGO_", "DATABASE_", "REDIS_", "Q_", "WHATSAPP_", "EMAIL_", "METRICS_")
+        )
     }
     env.update(DJANGO_SETTINGS_MODULE="aiadmin.settings", AIADMIN_VAR_DIR=str(tmp_path))
     env.update({k: v for k, v in env_vars.items() if v is not None})
@@ -67,6 +69,17 @@ def test_a_short_secret_is_flagged_by_the_deploy_check(tmp_path):
     result = manage(tmp_path, "check", "--deploy", "--fail-level", "WARNING", **env)
     assert result.returncode != 0
     assert "security.W009" in result.stdout + result.stderr
+
+
+def test_metrics_opened_without_a_token_are_flagged_by_the_deploy_check(tmp_path):
+    env = dict(PRODUCTION, METRICS_TOKEN=None, METRICS_PUBLIC="1")
+    result = manage(tmp_path, "check", "--deploy", "--fail-level", "WARNING", **env)
+    assert result.returncode != 0
+    assert "whatsapp.W004" in result.stdout + result.stderr
+    # With neither, /metrics refuses every scrape: closed, so nothing to warn about.
+    env = dict(PRODUCTION, METRICS_TOKEN=None)
+    result = manage(tmp_path, "check", "--deploy", "--fail-level", "WARNING", **env)
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 @pytest.mark.parametrize(

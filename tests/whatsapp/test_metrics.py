@@ -29,6 +29,13 @@ from whatsapp.transport.normalize import normalize_message
 pytestmark = pytest.mark.django_db
 
 
+@pytest.fixture(autouse=True)
+def metrics_open(settings):
+    """Open without a token (as with METRICS_PUBLIC=1); TestToken covers the gate."""
+    settings.METRICS_TOKEN = ""
+    settings.METRICS_PUBLIC = True
+
+
 def scrape(client, **headers):
     response = client.get("/metrics", secure=True, **headers)
     assert response.status_code == 200, response.content[:500]
@@ -220,9 +227,24 @@ class TestValues:
 
 
 class TestToken:
-    def test_without_a_token_setting_metrics_are_open(self, client, db, settings):
-        settings.METRICS_TOKEN = ""
+    def test_without_a_token_metrics_are_refused_in_production(self, client, db, settings):
+        settings.METRICS_TOKEN, settings.METRICS_PUBLIC, settings.DEBUG = "", False, False
+        response = client.get("/metrics", secure=True)
+        assert response.status_code == 403
+        assert b"METRICS_TOKEN" in response.content
+        assert b"aiadmin_" not in response.content
+
+    def test_metrics_public_opens_them_without_a_token(self, client, db, settings):
+        settings.METRICS_TOKEN, settings.METRICS_PUBLIC, settings.DEBUG = "", True, False
         assert client.get("/metrics", secure=True).status_code == 200
+
+    def test_a_development_run_opens_them_without_a_token(self, client, db, settings):
+        settings.METRICS_TOKEN, settings.METRICS_PUBLIC, settings.DEBUG = "", False, True
+        assert client.get("/metrics", secure=True).status_code == 200
+
+    def test_a_token_is_required_even_when_metrics_public_is_set(self, client, db, settings):
+        settings.METRICS_TOKEN, settings.METRICS_PUBLIC = "s3cret-scrape-token", True
+        assert client.get("/metrics", secure=True).status_code == 401
 
     def test_with_a_token_setting_a_bearer_token_is_required(self, client, db, settings):
         settings.METRICS_TOKEN = "s3cret-scrape-token"
@@ -237,7 +259,6 @@ class TestToken:
         assert value(m, "aiadmin_whatsapp_workers_live") == 0
 
     def test_only_get_is_allowed(self, client, db, settings):
-        settings.METRICS_TOKEN = ""
         assert client.post("/metrics", secure=True).status_code == 405
 
 
