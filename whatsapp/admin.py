@@ -1,5 +1,7 @@
 """Admin registration. The connection-health pages build on these."""
 
+from axes import admin as axes_admin  # registers axes' admins now (wrapped below)
+from axes import models as axes_models
 from django.contrib import admin
 from django_q import admin as q_admin
 from django_q import models as q_models
@@ -78,8 +80,11 @@ class WorkerProcessAdmin(TenantScopedAdmin):
 
 
 # django-q2's queue, results and schedules belong to no company (and a schedule runs
-# any function with any arguments): superusers only.
+# any function with any arguments), nor do django-axes' login attempts: superusers only.
 for _model, _admin in [
+    (axes_models.AccessAttempt, axes_admin.AccessAttemptAdmin),
+    (axes_models.AccessLog, axes_admin.AccessLogAdmin),
+    (axes_models.AccessFailureLog, axes_admin.AccessFailureLogAdmin),
     (q_models.Schedule, q_admin.ScheduleAdmin),
     (q_models.Success, q_admin.TaskAdmin),
     (q_models.Failure, q_admin.FailAdmin),

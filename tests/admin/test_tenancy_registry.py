@@ -37,6 +37,9 @@ GLOBAL_MODELS = {
     "django_q.Success": "task results of every company: superusers only",
     "django_q.Failure": "task failures of every company: superusers only",
     "django_q.OrmQ": "queued tasks of every company: superusers only",
+    "axes.AccessAttempt": "login lockouts of every user: superusers lift them",
+    "axes.AccessLog": "logins of every user: superusers only",
+    "axes.AccessFailureLog": "failed logins of every user: superusers only",
 }
 
 # A company's credentials: not even listed to its plain members.

@@ -152,6 +152,7 @@ class TestSystemCheck:
         assert "not a name of WHATSAPP_INBOUND_HANDLERS" in error.msg
 
 
+@pytest.mark.e2e
 def test_a_process_refuses_to_start_with_a_registered_handler_that_does_not_import(tmp_path):
     """A real `manage.py` process (qcluster and runworker run the same checks first)."""
     from tests.aiadmin.test_settings_deploy import manage
