@@ -366,6 +366,13 @@ WHATSAPP = {
     # A handler failing with a transient error (anything but a permanent
     # HandlerError) is retried by the sweeper until it has run this many times.
     "JOB_MAX_ATTEMPTS": env.int("WHATSAPP_JOB_MAX_ATTEMPTS", default=3),
+    # Seconds a running attempt holds its job (0: Q_CLUSTER timeout + 15, so a
+    # live attempt, which django-q2 kills at the timeout, never loses it).
+    "JOB_LEASE": env.float("WHATSAPP_JOB_LEASE", default=0.0),
+    # Redis broker: a queued job whose task has been off the Redis list this
+    # long without being claimed was taken by a cluster that died; the
+    # sweeper pushes it again (docs/processing.md).
+    "LOST_TASK_AFTER": env.float("WHATSAPP_LOST_TASK_AFTER", default=60.0),
     # Session worker (issue 3): a connect attempt that neither connects nor
     # shows a QR within this many seconds is failed and retried with backoff.
     "CONNECT_TIMEOUT": env.float("WHATSAPP_CONNECT_TIMEOUT", default=75.0),
