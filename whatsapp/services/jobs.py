@@ -48,10 +48,12 @@ def broker_is_transactional():
 
 def _broker():
     """One django-q2 broker per thread: async_task builds a new one per call
-    otherwise (with Redis, a new connection pool and TCP connection per task)."""
+    otherwise (with Redis, a new connection pool and TCP connection per task).
+    Always the queue of client messages, also when called from the
+    maintenance cluster (the sweeper), whose own default queue is another."""
     broker = getattr(_local, "broker", None)
     if broker is None:
-        broker = _local.broker = get_broker()
+        broker = _local.broker = get_broker(list_key=settings.Q_CLUSTER["name"])
     return broker
 
 
