@@ -22,13 +22,12 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from django.conf import settings
-from django.db import transaction
-from django.db.models import Case, F, Q, Value, When
+from django.db import connection, transaction
 from django.utils import timezone
 from django.utils.module_loading import import_string
 from django_q.exceptions import TimeoutException
 
-from whatsapp.models import ProcessingJob
+from whatsapp.models import InboundMessage, ProcessingJob
 
 from . import local_processes
 from .outbound import IdempotencyConflict, queue_outbound_message
@@ -90,36 +89,54 @@ def claimant_identity(claimed_by):
         return local_processes.ProcessIdentity("", 0, 0)
 
 
-def claim_job(job_id, now=None):
-    """Atomically take job `job_id` for running: one conditional UPDATE, so of
-    two deliveries of its task only one claims it. A running job is taken only
-    once its lease has expired (its attempt died), and is then told so.
-    False if done or running elsewhere."""
+_CLAIM_SQL = {}
+
+
+def claim_job(job_id=None, now=None, message_id=None):
+    """Atomically take a job for running -- by its id, or by its message's id
+    (what the task carries) -- with one conditional UPDATE ... RETURNING: of
+    two deliveries of its task only one claims it. A running job is taken
+    only once its lease has expired (its attempt died), and is then told so.
+
+    Returns (job id, message id, Attempt), or None if done or running elsewhere."""
     now = now or timezone.now()
     Status = ProcessingJob.Status
-    return bool(
-        ProcessingJob.objects.filter(pk=job_id)
-        .filter(
-            Q(status__in=[Status.PENDING, Status.QUEUED])
-            | Q(status=Status.RUNNING, lease_expires_at__lt=now)
-            | Q(
-                status=Status.RUNNING,
-                lease_expires_at__isnull=True,  # claimed before leases existed
-                started_at__lt=now - timedelta(seconds=job_lease_seconds()),
-            )
+    key = "id" if message_id is None else "message_id"
+    if key not in _CLAIM_SQL:
+        table = connection.ops.quote_name(ProcessingJob._meta.db_table)
+        # SET expressions read the row as it was: last_outcome sees the old status.
+        _CLAIM_SQL[key] = (
+            f"UPDATE {table} SET "
+            "last_outcome = CASE WHEN status = %s THEN %s ELSE last_outcome END, "
+            "status = %s, started_at = %s, lease_expires_at = %s, claimed_by = %s, "
+            "attempts = attempts + 1 "
+            f"WHERE {key} = %s AND (status IN (%s, %s) OR (status = %s AND "
+            "(lease_expires_at < %s OR (lease_expires_at IS NULL AND started_at < %s)))) "
+            "RETURNING id, message_id, attempts, last_outcome, error"
         )
-        .update(
-            last_outcome=Case(
-                When(status=Status.RUNNING, then=Value(ProcessingJob.Outcome.DIED)),
-                default=F("last_outcome"),
-            ),
-            status=Status.RUNNING,
-            started_at=now,
-            lease_expires_at=now + timedelta(seconds=job_lease_seconds()),
-            claimed_by=claimant(),
-            attempts=F("attempts") + 1,
-        )
-    )
+    adapt = connection.ops.adapt_datetimefield_value
+    lease = timedelta(seconds=job_lease_seconds())
+    params = [
+        Status.RUNNING,
+        ProcessingJob.Outcome.DIED,
+        Status.RUNNING,
+        adapt(now),
+        adapt(now + lease),
+        claimant(),
+        job_id if message_id is None else message_id,
+        Status.PENDING,
+        Status.QUEUED,
+        Status.RUNNING,
+        adapt(now),
+        adapt(now - lease),  # claimed before leases existed
+    ]
+    with connection.cursor() as cursor:
+        cursor.execute(_CLAIM_SQL[key], params)
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    job_pk, message_pk, attempts, outcome, error = row
+    return job_pk, message_pk, Attempt(attempts, outcome, (error or "")[:2000])
 
 
 @dataclass(frozen=True)
@@ -168,11 +185,14 @@ def run_processing_job(job_id):
     failed attempt will be retried), "skipped" when there was nothing to
     claim, or "superseded" when this attempt outlived its lease and another
     took the job over (nothing of this attempt is committed)."""
-    if not claim_job(job_id):
+    return _run(claim_job(job_id))
+
+
+def _run(claimed):
+    if claimed is None:
         return "skipped"
-    job = ProcessingJob.objects.select_related("message__company").get(pk=job_id)
-    message = job.message
-    attempt = Attempt(job.attempts, job.last_outcome, job.error[:2000])
+    job_id, message_id, attempt = claimed
+    message = InboundMessage.objects.select_related("company").get(pk=message_id)
     mine = ProcessingJob.objects.filter(
         pk=job_id, status=ProcessingJob.Status.RUNNING, attempts=attempt.number
     )
@@ -248,13 +268,10 @@ def run_processing_job(job_id):
 
 def run_message_job(message_id):
     """Run the processing job of inbound message `message_id` (see run_processing_job)."""
-    job_id = (
-        ProcessingJob.objects.filter(message_id=message_id).values_list("pk", flat=True).first()
-    )
-    if job_id is None:
+    claimed = claim_job(message_id=message_id)
+    if claimed is None and not ProcessingJob.objects.filter(message_id=message_id).exists():
         logger.warning("no processing job for inbound message %s", message_id)
-        return "skipped"
-    return run_processing_job(job_id)
+    return _run(claimed)
 
 
 def retry_processing_job(job_id):
