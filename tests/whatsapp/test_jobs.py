@@ -644,3 +644,12 @@ def test_a_handler_that_times_out_is_recorded_and_retried_knowing_it(company, se
     assert sweep_unqueued_jobs(older_than=0) == 1
     assert run_processing_job(job.pk) == ProcessingJob.Status.SUCCEEDED
     assert attempts_seen == [("3EB0JOB1", 2, "timed_out")]
+
+
+def test_a_job_lease_shorter_than_the_task_timeout_is_refused_at_startup(settings):
+    from whatsapp.checks import check_whatsapp_settings
+
+    settings.WHATSAPP = {**settings.WHATSAPP, "JOB_LEASE": settings.Q_CLUSTER["timeout"] - 1}
+    assert "whatsapp.E007" in [e.id for e in check_whatsapp_settings(None)]
+    settings.WHATSAPP = {**settings.WHATSAPP, "JOB_LEASE": 0}
+    assert "whatsapp.E007" not in [e.id for e in check_whatsapp_settings(None)]
