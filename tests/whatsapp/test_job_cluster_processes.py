@@ -145,3 +145,28 @@ def test_the_sweeper_runs_on_the_maintenance_cluster(tenants, tmp_path):
     finally:
         app.stop("qcluster")
     assert ProcessingJob.objects.get().enqueue_count == 1
+
+
+def test_stopped_as_honcho_stops_a_procfile_nothing_of_the_cluster_remains(tenants, tmp_path):
+    """scripts/run: honcho sends SIGTERM to the process group, waits KILL_WAIT
+    (5 s) and then SIGKILLs the group. Whatever happened in between, no
+    process of the cluster is left."""
+    import os
+    import subprocess
+
+    from honcho.manager import KILL_WAIT
+
+    WhatsAppSession.objects.create(company=tenants.a)
+    app = AppProcesses(tmp_path)
+    cluster = app.start_qcluster()  # its own session and process group, as honcho starts it
+    try:
+        procs = started_tree(app, cluster, tenants.a)
+        os.killpg(cluster.pid, signal.SIGTERM)
+        try:
+            cluster.wait(timeout=KILL_WAIT)
+        except subprocess.TimeoutExpired:
+            os.killpg(cluster.pid, signal.SIGKILL)
+            cluster.wait(timeout=10)
+        assert_all_gone(procs, "every process of the cluster to exit")
+    finally:
+        app.stop("qcluster")
