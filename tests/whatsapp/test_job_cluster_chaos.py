@@ -8,8 +8,8 @@ job. Checked from the database and from every handler call:
 * every message stored once, with one job, every job succeeded: none stranded
   (on the Redis broker the killed cluster had popped tasks that were on no
   list any more);
-* every handler call has its own attempt number, and every call after the
-  first was told how the previous attempt ended (a retry that knows);
+* no attempt number is run twice, and every handler call after a first
+  attempt was told how the previous attempt ended (a retry that knows);
 * one reply per message.
 """
 
@@ -114,14 +114,14 @@ def test_killing_the_cluster_or_a_worker_mid_job_strands_nothing_and_retries_kno
         runs[wa_id].append((int(number), previous))
     assert len(runs) == total
     jobs = dict(ProcessingJob.objects.values_list("message__wa_message_id", "attempts"))
-    retried = 0
     for wa_id, seen in runs.items():
-        numbers = sorted(n for n, _ in seen)
-        assert numbers == list(range(1, len(numbers) + 1)), (wa_id, seen)  # never twice
-        assert numbers[-1] == jobs[wa_id]
+        numbers = [n for n, _ in seen]
+        # Never one attempt twice. (An attempt may also have died after its
+        # claim and before the handler began: then its number is missing.)
+        assert len(set(numbers)) == len(numbers), (wa_id, seen)
+        assert max(numbers) == jobs[wa_id], (wa_id, seen)
         for number, previous in seen:
             assert (number == 1) == (previous == "-"), (wa_id, seen)  # a retry knows
-        retried += len(seen) > 1
-    assert retried >= 1  # the kills did land mid-job
+    assert any(attempts > 1 for attempts in jobs.values())  # the kills did land mid-job
     replies = OutboundMessage.objects.values_list("in_reply_to__wa_message_id", flat=True)
     assert sorted(replies) == sorted(runs)
