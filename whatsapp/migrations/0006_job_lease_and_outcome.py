@@ -4,25 +4,34 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('whatsapp', '0005_worker_died_at'),
+        ("whatsapp", "0005_worker_died_at"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='processingjob',
-            name='claimed_by',
-            field=models.CharField(blank=True, db_default='', max_length=200),
+            model_name="processingjob",
+            name="claimed_by",
+            field=models.CharField(blank=True, db_default="", max_length=200),
         ),
         migrations.AddField(
-            model_name='processingjob',
-            name='last_outcome',
-            field=models.CharField(blank=True, choices=[('', 'No previous attempt'), ('failed', 'Failed (the handler raised)'), ('timed_out', 'Timed out'), ('died', 'Died (its process is gone or its lease expired)')], db_default='', max_length=16),
+            model_name="processingjob",
+            name="last_outcome",
+            field=models.CharField(
+                blank=True,
+                choices=[
+                    ("", "No previous attempt"),
+                    ("failed", "Failed (the handler raised)"),
+                    ("timed_out", "Timed out"),
+                    ("died", "Died (its process is gone or its lease expired)"),
+                ],
+                db_default="",
+                max_length=16,
+            ),
         ),
         migrations.AddField(
-            model_name='processingjob',
-            name='lease_expires_at',
+            model_name="processingjob",
+            name="lease_expires_at",
             field=models.DateTimeField(blank=True, null=True),
         ),
     ]
