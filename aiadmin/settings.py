@@ -9,6 +9,7 @@ Two shapes, chosen by what the environment provides:
 Misconfiguration fails at import time with a message that says what to set.
 """
 
+import os
 import re
 from datetime import timedelta
 from pathlib import Path
@@ -198,19 +199,44 @@ if Q_BROKER not in {"orm", "redis"}:
     raise ImproperlyConfigured("Q_BROKER must be 'orm' or 'redis'.")
 if Q_BROKER == "redis" and not REDIS_URL:
     raise ImproperlyConfigured("Q_BROKER=redis needs REDIS_URL.")
+# The site's name: the queue of client messages, and the prefix (signing salt)
+# every cluster of the site shares. `manage.py runcluster` starts the
+# maintenance cluster with AIADMIN_Q_SITE=<site> Q_CLUSTER_NAME=<its name>,
+# which is how django-q2 selects an entry of ALT_CLUSTERS (docs/processing.md).
+Q_SITE = env.str("AIADMIN_Q_SITE", default="") or env.str("Q_CLUSTER_NAME", default="aiadmin")
+Q_MAINTENANCE_CLUSTER = f"{Q_SITE}-maintenance"
+_q_workers = env.int("Q_WORKERS", default=max(2, 2 * (os.cpu_count() or 1)))
 Q_CLUSTER = {
-    "name": env.str("Q_CLUSTER_NAME", default="aiadmin"),
-    "workers": env.int("Q_WORKERS", default=2),
+    "name": Q_SITE,
+    # Handlers wait on I/O (an AI call, a webhook): two per core by default.
+    "workers": _q_workers,
     "timeout": 60,
     "retry": 90,  # must be above timeout
     "max_attempts": 3,  # 0 would retry forever
+    # Our ProcessingJob rows are the record of every job: django-q2 keeps no
+    # success rows (-1; with > 0 its single monitor locks and loads that many
+    # rows on every result: 75 ms per save on PostgreSQL), only failures. A
+    # failed task is acknowledged: the job row, not django-q2, decides retries.
+    "save_limit": -1,
     "ack_failures": True,
+    # Tasks a cluster holds off the broker (its local queue): few, so a
+    # killed cluster loses few (the sweeper finds them) and a stop is quick.
+    "queue_limit": 2 * _q_workers,
+    "recycle": env.int("Q_RECYCLE", default=2000),
     "catch_up": False,
-    "save_limit": 2000,
     # ORM broker: an idle cluster looks for new tasks every `poll` seconds
     # (bench/latency.py measures what this costs in latency).
     "poll": env.float("Q_POLL", default=0.1),
     "label": "Jobs",
+    # The maintenance queue (sweeper, alert checks, webhook dispatch): its own
+    # cluster, so these never wait behind a backlog of client messages.
+    "ALT_CLUSTERS": {
+        Q_MAINTENANCE_CLUSTER: {
+            "workers": env.int("Q_MAINTENANCE_WORKERS", default=2),
+            "queue_limit": 4,
+            "recycle": 500,
+        },
+    },
 }
 if Q_BROKER == "redis":
     Q_CLUSTER["redis"] = REDIS_URL
@@ -412,6 +438,13 @@ WHATSAPP = {
     # A handler failing with a transient error (anything but a permanent
     # HandlerError) is retried by the sweeper until it has run this many times.
     "JOB_MAX_ATTEMPTS": env.int("WHATSAPP_JOB_MAX_ATTEMPTS", default=3),
+    # Seconds a running attempt holds its job (0: Q_CLUSTER timeout + 15, so a
+    # live attempt, which django-q2 kills at the timeout, never loses it).
+    "JOB_LEASE": env.float("WHATSAPP_JOB_LEASE", default=0.0),
+    # Redis broker: a queued job whose task has been off the Redis list this
+    # long without being claimed was taken by a cluster that died; the
+    # sweeper pushes it again (docs/processing.md).
+    "LOST_TASK_AFTER": env.float("WHATSAPP_LOST_TASK_AFTER", default=60.0),
     # Session worker (issue 3): a connect attempt that neither connects nor
     # shows a QR within this many seconds is failed and retried with backoff.
     "CONNECT_TIMEOUT": env.float("WHATSAPP_CONNECT_TIMEOUT", default=75.0),

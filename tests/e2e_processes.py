@@ -241,7 +241,8 @@ class AppProcesses:
             timeout=120,
             stdout=subprocess.DEVNULL,
         )
-        return self._spawn(name, [sys.executable, "manage.py", "qcluster"])
+        # Both clusters (client messages, maintenance), as the Procfile runs them.
+        return self._spawn(name, [sys.executable, "manage.py", "runcluster"])
 
     def start_daphne(self, name="web", port=None):
         port = port or free_port()

@@ -39,6 +39,12 @@ def check_whatsapp_settings(app_configs, **kwargs):
     errors.extend(check_inbound_handlers())
     if settings.Q_CLUSTER["timeout"] >= settings.Q_CLUSTER["retry"]:
         errors.append(Error("Q_CLUSTER timeout must be below retry.", id="whatsapp.E006"))
+    if conf["JOB_LEASE"] and conf["JOB_LEASE"] <= settings.Q_CLUSTER["timeout"]:
+        errors.append(Error(
+            "WHATSAPP_JOB_LEASE must be above the Q_CLUSTER timeout (or 0 for timeout + 15 s): "
+            "a live attempt would lose its job and the handler run twice.",
+            id="whatsapp.E007",
+        ))
     return errors
 
 

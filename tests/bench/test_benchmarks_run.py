@@ -95,3 +95,12 @@ def test_inbound_throughput_benchmark_records_every_message_on_both_paths():
     grouped = line_starting(out, "inbound path, worker group commit (12 sessions)")
     transactions = int(re.search(r"(\d+) transactions", grouped).group(1))
     assert 0 < transactions < 120  # messages shared commits
+
+
+def test_end_to_end_benchmark_answers_every_message_the_phones_sent():
+    out = run_bench("end_to_end.py", "-n", "30", "--rates", "5,10", "--seconds", "2")
+    for stage in ("inbound only (stored)", "job stage (jobs finished)", "end to end (replies"):
+        rate = figures(line_starting(out, f"burst of 30: {stage}"))[0]
+        assert rate > 0
+    steady = re.findall(r"^ +(\d+)/s +(\d+) +(\d+) +\d+\.\d+ ", out, re.M)
+    assert steady == [("5", "10", "10"), ("10", "20", "20")], out  # every message answered

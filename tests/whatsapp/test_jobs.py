@@ -7,6 +7,7 @@
   transaction, so a failing enqueue takes the message with it.
 """
 
+import subprocess
 import threading
 from datetime import timedelta
 
@@ -14,9 +15,11 @@ import pytest
 import redis
 from django.conf import settings
 from django.db import connection, transaction
+from django.db.models import F
 from django.utils import timezone
 from django_q.brokers import get_broker
 from django_q.brokers.redis_broker import Redis
+from django_q.exceptions import TimeoutException
 from django_q.signing import SignedPackage
 from django_q.tasks import async_task
 
@@ -30,9 +33,16 @@ from whatsapp.models import (
     WhatsAppSession,
 )
 from whatsapp.services import jobs as jobs_module
+from whatsapp.services import local_processes
 from whatsapp.services.inbound import record_inbound_message
 from whatsapp.services.jobs import broker_is_transactional, sweep_unqueued_jobs
-from whatsapp.services.processing import HandlerResult, run_processing_job
+from whatsapp.services.outbound import queue_outbound_message
+from whatsapp.services.processing import (
+    HandlerResult,
+    claimant,
+    reply_idempotency_key,
+    run_processing_job,
+)
 from whatsapp.transport.build import message_event
 from whatsapp.transport.normalize import normalize_message
 
@@ -83,7 +93,15 @@ def test_handlers(settings):
         **settings.WHATSAPP_INBOUND_HANDLERS,
         **{
             name: {"path": f"tests.whatsapp.test_jobs.{name}", "label": name}
-            for name in ("recording_handler", "failing_handler")
+            for name in (
+                "recording_handler",
+                "failing_handler",
+                "attempt_aware_handler",
+                "reply_then_crash_handler",
+                "different_reply_on_retry_handler",
+                "overtaken_handler",
+                "timing_out_handler",
+            )
         },
     }
 
@@ -426,3 +444,232 @@ def test_the_task_package_is_exactly_what_django_q2s_async_task_builds():
     assert ours["id"] == our_id and len(our_id) == len(their_id) == 32
     assert int(our_id, 16) != int(their_id, 16)
     assert abs(ours["started"] - theirs["started"]) < timedelta(seconds=5)
+
+
+# --- lost tasks, dead attempts, retries that know (issue #15) -------------------------
+attempts_seen = []  # (message id, attempt number, previous outcome) per handler call
+
+
+def attempt_aware_handler(message, attempt):
+    attempts_seen.append((message.wa_message_id, attempt.number, attempt.previous_outcome))
+    return HandlerResult(reply_text=f"got {message.text}", note=f"attempt {attempt.number}")
+
+
+def reply_then_crash_handler(message, attempt):
+    """Queues its reply itself (a side effect), then fails on the first attempt."""
+    attempts_seen.append((message.wa_message_id, attempt.number, attempt.previous_outcome))
+    queue_outbound_message(
+        message.company_id,
+        message.reply_jid,
+        f"answer to {message.text}",
+        idempotency_key=reply_idempotency_key(message),
+        in_reply_to=message,
+    )
+    if attempt.number == 1:
+        raise RuntimeError("crashed after queueing the reply")
+    return HandlerResult(reply_text=f"answer to {message.text}")
+
+
+def different_reply_on_retry_handler(message, attempt):
+    if attempt.number == 1:
+        queue_outbound_message(
+            message.company_id,
+            message.reply_jid,
+            "first answer",
+            idempotency_key=reply_idempotency_key(message),
+            in_reply_to=message,
+        )
+        raise RuntimeError("crashed after queueing the reply")
+    return HandlerResult(reply_text="a different second answer")
+
+
+def overtaken_handler(message):
+    """While it runs, its lease expires and another attempt takes the job."""
+    ProcessingJob.objects.filter(message=message).update(attempts=F("attempts") + 1)
+    return HandlerResult(reply_text="late reply")
+
+
+def timing_out_handler(message):
+    raise TimeoutException("Task exceeded maximum timeout value (60 seconds)")
+
+
+@pytest.fixture(autouse=True)
+def clear_attempts():
+    attempts_seen.clear()
+
+
+def lost_after():
+    return timedelta(seconds=settings.WHATSAPP["LOST_TASK_AFTER"] + 1)
+
+
+def test_a_task_a_dead_cluster_popped_is_pushed_again_once_it_is_provably_lost(company, session):
+    """Seen on the Redis broker: the cluster popped the task (no ack) and was
+    SIGKILLed; the job stayed queued forever and was on no list."""
+    redis_pass()
+    use_handler(company, "attempt_aware_handler")
+    receive(company)
+    job = job_of()
+    assert get_broker().dequeue()  # the cluster's pusher took it... and died
+    assert inbound_tasks() == []
+
+    # Off the list but maybe still in a live cluster's hands: noted, not pushed.
+    assert sweep_unqueued_jobs(older_than=0) == 0
+    assert inbound_tasks() == []
+    later = timezone.now() + lost_after()
+    assert sweep_unqueued_jobs(older_than=0, now=later) == 1
+    assert inbound_tasks() == [(TASK, (job.message_id,))]
+    job.refresh_from_db()
+    assert (job.status, job.enqueue_count) == (ProcessingJob.Status.QUEUED, 2)
+    # Pushed once: the new task is on the list, so nothing more is pushed.
+    assert sweep_unqueued_jobs(older_than=0, now=later + lost_after()) == 0
+    assert run_processing_job(job.pk) == ProcessingJob.Status.SUCCEEDED
+    assert attempts_seen == [("3EB0JOB1", 1, "")]  # it never ran before: a first attempt
+
+
+def test_a_healthy_backlog_waiting_on_the_list_is_never_pushed_again(company, session):
+    redis_pass()
+    for i in range(30):
+        receive(company, f"3EB0BL{i:02d}")
+    before = inbound_tasks()
+    assert len(before) == 30
+    far = timezone.now() + timedelta(hours=2)
+    for _ in range(3):
+        assert sweep_unqueued_jobs(older_than=0, now=far) == 0
+        far += lost_after()
+    assert inbound_tasks() == before
+    assert set(ProcessingJob.objects.values_list("enqueue_count", flat=True)) == {1}
+
+
+def test_a_lost_task_claimed_before_the_sweeper_pushes_it_is_not_pushed(company, session):
+    redis_pass()
+    receive(company)
+    job = job_of()
+    get_broker().dequeue()
+    assert sweep_unqueued_jobs(older_than=0) == 0  # noted off the list
+    use_handler(company, "recording_handler")
+    assert run_processing_job(job.pk) == ProcessingJob.Status.SUCCEEDED  # it was in live hands
+    assert sweep_unqueued_jobs(older_than=0, now=timezone.now() + lost_after()) == 0
+    assert inbound_tasks() == []
+
+
+def dead_process_identity():
+    """The identity of a real process that has ended (started, killed, reaped)."""
+    proc = subprocess.Popen(["sleep", "30"])
+    identity = local_processes.identity_of(proc.pid)
+    proc.kill()
+    proc.wait()
+    assert identity.host_key, "needs Linux /proc"
+    return f"{identity.host_key}|{identity.pid}|{identity.start}"
+
+
+def run_as_claimed_by(job, claimed_by, lease_seconds=3600):
+    ProcessingJob.objects.filter(pk=job.pk).update(
+        status=ProcessingJob.Status.RUNNING,
+        attempts=1,
+        started_at=timezone.now(),
+        lease_expires_at=timezone.now() + timedelta(seconds=lease_seconds),
+        claimed_by=claimed_by,
+    )
+
+
+def test_a_job_whose_process_died_mid_run_runs_again_knowing_it_is_a_retry(company, session):
+    """Seen: a job running at the kill was re-sent and its handler ran again,
+    unaware. Its process is provably gone: no need to wait for its lease."""
+    use_handler(company, "attempt_aware_handler")
+    receive(company, text="price?")
+    purge()
+    job = job_of()
+    run_as_claimed_by(job, dead_process_identity())
+    assert run_processing_job(job.pk) == "skipped"  # its lease still runs: not taken
+    assert sweep_unqueued_jobs() == 1
+    assert inbound_tasks() == [(TASK, (job.message_id,))]
+    job.refresh_from_db()
+    assert (job.status, job.last_outcome) == (ProcessingJob.Status.QUEUED, "died")
+    assert "attempt 1 died: its process" in job.error
+    assert run_processing_job(job.pk) == ProcessingJob.Status.SUCCEEDED
+    assert attempts_seen == [("3EB0JOB1", 2, "died")]
+    assert OutboundMessage.objects.get().text == "got price?"
+
+
+def test_a_job_running_in_a_live_process_is_left_alone_until_its_lease_expires(company, session):
+    use_handler(company, "attempt_aware_handler")
+    receive(company)
+    purge()
+    job = job_of()
+    run_as_claimed_by(job, claimant(), lease_seconds=60)
+    assert sweep_unqueued_jobs(older_than=0) == 0
+    assert run_processing_job(job.pk) == "skipped"
+    assert inbound_tasks() == []
+    # Past its lease, the attempt counts as dead (another machine cannot see
+    # the process): the job goes back on the queue, once.
+    later = timezone.now() + timedelta(seconds=61)
+    assert sweep_unqueued_jobs(now=later) == 1
+    assert sweep_unqueued_jobs(now=later) == 0
+    assert len(inbound_tasks()) == 1
+    assert run_processing_job(job.pk) == ProcessingJob.Status.SUCCEEDED
+    assert attempts_seen == [("3EB0JOB1", 2, "died")]
+
+
+def test_a_redelivered_task_takes_over_a_job_whose_lease_expired_as_a_retry(company, session):
+    """ORM broker: django-q2 delivers the dead cluster's task again after `retry`."""
+    use_handler(company, "attempt_aware_handler")
+    receive(company)
+    job = job_of()
+    run_as_claimed_by(job, claimant(), lease_seconds=-1)
+    assert run_processing_job(job.pk) == ProcessingJob.Status.SUCCEEDED
+    assert attempts_seen == [("3EB0JOB1", 2, "died")]
+
+
+def test_an_attempt_that_lost_its_lease_commits_neither_reply_nor_outcome(company, session):
+    use_handler(company, "overtaken_handler")
+    receive(company)
+    job = job_of()
+    assert run_processing_job(job.pk) == "superseded"
+    assert OutboundMessage.objects.count() == 0
+    job.refresh_from_db()
+    assert (job.status, job.attempts) == (ProcessingJob.Status.RUNNING, 2)
+
+
+def test_a_retry_that_produces_the_reply_again_does_not_queue_a_second_one(company, session):
+    use_handler(company, "reply_then_crash_handler")
+    receive(company, text="hours?")
+    job = job_of()
+    assert run_processing_job(job.pk) == ProcessingJob.Status.PENDING
+    assert run_processing_job(job.pk) == ProcessingJob.Status.SUCCEEDED
+    assert attempts_seen == [("3EB0JOB1", 1, ""), ("3EB0JOB1", 2, "failed")]
+    out = OutboundMessage.objects.get()
+    assert (out.text, out.idempotency_key) == ("answer to hours?", "reply:3EB0JOB1:0")
+
+
+def test_a_retry_with_a_different_reply_keeps_the_one_already_queued(company, session):
+    use_handler(company, "different_reply_on_retry_handler")
+    receive(company)
+    job = job_of()
+    assert run_processing_job(job.pk) == ProcessingJob.Status.PENDING
+    assert run_processing_job(job.pk) == ProcessingJob.Status.SUCCEEDED
+    assert list(OutboundMessage.objects.values_list("text", flat=True)) == ["first answer"]
+    assert "kept the reply an earlier attempt queued" in job_of().result
+
+
+def test_a_handler_that_times_out_is_recorded_and_retried_knowing_it(company, session):
+    use_handler(company, "timing_out_handler")
+    receive(company)
+    job = job_of()
+    with pytest.raises(TimeoutException):  # django-q2's worker handles it (replaces itself)
+        run_processing_job(job.pk)
+    job.refresh_from_db()
+    assert (job.status, job.last_outcome) == (ProcessingJob.Status.PENDING, "timed_out")
+    assert job.lease_expires_at is None
+    use_handler(company, "attempt_aware_handler")
+    assert sweep_unqueued_jobs(older_than=0) == 1
+    assert run_processing_job(job.pk) == ProcessingJob.Status.SUCCEEDED
+    assert attempts_seen == [("3EB0JOB1", 2, "timed_out")]
+
+
+def test_a_job_lease_shorter_than_the_task_timeout_is_refused_at_startup(settings):
+    from whatsapp.checks import check_whatsapp_settings
+
+    settings.WHATSAPP = {**settings.WHATSAPP, "JOB_LEASE": settings.Q_CLUSTER["timeout"] - 1}
+    assert "whatsapp.E007" in [e.id for e in check_whatsapp_settings(None)]
+    settings.WHATSAPP = {**settings.WHATSAPP, "JOB_LEASE": 0}
+    assert "whatsapp.E007" not in [e.id for e in check_whatsapp_settings(None)]

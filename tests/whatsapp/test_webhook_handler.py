@@ -67,7 +67,7 @@ class TestReplies:
         assert reply.text == "Friday 10:00 is free, Ben."
         assert reply.in_reply_to == message
         assert reply.to_jid == message.reply_jid
-        assert reply.idempotency_key == "reply:WAMID-7"
+        assert reply.idempotency_key == "reply:WAMID-7:0"  # per message and reply index
 
         (request,) = receiver.requests
         body = request.json()
@@ -94,11 +94,12 @@ class TestReplies:
 
         # The same task delivered again: nothing to claim.
         assert run_processing_job(job.pk) == "skipped"
-        # A run that looks crashed (running long past the timeout) is claimed again,
-        # but the message already has its reply: the endpoint is not asked again.
+        # A run that looks crashed (its lease expired) is claimed again, but
+        # the message already has its reply: the endpoint is not asked again.
         ProcessingJob.objects.filter(pk=job.pk).update(
             status=ProcessingJob.Status.RUNNING,
             started_at=timezone.now() - timedelta(hours=1),
+            lease_expires_at=timezone.now() - timedelta(minutes=1),
         )
         assert run_processing_job(job.pk) == ProcessingJob.Status.SUCCEEDED
 

@@ -65,6 +65,14 @@ class ProcessingJob(models.Model):
         SUCCEEDED = "succeeded", "Succeeded"
         FAILED = "failed", "Failed"
 
+    class Outcome(models.TextChoices):
+        """How the previous attempt ended (what a retry is told)."""
+
+        NONE = "", "No previous attempt"
+        FAILED = "failed", "Failed (the handler raised)"
+        TIMED_OUT = "timed_out", "Timed out"
+        DIED = "died", "Died (its process is gone or its lease expired)"
+
     message = models.OneToOneField(InboundMessage, on_delete=models.CASCADE, related_name="job")
     status = models.CharField(
         max_length=16, choices=Status.choices, default=Status.PENDING, db_index=True
@@ -79,6 +87,16 @@ class ProcessingJob(models.Model):
     enqueued_at = models.DateTimeField(null=True, blank=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
+    # The running attempt's lease: past it, the attempt is taken as dead and the
+    # job runs again (as a retry). It outlasts the task timeout, after which
+    # django-q2 kills a worker, so a live attempt never loses it.
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
+    # The process running the attempt ("<host key>|<pid>|<start ticks>", see
+    # services.local_processes): on its machine, its death is seen at once.
+    claimed_by = models.CharField(max_length=200, blank=True, db_default="")
+    last_outcome = models.CharField(
+        max_length=16, choices=Outcome.choices, blank=True, db_default=""
+    )
 
     def __str__(self):
         return f"job for {self.message_id} [{self.status}]"

@@ -6,8 +6,11 @@
 * Redis broker: Redis is not part of the transaction, so the job is inserted
   `pending` and pushed on commit. A crash between commit and push leaves it
   `pending`; `sweep_unqueued_jobs` (scheduled every minute) enqueues those.
-  The job claims its row before running, so an extra task can never run the
-  handler twice.
+  A task popped by a cluster that then died is found and pushed again
+  (`requeue_lost_tasks`). The job claims its row before running, so an extra
+  task can never run the handler twice.
+* A running attempt that died (lease expired, or its process gone) is put
+  back on the queue by the sweeper (`release_dead_attempts`).
 
 The task takes the message's id (known before the job row exists, which
 lets the ORM path write the job once); the job is found by its message.
@@ -30,6 +33,8 @@ from django_q.tasks import async_task
 
 from whatsapp.models import ProcessingJob
 
+from . import local_processes
+
 logger = logging.getLogger(__name__)
 
 TASK_PATH = "whatsapp.tasks.process_message_job"
@@ -43,10 +48,12 @@ def broker_is_transactional():
 
 def _broker():
     """One django-q2 broker per thread: async_task builds a new one per call
-    otherwise (with Redis, a new connection pool and TCP connection per task)."""
+    otherwise (with Redis, a new connection pool and TCP connection per task).
+    Always the queue of client messages, also when called from the
+    maintenance cluster (the sweeper), whose own default queue is another."""
     broker = getattr(_local, "broker", None)
     if broker is None:
-        broker = _local.broker = get_broker()
+        broker = _local.broker = get_broker(list_key=settings.Q_CLUSTER["name"])
     return broker
 
 
@@ -262,32 +269,157 @@ def _claim_after_commit(job_id):
 
 
 def sweep_unqueued_jobs(older_than=None, now=None):
-    """Enqueue jobs left behind: pending too long (crash between commit and
-    enqueue, broker down, a failed attempt waiting for its retry) or running
-    far past the task timeout (the cluster process died mid-job). Returns how
-    many were enqueued; safe to run concurrently (each job is claimed once)."""
+    """Enqueue jobs left behind; returns how many were enqueued. Safe to run
+    concurrently (each job is claimed once by a conditional UPDATE):
+
+    * pending too long: a crash between commit and enqueue, the broker down,
+      or a failed attempt waiting for its retry;
+    * running whose attempt provably died: its lease expired, or its process
+      on this machine is gone (seen at once, without waiting for the lease);
+    * queued whose task was lost (Redis broker: a cluster popped it and died
+      before claiming it; see requeue_lost_tasks)."""
     now = now or timezone.now()
     older_than = older_than if older_than is not None else settings.WHATSAPP["SWEEP_AFTER"]
+    count = release_dead_attempts(now)
     pending_cutoff = now - timedelta(seconds=older_than)
-    stale_running = now - timedelta(seconds=settings.Q_CLUSTER["timeout"] + 30)
-    stale = ProcessingJob.objects.filter(
-        Q(status=Status.PENDING, created_at__lt=pending_cutoff)
-        | Q(status=Status.RUNNING, started_at__lt=stale_running)
-    ).values_list("pk", "status")
-    count = 0
-    for job_id, status in list(stale[:1000]):
-        if status == Status.RUNNING:
-            # A job whose cluster process died mid-run goes back to the queue
-            # (only if it is still that stale run: it may have finished since).
-            with transaction.atomic():
-                if not ProcessingJob.objects.filter(
-                    pk=job_id, status=status, started_at__lt=stale_running
-                ).update(status=Status.PENDING):
-                    continue
-                task_id = _claim_and_enqueue(job_id, [Status.PENDING])
-        else:
-            task_id = _claim_and_enqueue(job_id, [Status.PENDING])
-        count += task_id is not None
+    stale = ProcessingJob.objects.filter(status=Status.PENDING, created_at__lt=pending_cutoff)
+    for job_id in list(stale.values_list("pk", flat=True)[:1000]):
+        count += _claim_and_enqueue(job_id, [Status.PENDING]) is not None
+    count += requeue_lost_tasks(now, older_than)
     if count:
-        logger.warning("sweeper enqueued %d processing job(s) left unqueued", count)
+        logger.warning("sweeper enqueued %d processing job(s) left behind", count)
     return count
+
+
+def release_dead_attempts(now):
+    """Put back on the queue each running job whose attempt provably died:
+    its lease expired, or it was claimed by a process on this machine that
+    is gone. The next attempt is told (last_outcome "died"). Returns how many."""
+    from .processing import claimant_identity, job_lease_seconds
+
+    running = ProcessingJob.objects.filter(status=Status.RUNNING)
+    expired = running.filter(
+        Q(lease_expires_at__lt=now)
+        | Q(
+            lease_expires_at__isnull=True,  # claimed before leases existed
+            started_at__lt=now - timedelta(seconds=job_lease_seconds()),
+        )
+    )
+    dead = {
+        pk: (attempts, "its lease expired")
+        for pk, attempts in expired.values_list("pk", "attempts")[:1000]
+    }
+    here = local_processes.host_key()
+    if here:
+        for pk, attempts, claimed_by in running.filter(
+            claimed_by__startswith=f"{here}|"
+        ).values_list("pk", "attempts", "claimed_by")[:1000]:
+            identity = claimant_identity(claimed_by)
+            if pk not in dead and local_processes.is_gone(identity):
+                dead[pk] = (attempts, f"its process {identity.pid} is gone")
+    count = 0
+    for pk, (attempts, why) in dead.items():
+        with transaction.atomic():
+            # Only that attempt, if it is still running (it may have finished).
+            if not ProcessingJob.objects.filter(
+                pk=pk, status=Status.RUNNING, attempts=attempts
+            ).update(
+                status=Status.PENDING,
+                last_outcome=ProcessingJob.Outcome.DIED,
+                lease_expires_at=None,
+                error=f"attempt {attempts} died: {why}",
+            ):
+                continue
+            count += _claim_and_enqueue(pk, [Status.PENDING]) is not None
+    if count:
+        logger.warning("%d processing job(s) whose attempt died were enqueued again", count)
+    return count
+
+
+def requeue_lost_tasks(now=None, older_than=None):
+    """Redis broker: push again the queued jobs whose task a cluster took and
+    lost (it died before claiming them). Returns how many were pushed.
+
+    django-q2's Redis broker removes a task from the list when its pusher pops
+    it; there is no acknowledgement. A queued job whose task id is still on
+    the list is legitimately waiting, however long the backlog: it is never
+    touched. One whose task is off the list and still unclaimed is either in
+    a live cluster's hands (its local queue: at most `queue_limit` + workers
+    tasks per cluster, claimed within a task's time) or lost. Each such job is
+    noted with the time it was first seen off the list (a Redis hash); still
+    unclaimed with the same task LOST_TASK_AFTER seconds later, it is lost and
+    pushed again. A wrong guess costs one extra task that finds nothing to
+    claim; it can never flood a healthy backlog, which stays on the list.
+
+    The ORM broker needs none of this: a taken task stays in its table,
+    locked, until acknowledged, and comes back after `retry` seconds."""
+    if broker_is_transactional() or Conf.SYNC:
+        return 0
+    now = now or timezone.now()
+    older_than = older_than if older_than is not None else settings.WHATSAPP["SWEEP_AFTER"]
+    broker = _broker()
+    absent_key = f"{broker.list_key}:aiadmin:absent"
+    candidates = dict(
+        ProcessingJob.objects.filter(
+            status=Status.QUEUED, enqueued_at__lt=now - timedelta(seconds=older_than)
+        ).values_list("pk", "task_id")[:5000]
+    )
+    redis = broker.connection
+    if not candidates:
+        redis.delete(absent_key)
+        return 0
+    on_list = _task_ids_on_list(broker)
+    off_list = {pk: task_id for pk, task_id in candidates.items() if task_id not in on_list}
+    seen = {
+        int(pk): value.decode().partition("|") for pk, value in redis.hgetall(absent_key).items()
+    }
+    stamp = now.timestamp()
+    cutoff = stamp - settings.WHATSAPP["LOST_TASK_AFTER"]
+    lost, keep = [], {}
+    for pk, task_id in off_list.items():
+        old_task, _, since = seen.get(pk, ("", "", ""))
+        if old_task == task_id and float(since or stamp) <= cutoff:
+            lost.append((pk, task_id))
+        else:
+            keep[pk] = f"{task_id}|{since if old_task == task_id else stamp}"
+    pipe = redis.pipeline()
+    pipe.delete(absent_key)
+    if keep:
+        pipe.hset(absent_key, mapping=keep)
+        pipe.expire(absent_key, 86400)
+    pipe.execute()
+    count = 0
+    for pk, task_id in lost:
+        with transaction.atomic():
+            still_lost = ProcessingJob.objects.filter(pk=pk, status=Status.QUEUED, task_id=task_id)
+            if not still_lost.update(
+                enqueued_at=timezone.now(), enqueue_count=F("enqueue_count") + 1
+            ):
+                continue  # claimed (or pushed again) meanwhile
+            message_id = ProcessingJob.objects.values_list("message_id", flat=True).get(pk=pk)
+            new_task = push_task(message_id)
+            ProcessingJob.objects.filter(pk=pk).update(task_id=new_task or "")
+        count += 1
+    if count:
+        logger.warning(
+            "%d queued processing job(s) whose task a cluster took and lost were pushed again",
+            count,
+        )
+    return count
+
+
+def _task_ids_on_list(broker, chunk=1000):
+    """The task ids on django-q2's Redis list (decoded with its SignedPackage)."""
+    redis = broker.connection
+    ids = set()
+    start = 0
+    while True:
+        payloads = redis.lrange(broker.list_key, start, start + chunk - 1)
+        for payload in payloads:
+            try:
+                ids.add(SignedPackage.loads(payload)["id"])
+            except Exception:  # not ours to judge: django-q2 fails it when popped
+                continue
+        if len(payloads) < chunk:
+            return ids
+        start += chunk

@@ -1,8 +1,11 @@
 """Create the recurring jobs the application relies on (idempotent)."""
 
+from django.conf import settings
 from django.core.management.base import BaseCommand
 from django_q.models import Schedule
 
+# All on the maintenance cluster (its own queue, `manage.py runcluster`):
+# never behind a backlog of client messages.
 SCHEDULES = [
     # (name, func, minutes)
     ("whatsapp: sweep unqueued jobs", "whatsapp.tasks.sweep_jobs", 1),
@@ -18,7 +21,12 @@ class Command(BaseCommand):
         for name, func, minutes in SCHEDULES:
             _, created = Schedule.objects.update_or_create(
                 name=name,
-                defaults={"func": func, "schedule_type": Schedule.MINUTES, "minutes": minutes,
-                          "repeats": -1},
+                defaults={
+                    "func": func,
+                    "schedule_type": Schedule.MINUTES,
+                    "minutes": minutes,
+                    "repeats": -1,
+                    "cluster": settings.Q_MAINTENANCE_CLUSTER,
+                },
             )
             self.stdout.write(f"{'created' if created else 'kept'} schedule: {name}")

@@ -1,0 +1,154 @@
+"""Run the job stage: django-q2's cluster for client messages and, beside it,
+the maintenance cluster (sweeper, alert checks, webhook dispatch), so that
+maintenance never waits behind a backlog of client messages.
+
+    manage.py runcluster                      # both (Procfile `jobs`)
+    manage.py runcluster --queue jobs         # client messages only
+    manage.py runcluster --queue maintenance  # maintenance only
+
+No orphan: django-q2's processes (sentinel, workers, monitor, pusher) and the
+maintenance cluster die with the process that started them. Each child asks
+the kernel for SIGKILL when its parent dies (Linux prctl PR_SET_PDEATHSIG, set
+right after the fork, then a check that the parent did not die before it was
+set); elsewhere a thread in the child polls os.getppid(). So a SIGKILL of the
+main pid takes the whole tree down within moments, and a process manager that
+restarts it never gets two clusters. A job killed mid-run is run again by the
+sweeper once its attempt provably died (docs/processing.md).
+
+SIGTERM/SIGINT stop both clusters the django-q2 way (a task being run is
+finished first).
+"""
+
+import ctypes
+import logging
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+from django.conf import settings
+from django.core.management.base import BaseCommand
+
+logger = logging.getLogger(__name__)
+
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(parent_pid):
+    """In a child: get SIGKILLed when the parent dies (or exit now if it already has)."""
+    armed = False
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            armed = libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0
+        except (OSError, AttributeError):
+            armed = False
+    if os.getppid() != parent_pid:  # the parent died before the request was in place
+        os._exit(1)
+    if not armed:
+        threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True).start()
+
+
+def _watch_parent(parent_pid):
+    while os.getppid() == parent_pid:
+        time.sleep(0.5)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+class _AfterFork:
+    """Registered with multiprocessing: every process it forks from here on
+    (the sentinel, and through it django-q2's workers, monitor and pusher, the
+    replacements included) dies with its parent."""
+
+    def __call__(self, _registered):
+        parent = multiprocessing.parent_process()
+        if parent is not None and parent.pid:
+            die_with_parent(parent.pid)
+
+
+_after_fork = _AfterFork()
+
+
+def arm_children():
+    multiprocessing.util.register_after_fork(_after_fork, _after_fork)
+
+
+class Command(BaseCommand):
+    help = "Run the job clusters (client messages and maintenance); no orphan on a kill."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--queue", choices=["all", "jobs", "maintenance"], default="all")
+
+    def handle(self, *args, **options):
+        from django_q.conf import Conf
+
+        queue = options["queue"]
+        maintenance = settings.Q_MAINTENANCE_CLUSTER
+        if queue == "maintenance" and Conf.CLUSTER_NAME != maintenance:
+            # django-q2 reads the cluster name from the environment when it is
+            # first imported: start again (same pid) with it set.
+            os.execve(sys.executable, self._argv("maintenance"), self._maintenance_env())
+        arm_children()
+        side = self._start_maintenance() if queue == "all" else None
+
+        from django_q.cluster import Cluster
+
+        cluster = Cluster()
+        stopping = threading.Event()
+
+        def stop(signum, frame):
+            stopping.set()
+            if side is not None and side.poll() is None:
+                side.send_signal(signal.SIGTERM)
+            if cluster.sentinel is None:  # not started yet
+                sys.exit(0)
+            cluster.stop()
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        cluster.start()
+        while cluster.sentinel.is_alive():
+            if side is not None and side.poll() is not None and not stopping.is_set():
+                logger.error(
+                    "the maintenance cluster exited (%s); starting it again", side.returncode
+                )
+                time.sleep(1)
+                side = self._start_maintenance()
+            time.sleep(0.2)
+        if side is not None:
+            if side.poll() is None:
+                side.send_signal(signal.SIGTERM)
+            try:
+                side.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                side.kill()
+                side.wait()
+        if not stopping.is_set():  # the sentinel died without being asked to stop
+            sys.exit(1)
+
+    def _argv(self, queue):
+        return [
+            sys.executable,
+            str(settings.BASE_DIR / "manage.py"),
+            "runcluster",
+            "--queue",
+            queue,
+        ]
+
+    def _maintenance_env(self):
+        return dict(
+            os.environ,
+            AIADMIN_Q_SITE=settings.Q_SITE,
+            Q_CLUSTER_NAME=settings.Q_MAINTENANCE_CLUSTER,
+        )
+
+    def _start_maintenance(self):
+        me = os.getpid()
+        return subprocess.Popen(
+            self._argv("maintenance"),
+            env=self._maintenance_env(),
+            preexec_fn=lambda: die_with_parent(me),  # noqa: PLW0108
+        )
