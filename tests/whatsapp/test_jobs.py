@@ -572,6 +572,7 @@ def run_as_claimed_by(job, claimed_by, lease_seconds=3600):
     )
 
 
+@pytest.mark.e2e
 def test_a_job_whose_process_died_mid_run_runs_again_knowing_it_is_a_retry(company, session):
     """Seen: a job running at the kill was re-sent and its handler ran again,
     unaware. Its process is provably gone: no need to wait for its lease."""
