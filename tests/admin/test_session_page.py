@@ -157,9 +157,9 @@ def test_a_member_sees_the_page_without_the_controls(client, tenants, sessions):
     a, _ = sessions
     html = login(client, tenants.member).get(page(a)).content.decode()
     assert "wa-session-status" in html
-    assert "wa-action-restart" not in html and "Request pairing code" not in html
+    assert "wa-action-start" not in html and "Request pairing code" not in html
     html = login(client, tenants.owner).get(page(a)).content.decode()
-    assert "wa-action-restart" in html and "Request pairing code" in html
+    assert "wa-action-start" in html and "Request pairing code" in html
 
 
 def test_the_status_endpoint_answers_with_the_visible_sessions(client, tenants, sessions):

@@ -14,7 +14,7 @@ import segno
 from django.conf import settings
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
-from django.db.models import Max
+from django.db.models import Max, OuterRef, Subquery
 from django.http import Http404, HttpResponseNotAllowed, JsonResponse
 from django.shortcuts import redirect
 from django.template.response import TemplateResponse
@@ -24,7 +24,13 @@ from django.utils.html import format_html
 from django.utils.timesince import timesince
 
 from companies.admin_tenancy import TenantScopedAdmin
-from whatsapp.models import WhatsAppSession
+from whatsapp.models import (
+    InboundMessage,
+    OutboundMessage,
+    ProcessingJob,
+    SessionState,
+    WhatsAppSession,
+)
 from whatsapp.models.health import reconnect_reasons, state_timeline
 from whatsapp.services import control
 
@@ -59,7 +65,23 @@ def live_snapshots(user, session_id=None):
         .order_by("company_id")
     )
     if session_id is not None:
-        rows = rows.filter(pk=session_id)
+        # The session page also lists recent messages and their jobs: notice those too.
+        def latest(queryset, field):
+            return Subquery(queryset.order_by(f"-{field}").values(field)[:1])
+
+        company = OuterRef("company_id")
+        rows = rows.filter(pk=session_id).annotate(
+            last_inbound_id=latest(InboundMessage.objects.filter(company=company), "id"),
+            last_outbound_change=latest(
+                OutboundMessage.objects.filter(company=company), "updated_at"
+            ),
+            last_job_change=latest(
+                ProcessingJob.objects.filter(message__company=company).exclude(
+                    finished_at=None
+                ),
+                "finished_at",
+            ),
+        )
     return [s.live_snapshot() for s in rows]
 
 
@@ -286,7 +308,9 @@ class WhatsAppSessionAdmin(TenantScopedAdmin):
             "qr_svg": qr_svg(session.qr_code),
             "can_manage": self.has_change_permission(request, session),
             "pairing_form": pairing_form,
-            "actions_available": [(k, label) for k, (label, _) in ACTIONS.items()],
+            "actions_available": [(k, ACTIONS[k][0]) for k in session.available_actions()],
+            "pending": session.pending(),
+            "show_pairing_form": not session.is_paired and session.state != SessionState.CONNECTED,
             "media": self.media,
         }
         return TemplateResponse(
