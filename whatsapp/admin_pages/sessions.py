@@ -145,7 +145,8 @@ class WhatsAppSessionAdmin(TenantScopedAdmin):
 
     # Membership alone grants these (no model permission needed).
     def has_module_permission(self, request):
-        return self.readable_companies(request).exists()
+        # A superuser sees it before any company exists (the list says what to do).
+        return request.user.is_superuser or self.readable_companies(request).exists()
 
     def has_view_permission(self, request, obj=None):
         return self._allowed(request, obj, True, self.readable_companies(request))
@@ -270,6 +271,8 @@ class WhatsAppSessionAdmin(TenantScopedAdmin):
 
     def changelist_view(self, request, extra_context=None):
         context = live_context(reverse("admin:whatsapp_session_status"))
+        context["has_company"] = self.readable_companies(request).exists()
+        context["can_add_company"] = request.user.has_perm("companies.add_company")
         context.update(extra_context or {})
         return super().changelist_view(request, extra_context=context)
 

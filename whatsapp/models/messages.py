@@ -97,7 +97,7 @@ class ProcessingJob(models.Model):
     finished_at = models.DateTimeField(null=True, blank=True)
 
     def __str__(self):
-        return f"job for {self.message_id} [{self.status}]"
+        return f"Job of message {self.message_id}: {self.get_status_display().lower()}"
 
     @property
     def is_finished(self):
