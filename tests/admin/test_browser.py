@@ -420,9 +420,7 @@ def test_a_message_arrives_live_and_a_drop_and_its_recovery_show_without_a_reloa
         timestamp=datetime.now(UTC),
     )
     assert off_loop(record_inbound_message, tenants.a.pk, message).created
-    expect(page.locator('[data-counter="messages_in"]')).to_have_text(
-        "1", timeout=LIVE_TIMEOUT_MS
-    )
+    expect(page.locator('[data-counter="messages_in"]')).to_have_text("1", timeout=LIVE_TIMEOUT_MS)
     expect(page.locator("tr.wa-inbound").first).to_contain_text("opening hours")
     shot(page, "live-message")
 
@@ -436,4 +434,44 @@ def test_a_message_arrives_live_and_a_drop_and_its_recovery_show_without_a_reloa
     expect(page.locator('[data-counter="reconnect_count"]')).to_have_text("1")
     assert page.evaluate("window.__sameDocument") is True
     shot(page, "live-recovered")
+    page.close()
+
+
+def test_a_new_superuser_is_led_from_no_company_to_a_qr_code(
+    db, server, browser, django_user_model
+):
+    """First run: nothing exists but the login. The index leads to connection
+    health, which says to add a company; adding one and pressing Start leads
+    to the session page, which shows the QR code the worker issues."""
+    from playwright.sync_api import expect
+
+    from companies.models import Company
+
+    off_loop(django_user_model.objects.create_superuser, "first", "f@example.com", "pw-first-1!")
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    log_in(page, server, "first", "pw-first-1!", "/admin/")
+    expect(page.locator("#site-name")).to_have_text("aiadmin")
+    expect(page.locator("text=View site")).to_have_count(0)
+    shot(page, "first-run-1-index")
+    page.click("#content-main a[href='/admin/whatsapp/health/']")
+    expect(page.locator("[data-first-steps]")).to_contain_text("No company yet")
+    shot(page, "first-run-2-no-company")
+
+    page.click("[data-first-steps] a.button")  # Add a company
+    page.fill("#id_name", "Salon First")
+    page.fill("#id_slug", "salon-first")
+    page.click("input[name=_save]")
+    expect(page.locator(".messagelist")).to_contain_text("Salon First")
+
+    page.goto(f"{server}/admin/whatsapp/health/")
+    page.click(".wa-without-session button")  # Start
+    expect(page.locator(".messagelist")).to_contain_text("Start requested for Salon First.")
+    expect(page.locator("[data-pending]")).to_have_text("Starting…")
+    expect(page.locator("[data-wa-live-status]")).to_have_text("live", timeout=LIVE_TIMEOUT_MS)
+    company = off_loop(Company.objects.get, name="Salon First")
+    session_id = off_loop(lambda: company.whatsapp_session.pk)
+    held = off_loop(try_acquire, "browser-worker", session_id)
+    assert off_loop(svc.mark_awaiting_pairing, held, "2@first,key,run", record=True)
+    expect(page.locator(".wa-qr svg")).to_be_visible(timeout=STATE_TIMEOUT_MS)
+    shot(page, "first-run-3-qr")
     page.close()
