@@ -201,7 +201,7 @@ def test_a_state_change_arrives_live_and_an_action_runs(tenants, sessions, serve
     page.click("button.wa-action-restart")
     expect(page.locator(".messagelist")).to_contain_text("Restart requested for Salon Alpha.")
     expect(page.locator("[data-desired-state]")).to_have_text("running")
-    expect(page.locator("tr.wa-event").first).to_contain_text("restart requested by owner")
+    expect(page.locator("tr.wa-event").first).to_contain_text("Restart requested by owner")
     shot(page, "3-session-restart-requested")
 
     # The worker acts on it; the page follows without a reload, QR code included.

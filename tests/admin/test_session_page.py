@@ -197,3 +197,44 @@ def test_the_pairing_form_is_offered_only_while_unpaired(client, tenants, sessio
     assert "Request pairing code" in client.get(page(a)).content.decode()
     set_session(a, jid=JID_PAIRED)
     assert "Request pairing code" not in client.get(page(a)).content.decode()
+
+
+def test_an_error_from_before_the_current_connection_is_shown_as_resolved(
+    client, tenants, sessions
+):
+    a, _ = sessions
+    now = timezone.now()
+    set_session(
+        a,
+        desired_state="running",
+        state="connected",
+        last_error="dial tcp: i/o timeout",
+        last_error_at=now - timedelta(minutes=5),
+        connected_since=now - timedelta(minutes=1),
+    )
+    html = login(client, tenants.owner).get(page(a)).content.decode()
+    assert 'class="wa-error wa-error-resolved" data-last-error' in html
+    assert "connected again since" in html
+    set_session(a, state="reconnecting", connected_since=None)
+    html = client.get(page(a)).content.decode()
+    assert 'class="wa-error" data-last-error' in html
+
+
+def test_times_are_shown_in_the_company_time_zone_which_is_named(client, tenants, sessions):
+    a, _ = sessions
+    tenants.a.timezone = "Europe/Berlin"
+    tenants.a.save()
+    html = login(client, tenants.owner).get(page(a)).content.decode()
+    assert "Europe/Berlin" in html
+    assert " CET" in html or " CEST" in html
+    assert " UTC" not in html.split('id="wa-session-status"')[1].split("wa-session-history")[0]
+
+
+def test_events_read_as_plain_words_with_the_details_behind_a_toggle(client, tenants, sessions):
+    a, _ = sessions
+    ConnectionEvent.objects.create(
+        session=a, kind="lease_acquired", reason="epoch 1", worker_id="vm.30719.709a9e01"
+    )
+    html = login(client, tenants.owner).get(page(a)).content.decode()
+    assert "A worker took charge of this session" in html
+    assert "<summary>details</summary><code>epoch 1; worker vm.30719.709a9e01</code>" in html

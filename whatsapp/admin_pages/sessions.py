@@ -181,7 +181,7 @@ class WhatsAppSessionAdmin(TenantScopedAdmin):
             obj.messages_out,
         )
 
-    @admin.display(description="Connected / down since", ordering="state_changed_at")
+    @admin.display(description="Up / down for", ordering="state_changed_at")
     def up_or_down(self, obj):
         if obj.connected_since and obj.state == "connected":
             return format_html(
@@ -207,12 +207,14 @@ class WhatsAppSessionAdmin(TenantScopedAdmin):
     def last_error_short(self, obj):
         if not obj.last_error:
             return "-"
-        text = obj.last_error if len(obj.last_error) <= 80 else obj.last_error[:79] + "..."
+        text = obj.last_error if len(obj.last_error) <= 60 else obj.last_error[:59] + "…"
         return format_html(
-            '<span title="{}">{}</span><br><small>{} ago</small>',
+            '<span class="{}" title="{}">{}</span><br><small>{} ago{}</small>',
+            "wa-error-resolved" if obj.error_is_resolved else "wa-error",
             obj.last_error,
             text,
             timesince(obj.last_error_at) if obj.last_error_at else "?",
+            "; connected again since" if obj.error_is_resolved else "",
         )
 
     @admin.display(description="Worker (lease until)", ordering="lease__owner")

@@ -274,6 +274,17 @@ class WhatsAppSession(models.Model):
             "worker": lease.owner if lease is not None else "",
         }
 
+    @property
+    def error_is_resolved(self):
+        """The last error came before the current connection: history, not a problem."""
+        return bool(
+            self.last_error
+            and self.state == SessionState.CONNECTED
+            and self.connected_since
+            and self.last_error_at
+            and self.last_error_at <= self.connected_since
+        )
+
     def pending(self):
         """What the operator asked for that the worker has not confirmed yet, as
         words for the page ("Stopping…"), or "" when the state is what was asked."""
@@ -395,4 +406,11 @@ class ConnectionEvent(models.Model):
         indexes = [models.Index(fields=["session", "kind", "created_at"])]
 
     def __str__(self):
-        return f"{self.kind} {self.reason}".strip()
+        return self.words.text
+
+    @property
+    def words(self):
+        """Plain text and technical details (models/event_words.py)."""
+        from .event_words import describe_event
+
+        return describe_event(self.kind, self.reason, self.worker_id)
