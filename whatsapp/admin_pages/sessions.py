@@ -31,7 +31,7 @@ from whatsapp.models import (
     SessionState,
     WhatsAppSession,
 )
-from whatsapp.models.health import reconnect_reasons, state_timeline
+from whatsapp.models.health import TIMELINE_WINDOWS, reconnect_reasons, state_timeline
 from whatsapp.services import control
 
 from .forms import PairingCodeForm
@@ -303,6 +303,9 @@ class WhatsAppSessionAdmin(TenantScopedAdmin):
 
     def render_session_page(self, request, session, pairing_form, status=200):
         now = timezone.now()
+        window = request.GET.get("window", "24h")
+        if window not in TIMELINE_WINDOWS:
+            window = "24h"
         company = session.company
         context = {
             **self.admin_site.each_context(request),
@@ -316,7 +319,9 @@ class WhatsAppSessionAdmin(TenantScopedAdmin):
             "original": session,
             "health": session.health(now=now),
             "problems": session.problems(now=now),
-            "timeline": state_timeline(session, now=now),
+            "timeline": state_timeline(session, now=now, window=window),
+            "timeline_window": window,
+            "timeline_windows": [(key, f"{key[:-1]} {key[-1]}") for key in TIMELINE_WINDOWS],
             "reasons": reconnect_reasons(session, now=now),
             "events": session.events.all()[:25],
             "inbound": company.inbound_messages.select_related("job")[:10],
