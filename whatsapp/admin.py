@@ -47,7 +47,15 @@ class SessionLeaseAdmin(SystemRecordAdmin):
 @admin.register(ConnectionEvent)
 class ConnectionEventAdmin(SystemRecordAdmin):
     company_field = "session__company"
-    list_display = ["created_at", "session", "kind", "reason", "state", "worker_id"]
+    list_display = ["created_at", "session", "what_happened", "state", "details"]
+
+    @admin.display(description="What happened", ordering="kind")
+    def what_happened(self, obj):
+        return obj.words.text
+
+    @admin.display(description="Technical details")
+    def details(self, obj):
+        return obj.words.details
     list_filter = ["kind"]
     search_fields = ["session__company__name", "reason"]
 
