@@ -172,7 +172,7 @@ class WhatsAppSessionAdmin(TenantScopedAdmin):
             format_html(' <span class="wa-pending">{}</span>', pending) if pending else "",
         )
 
-    @admin.display(description="Messages in / out", ordering="messages_in")
+    @admin.display(description="In / out", ordering="messages_in")
     def messages(self, obj):
         return format_html(
             '<span data-counter="messages_in">{}</span> / '
