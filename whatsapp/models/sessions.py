@@ -176,7 +176,7 @@ class WhatsAppSession(models.Model):
         ]
 
     def __str__(self):
-        return f"{self.company} [{self.state}]"
+        return f"{self.company}: {self.get_state_display().lower()}"
 
     # --- calculations --------------------------------------------------
     @property
