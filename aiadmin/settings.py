@@ -20,9 +20,11 @@ from django.core.exceptions import ImproperlyConfigured
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 env = environ.Env()
-_env_file = BASE_DIR / ".env"
+# A local .env (scripts/local-env writes one on the first `scripts/run`): read by
+# every process, manage.py included; variables already set in the environment win.
+_env_file = Path(env.str("AIADMIN_ENV_FILE", default=str(BASE_DIR / ".env")))
 if _env_file.exists():
-    environ.Env.read_env(str(_env_file))
+    environ.Env.read_env(str(_env_file), overwrite=False)
 
 DEBUG = env.bool("DJANGO_DEBUG", default=False)
 
@@ -55,7 +57,7 @@ INSTALLED_APPS = [
     # boot message) overrides the stock one.
     "whatsapp",
     "companies",
-    "django.contrib.admin",
+    "aiadmin.admin_site.AiadminAdminConfig",  # django.contrib.admin with our site
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",

@@ -24,26 +24,46 @@ from .models import (
 admin.site.register(WhatsAppSession, WhatsAppSessionAdmin)
 
 
-@admin.register(SessionLease)
-class SessionLeaseAdmin(TenantScopedAdmin):
-    company_field = "session__company"
-    list_display = ["session", "owner", "epoch", "expires_at", "heartbeat_at"]
-    readonly_fields = ["session", "owner", "epoch", "expires_at", "heartbeat_at", "acquired_at"]
+class SystemRecordAdmin(TenantScopedAdmin):
+    """Rows the system writes (workers, the inbound path, the job stage): read
+    only for everyone, superusers included. Editing a job's status or a lease's
+    epoch by hand would make the record lie; what a person may do to them is an
+    explicit action (a retry, a replay) that goes through a service."""
 
     def has_add_permission(self, request):
-        return False  # workers take leases
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(SessionLease)
+class SessionLeaseAdmin(SystemRecordAdmin):
+    company_field = "session__company"
+    list_display = ["session", "owner", "epoch", "expires_at", "heartbeat_at"]
 
 
 @admin.register(ConnectionEvent)
-class ConnectionEventAdmin(TenantScopedAdmin):
+class ConnectionEventAdmin(SystemRecordAdmin):
     company_field = "session__company"
-    list_display = ["created_at", "session", "kind", "reason", "state", "worker_id"]
+    list_display = ["created_at", "session", "what_happened", "state", "details"]
+
+    @admin.display(description="What happened", ordering="kind")
+    def what_happened(self, obj):
+        return obj.words.text
+
+    @admin.display(description="Technical details")
+    def details(self, obj):
+        return obj.words.details
     list_filter = ["kind"]
     search_fields = ["session__company__name", "reason"]
 
 
 @admin.register(InboundMessage)
-class InboundMessageAdmin(TenantScopedAdmin):
+class InboundMessageAdmin(SystemRecordAdmin):
     list_display = ["received_at", "company", "sender_phone", "push_name", "kind", "text",
                     "redeliveries"]
     list_filter = ["kind", "is_group"]
@@ -51,7 +71,7 @@ class InboundMessageAdmin(TenantScopedAdmin):
 
 
 @admin.register(ProcessingJob)
-class ProcessingJobAdmin(TenantScopedAdmin):
+class ProcessingJobAdmin(SystemRecordAdmin):
     company_field = "message__company"
     list_display = ["message", "status", "attempts", "enqueue_count", "created_at",
                     "finished_at"]
@@ -73,7 +93,7 @@ class AutoReplyRuleAdmin(TenantScopedAdmin):
 
 
 @admin.register(WorkerProcess)
-class WorkerProcessAdmin(TenantScopedAdmin):
+class WorkerProcessAdmin(SystemRecordAdmin):
     company_field = None  # workers serve every company: superusers only
     list_display = ["worker_id", "hostname", "pid", "started_at", "heartbeat_at", "stopped_at",
                     "sessions_owned", "loop_lag_ms", "stop_reason"]

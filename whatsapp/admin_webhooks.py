@@ -6,6 +6,7 @@ Imported by whatsapp/admin.py. Actions call services; nothing is decided here.
 from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
+from django.utils.html import format_html
 
 from companies.admin_tenancy import TenantScopedAdmin, TenantScopedInline
 
@@ -205,16 +206,27 @@ class IncidentAdmin(TenantScopedAdmin):
         "is_open",
         "resolved_at",
         "last_seen_at",
-        "alert_sent_at",
-        "recovery_sent_at",
+        "alert_delivery",
+        "recovery_delivery",
     ]
     list_filter = [OpenIncidentFilter, "kind"]
     search_fields = ["summary", "subject", "company__name", "worker_id"]
     readonly_fields = [f.name for f in Incident._meta.fields]
 
-    @admin.display(boolean=True, description="open")
+    @admin.display(description="Status", ordering="resolved_at")
     def is_open(self, obj):
-        return obj.is_open
+        # Words, not Django's boolean icon: a green tick next to an open incident misleads.
+        if obj.is_open:
+            return format_html('<strong class="wa-error">open</strong>')
+        return "resolved"
+
+    @admin.display(description="Alert", ordering="alert_sent_at")
+    def alert_delivery(self, obj):
+        return obj.delivery_status("alert_sent_at")
+
+    @admin.display(description="Recovery notice", ordering="recovery_sent_at")
+    def recovery_delivery(self, obj):
+        return obj.delivery_status("recovery_sent_at")
 
     def has_add_permission(self, request):
         return False

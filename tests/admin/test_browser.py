@@ -18,6 +18,7 @@ import sys
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -34,6 +35,9 @@ ARTIFACTS = ROOT / "test-artifacts"
 CHROMIUM = os.environ.get("AIADMIN_CHROMIUM", "/usr/bin/chromium")
 JID = "491701234567:7@s.whatsapp.net"
 LIVE_TIMEOUT_MS = 30_000  # generous: two cores shared by many processes
+# How long a state may take to show after the worker wrote it. Generous on purpose: two
+# cores shared by many processes; measured latency belongs in bench/.
+STATE_TIMEOUT_MS = 5_000
 
 
 def off_loop(fn, *args, **kwargs):
@@ -149,6 +153,14 @@ def shot(page, name):
     page.screenshot(path=str(ARTIFACTS / f"browser-{connection.vendor}-{name}.png"), full_page=True)
 
 
+def session_url(session):
+    return f"/admin/whatsapp/whatsappsession/{session.pk}/change/"
+
+
+def is_fallback_poll(url):
+    return "status.json" in url and "live=1" not in url
+
+
 def log_in(page, base, user, password, next_url):
     page.goto(f"{base}/admin/login/?next={next_url}")
     page.fill("#id_username", user)
@@ -163,8 +175,8 @@ def test_a_state_change_arrives_live_and_an_action_runs(tenants, sessions, serve
     a, b = sessions
     off_loop(control.start_session, tenants.a.pk)  # wants to run: a worker connects it
     page = browser.new_page(viewport={"width": 1400, "height": 900})
-    polls = []
-    page.on("request", lambda r: polls.append(r.url) if "status.json" in r.url else None)
+    polls = []  # fallback polls (the slow live tick for counters says live=1)
+    page.on("request", lambda r: polls.append(r.url) if is_fallback_poll(r.url) else None)
     log_in(page, server, "owner", "pw-owner-123!", "/admin/whatsapp/health/")
     status = page.locator("[data-wa-live-status]")
     expect(status).to_have_text("live", timeout=LIVE_TIMEOUT_MS)
@@ -189,7 +201,7 @@ def test_a_state_change_arrives_live_and_an_action_runs(tenants, sessions, serve
     page.click("button.wa-action-restart")
     expect(page.locator(".messagelist")).to_contain_text("Restart requested for Salon Alpha.")
     expect(page.locator("[data-desired-state]")).to_have_text("running")
-    expect(page.locator("tr.wa-event").first).to_contain_text("restart requested by owner")
+    expect(page.locator("tr.wa-event").first).to_contain_text("Restart requested by owner")
     shot(page, "3-session-restart-requested")
 
     # The worker acts on it; the page follows without a reload, QR code included.
@@ -257,4 +269,209 @@ def test_the_pages_fall_back_to_polling_when_the_websocket_is_refused(
     assert page.evaluate("window.__sameDocument") is True
     assert polls, "the page should have polled the status endpoint"
     shot(page, "6-dashboard-polling-fallback")
+    page.close()
+
+
+def test_start_stop_log_out_and_start_again_show_each_state_as_it_happens(
+    tenants, sessions, server, browser
+):
+    """Each action: the page says what is pending at once, then what the worker
+    did (its own transition services, in another thread), without a reload."""
+    from playwright.sync_api import expect
+
+    a, _ = sessions
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    log_in(page, server, "owner", "pw-owner-123!", session_url(a))
+    expect(page.locator("[data-wa-live-status]")).to_have_text("live", timeout=LIVE_TIMEOUT_MS)
+    badge = page.locator("#wa-session-status .wa-badge")
+    pending = page.locator("[data-pending]")
+    buttons = page.locator(".wa-actions button")
+    expect(badge).to_have_text("Stopped")
+    expect(buttons).to_have_text(["Start"])
+
+    def live_page():
+        expect(page.locator("[data-wa-live-status]")).to_have_text("live", timeout=LIVE_TIMEOUT_MS)
+        page.evaluate("window.__sameDocument = true")
+
+    def still_same_page():
+        assert page.evaluate("window.__sameDocument") is True
+
+    # Start: pending until a worker starts a client; then the QR; then connected.
+    page.click("button.wa-action-start")
+    expect(pending).to_have_text("Starting…")
+    expect(buttons).to_have_text(["Stop", "Restart"])
+    live_page()
+    held = off_loop(try_acquire, "browser-worker", a.pk)
+    assert off_loop(svc.mark_starting, held, "client 1 connecting")
+    expect(badge).to_have_text("Starting", timeout=STATE_TIMEOUT_MS)
+    expect(pending).to_have_count(0)
+    assert off_loop(svc.mark_awaiting_pairing, held, "2@qr,key,one", record=True)
+    expect(page.locator(".wa-qr svg")).to_be_visible(timeout=STATE_TIMEOUT_MS)
+    expect(page.locator(".wa-pair-form")).to_be_visible()
+    assert off_loop(svc.mark_connected, held, jid=JID)
+    expect(badge).to_have_text("Connected", timeout=STATE_TIMEOUT_MS)
+    expect(page.locator(".wa-pair-form")).to_have_count(0)  # paired: no pairing form
+    expect(buttons).to_have_text(["Stop", "Restart", "Log out"])
+    still_same_page()
+    shot(page, "flow-1-connected")
+
+    # Stop: "Stopping…" next to the state the worker still reports, then stopped.
+    page.click("button.wa-action-stop")
+    expect(pending).to_have_text("Stopping…")
+    expect(badge).to_have_text("Connected")
+    shot(page, "flow-2-stopping")
+    live_page()
+    assert off_loop(svc.mark_stopped, held, "stop requested")
+    expect(badge).to_have_text("Stopped", timeout=STATE_TIMEOUT_MS)
+    expect(pending).to_have_count(0)
+    expect(buttons).to_have_text(["Start", "Log out"])
+    still_same_page()
+
+    # Start again, connected again (the device is still paired).
+    page.click("button.wa-action-start")
+    live_page()
+    assert off_loop(svc.mark_connected, held, jid=JID)
+    expect(badge).to_have_text("Connected", timeout=STATE_TIMEOUT_MS)
+
+    # Log out asks first; dismissing it changes nothing.
+    page.once("dialog", lambda dialog: dialog.dismiss())
+    page.click("button.wa-action-logout")
+    expect(badge).to_have_text("Connected")
+    assert off_loop(lambda: type(a).objects.get(pk=a.pk).logout_requested_at) is None
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.click("button.wa-action-logout")
+    expect(pending).to_have_text("Logging out…")
+    live_page()
+    assert off_loop(svc.mark_logged_out, held, "logout requested: logged out of WhatsApp")
+    expect(badge).to_have_text("Logged out", timeout=STATE_TIMEOUT_MS)
+    expect(buttons).to_have_text(["Start", "Stop", "Restart"])
+    still_same_page()
+    shot(page, "flow-3-logged-out")
+
+    # Start after the logout: a fresh start, which means a new QR code.
+    page.click("button.wa-action-start")
+    expect(pending).to_have_text("Restarting…")
+    live_page()
+    row = off_loop(lambda: type(a).objects.get(pk=a.pk))
+    assert off_loop(svc.unpark, held, "restarting (close before create)")
+    assert off_loop(svc.clear_request, held, "restart_requested_at", row.restart_requested_at)
+    assert off_loop(svc.mark_awaiting_pairing, held, "2@qr,key,two", record=True)
+    expect(page.locator(".wa-qr svg")).to_be_visible(timeout=STATE_TIMEOUT_MS)
+    expect(badge).to_have_text("Awaiting QR / pairing code")
+    still_same_page()
+    shot(page, "flow-4-new-qr-after-logout")
+    page.close()
+
+
+def test_a_state_change_before_the_websocket_opens_is_shown_once_it_opens(
+    tenants, sessions, server, browser
+):
+    """The page was rendered "Stopped"; the worker stopped... started the client
+    before the page's WebSocket listened: opening it re-reads the page."""
+    from playwright.sync_api import expect
+
+    a, _ = sessions
+    off_loop(control.start_session, tenants.a.pk)
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    held = []
+
+    def late_socket(ws):
+        if not held:
+            held.append(off_loop(try_acquire, "browser-worker", a.pk))
+            assert off_loop(svc.mark_connected, held[0], jid=JID)
+        ws.connect_to_server()
+
+    page.route_web_socket("**/ws/admin/whatsapp/", late_socket)
+    log_in(page, server, "owner", "pw-owner-123!", session_url(a))
+    expect(page.locator("[data-wa-live-status]")).to_have_text("live", timeout=LIVE_TIMEOUT_MS)
+    expect(page.locator("#wa-session-status .wa-badge")).to_have_text(
+        "Connected", timeout=STATE_TIMEOUT_MS
+    )
+    page.close()
+
+
+def test_a_message_arrives_live_and_a_drop_and_its_recovery_show_without_a_reload(
+    tenants, sessions, server, browser
+):
+    from playwright.sync_api import expect
+
+    from whatsapp.services.inbound import record_inbound_message
+    from whatsapp.transport.normalize import NormalizedMessage
+
+    a, _ = sessions
+    off_loop(control.start_session, tenants.a.pk)
+    held = off_loop(try_acquire, "browser-worker", a.pk)
+    assert off_loop(svc.mark_connected, held, jid=JID)
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    log_in(page, server, "owner", "pw-owner-123!", session_url(a))
+    expect(page.locator("[data-wa-live-status]")).to_have_text("live", timeout=LIVE_TIMEOUT_MS)
+    page.evaluate("window.__sameDocument = true")
+    expect(page.locator('[data-counter="messages_in"]')).to_have_text("0")
+
+    message = NormalizedMessage(
+        message_id="3EB0BROWSER0001",
+        chat_jid="4915112345678@s.whatsapp.net",
+        sender_jid="4915112345678@s.whatsapp.net",
+        sender_phone="+4915112345678",
+        sender_lid="",
+        push_name="Eva",
+        text="what are your opening hours?",
+        kind="text",
+        timestamp=datetime.now(UTC),
+    )
+    assert off_loop(record_inbound_message, tenants.a.pk, message).created
+    expect(page.locator('[data-counter="messages_in"]')).to_have_text("1", timeout=LIVE_TIMEOUT_MS)
+    expect(page.locator("tr.wa-inbound").first).to_contain_text("opening hours")
+    shot(page, "live-message")
+
+    badge = page.locator("#wa-session-status .wa-badge")
+    assert off_loop(svc.mark_reconnecting, held, "connection dropped; whatsmeow reconnects")
+    expect(badge).to_have_text("Reconnecting", timeout=STATE_TIMEOUT_MS)
+    expect(page.locator("tr.wa-event").first).to_contain_text("dropped")
+    shot(page, "live-drop")
+    assert off_loop(svc.mark_connected, held, jid=JID, reconnected=True)
+    expect(badge).to_have_text("Connected", timeout=STATE_TIMEOUT_MS)
+    expect(page.locator('[data-counter="reconnect_count"]')).to_have_text("1")
+    assert page.evaluate("window.__sameDocument") is True
+    shot(page, "live-recovered")
+    page.close()
+
+
+def test_a_new_superuser_is_led_from_no_company_to_a_qr_code(
+    db, server, browser, django_user_model
+):
+    """First run: nothing exists but the login. The index leads to connection
+    health, which says to add a company; adding one and pressing Start leads
+    to the session page, which shows the QR code the worker issues."""
+    from playwright.sync_api import expect
+
+    from companies.models import Company
+
+    off_loop(django_user_model.objects.create_superuser, "first", "f@example.com", "pw-first-1!")
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    log_in(page, server, "first", "pw-first-1!", "/admin/")
+    expect(page.locator("#site-name")).to_have_text("aiadmin")
+    expect(page.locator("text=View site")).to_have_count(0)
+    shot(page, "first-run-1-index")
+    page.click("#content-main a[href='/admin/whatsapp/health/']")
+    expect(page.locator("[data-first-steps]")).to_contain_text("No company yet")
+    shot(page, "first-run-2-no-company")
+
+    page.click("[data-first-steps] a.button")  # Add a company
+    page.fill("#id_name", "Salon First")
+    page.fill("#id_slug", "salon-first")
+    page.click("input[name=_save]")
+    expect(page.locator(".messagelist")).to_contain_text("Salon First")
+
+    page.goto(f"{server}/admin/whatsapp/health/")
+    page.click(".wa-without-session button")  # Start
+    expect(page.locator(".messagelist")).to_contain_text("Start requested for Salon First.")
+    expect(page.locator("[data-pending]")).to_have_text("Starting…")
+    expect(page.locator("[data-wa-live-status]")).to_have_text("live", timeout=LIVE_TIMEOUT_MS)
+    company = off_loop(Company.objects.get, name="Salon First")
+    session_id = off_loop(lambda: company.whatsapp_session.pk)
+    held = off_loop(try_acquire, "browser-worker", session_id)
+    assert off_loop(svc.mark_awaiting_pairing, held, "2@first,key,run", record=True)
+    expect(page.locator(".wa-qr svg")).to_be_visible(timeout=STATE_TIMEOUT_MS)
+    shot(page, "first-run-3-qr")
     page.close()

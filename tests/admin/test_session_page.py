@@ -2,7 +2,7 @@
 reasons, recent messages and jobs, QR code and pairing code; and the small JSON
 endpoint the pages poll while their WebSocket is down."""
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from django.urls import reverse
@@ -46,6 +46,7 @@ def test_it_draws_the_last_24_hours_of_states_as_svg(client, tenants, sessions):
 def test_the_timeline_places_segments_in_proportion_to_time(tenants, sessions):
     a, _ = sessions
     now = timezone.now()
+    a = set_session(a, created_at=now - timedelta(days=2))
     ConnectionEvent.objects.create(
         session=a, kind=Kind.CONNECTED, state="connected", created_at=now - timedelta(hours=18)
     )
@@ -60,6 +61,63 @@ def test_the_timeline_places_segments_in_proportion_to_time(tenants, sessions):
     ]
     assert timeline.time_in("connected") == timedelta(hours=12)
     assert [m.kind for m in timeline.marks] == ["replaced"]
+
+
+def test_the_timeline_starts_when_the_session_was_created(tenants, sessions):
+    a, _ = sessions
+    now = timezone.now()
+    a = set_session(a, created_at=now - timedelta(hours=6))
+    ConnectionEvent.objects.create(
+        session=a, kind=Kind.CONNECTED, state="connected", created_at=now - timedelta(hours=3)
+    )
+    timeline = state_timeline(a, now=now)
+    assert timeline.drawn_from == now - timedelta(hours=6)
+    assert [(s.state, s.x, s.width) for s in timeline.segments] == [
+        ("stopped", 750.0, 125.0),
+        ("connected", 875.0, 125.0),
+    ]
+
+
+def test_a_few_minutes_of_trouble_stay_visible_in_a_day(tenants, sessions):
+    a, _ = sessions
+    now = timezone.now()
+    a = set_session(a, created_at=now - timedelta(days=2))
+    for minutes, state in [(600, "connected"), (300, "reconnecting"), (298, "connected")]:
+        ConnectionEvent.objects.create(
+            session=a, kind=Kind.CONNECTED, state=state, created_at=now - timedelta(minutes=minutes)
+        )
+    blip = [s for s in state_timeline(a, now=now).segments if s.state == "reconnecting"]
+    assert len(blip) == 1 and blip[0].width == 4  # 2 min of 24 h is 1.4 units
+
+
+def test_the_windows_have_dated_ticks_in_the_company_time_zone(tenants, sessions):
+    a, _ = sessions
+    tenants.a.timezone = "Asia/Tokyo"
+    tenants.a.save()
+    a.refresh_from_db()
+    now = datetime(2026, 12, 2, 3, 12, tzinfo=UTC)
+    day = state_timeline(a, now=now, window="24h")
+    assert [label for _, label in day.ticks] == [
+        "01 Dec 12:12",
+        "01 Dec 18:12",
+        "02 Dec 00:12",
+        "02 Dec 06:12",
+        "02 Dec 12:12",
+    ]
+    assert day.tz_name == "Asia/Tokyo"
+    week = state_timeline(a, now=now, window="7d")
+    assert len(week.ticks) == 8 and week.ticks[-1][1] == "Wed 02 Dec"
+    hour = state_timeline(a, now=now, window="1h")
+    assert [label for _, label in hour.ticks] == ["11:12", "11:27", "11:42", "11:57", "12:12"]
+
+
+def test_the_page_offers_one_hour_a_day_and_a_week(client, tenants, sessions):
+    a, _ = sessions
+    login(client, tenants.owner)
+    html = client.get(page(a), {"window": "7d"}).content.decode()
+    assert '<strong data-window="7d">7 d</strong>' in html
+    assert 'href="?window=1h"' in html and 'href="?window=24h"' in html
+    assert client.get(page(a), {"window": "nonsense"}).status_code == 200
 
 
 def test_a_session_without_history_is_one_segment_of_its_current_state(tenants, sessions):
@@ -157,9 +215,9 @@ def test_a_member_sees_the_page_without_the_controls(client, tenants, sessions):
     a, _ = sessions
     html = login(client, tenants.member).get(page(a)).content.decode()
     assert "wa-session-status" in html
-    assert "wa-action-restart" not in html and "Request pairing code" not in html
+    assert "wa-action-start" not in html and "Request pairing code" not in html
     html = login(client, tenants.owner).get(page(a)).content.decode()
-    assert "wa-action-restart" in html and "Request pairing code" in html
+    assert "wa-action-start" in html and "Request pairing code" in html
 
 
 def test_the_status_endpoint_answers_with_the_visible_sessions(client, tenants, sessions):
@@ -197,3 +255,44 @@ def test_the_pairing_form_is_offered_only_while_unpaired(client, tenants, sessio
     assert "Request pairing code" in client.get(page(a)).content.decode()
     set_session(a, jid=JID_PAIRED)
     assert "Request pairing code" not in client.get(page(a)).content.decode()
+
+
+def test_an_error_from_before_the_current_connection_is_shown_as_resolved(
+    client, tenants, sessions
+):
+    a, _ = sessions
+    now = timezone.now()
+    set_session(
+        a,
+        desired_state="running",
+        state="connected",
+        last_error="dial tcp: i/o timeout",
+        last_error_at=now - timedelta(minutes=5),
+        connected_since=now - timedelta(minutes=1),
+    )
+    html = login(client, tenants.owner).get(page(a)).content.decode()
+    assert 'class="wa-error wa-error-resolved" data-last-error' in html
+    assert "connected again since" in html
+    set_session(a, state="reconnecting", connected_since=None)
+    html = client.get(page(a)).content.decode()
+    assert 'class="wa-error" data-last-error' in html
+
+
+def test_times_are_shown_in_the_company_time_zone_which_is_named(client, tenants, sessions):
+    a, _ = sessions
+    tenants.a.timezone = "Europe/Berlin"
+    tenants.a.save()
+    html = login(client, tenants.owner).get(page(a)).content.decode()
+    assert "Europe/Berlin" in html
+    assert " CET" in html or " CEST" in html
+    assert " UTC" not in html.split('id="wa-session-status"')[1].split("wa-session-history")[0]
+
+
+def test_events_read_as_plain_words_with_the_details_behind_a_toggle(client, tenants, sessions):
+    a, _ = sessions
+    ConnectionEvent.objects.create(
+        session=a, kind="lease_acquired", reason="epoch 1", worker_id="vm.30719.709a9e01"
+    )
+    html = login(client, tenants.owner).get(page(a)).content.decode()
+    assert "A worker took charge of this session" in html
+    assert "<summary>details</summary><code>epoch 1; worker vm.30719.709a9e01</code>" in html

@@ -22,7 +22,7 @@ from whatsapp.models import (
     SessionState,
     WhatsAppSession,
 )
-from whatsapp.services.control import request_pairing_code, start_session
+from whatsapp.services.control import logout_session, request_pairing_code, start_session
 from whatsapp.services.outbound import queue_outbound_message
 from whatsapp.simulator import protocol
 from whatsapp.simulator.server import build_app
@@ -192,6 +192,23 @@ def test_a_logout_on_the_phone_marks_the_session_logged_out_and_forgets_the_devi
     session = row(company)
     assert session.jid == "" and "LOGGED_OUT" in session.last_error
     assert not store.exists()
+
+
+def test_start_after_an_operator_logout_pairs_again_with_a_fresh_qr_code(rig, company):
+    async def scenario():
+        async with rig:
+            await rig.supervisor()
+            await rig.pair(company)
+            await db(logout_session)(company.pk, actor="by test")
+            await wait_until(state_is(company, SessionState.LOGGED_OUT), what="logged out")
+            await db(start_session)(company.pk, actor="by test")
+            await wait_until(state_is(company, SessionState.AWAITING_PAIRING), what="a new QR")
+            return (await db(row)(company)).qr_code
+
+    qr = run(scenario)
+    assert qr.startswith("2@") and rig.sim.totals["qr_issued"] == 2
+    session = row(company)
+    assert session.jid == "" and session.restart_requested_at is None
 
 
 def test_a_temporary_ban_parks_the_session_until_it_expires(rig, company):

@@ -21,7 +21,7 @@ from .sessions import live_context
 def health_dashboard(request):
     companies = Company.objects.visible_to(request.user)
     if not companies.exists():
-        raise PermissionDenied("You belong to no company.")
+        return first_run(request)
     now = timezone.now()
     sessions = (
         WhatsAppSession.objects.visible_to(request.user)
@@ -47,6 +47,23 @@ def health_dashboard(request):
         "media": admin.site._registry[WhatsAppSession].media,
     }
     return TemplateResponse(request, "admin/whatsapp/health.html", context)
+
+
+def first_run(request):
+    """No company to show: say what to do next instead of a bare 403 (a user who
+    may add companies gets a 200 and the link; anyone else a 403 that says why)."""
+    can_add = request.user.has_perm("companies.add_company")
+    context = {
+        **admin.site.each_context(request),
+        "title": "WhatsApp connection health",
+        "has_company": False,
+        "can_add_company": can_add,
+        "opts": WhatsAppSession._meta,
+        "media": admin.site._registry[WhatsAppSession].media,
+    }
+    return TemplateResponse(
+        request, "admin/whatsapp/first_run.html", context, status=200 if can_add else 403
+    )
 
 
 @require_POST

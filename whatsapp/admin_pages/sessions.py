@@ -14,7 +14,7 @@ import segno
 from django.conf import settings
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
-from django.db.models import Max
+from django.db.models import Max, OuterRef, Subquery
 from django.http import Http404, HttpResponseNotAllowed, JsonResponse
 from django.shortcuts import redirect
 from django.template.response import TemplateResponse
@@ -24,8 +24,14 @@ from django.utils.html import format_html
 from django.utils.timesince import timesince
 
 from companies.admin_tenancy import TenantScopedAdmin
-from whatsapp.models import WhatsAppSession
-from whatsapp.models.health import reconnect_reasons, state_timeline
+from whatsapp.models import (
+    InboundMessage,
+    OutboundMessage,
+    ProcessingJob,
+    SessionState,
+    WhatsAppSession,
+)
+from whatsapp.models.health import TIMELINE_WINDOWS, reconnect_reasons, state_timeline
 from whatsapp.services import control
 
 from .forms import PairingCodeForm
@@ -59,7 +65,23 @@ def live_snapshots(user, session_id=None):
         .order_by("company_id")
     )
     if session_id is not None:
-        rows = rows.filter(pk=session_id)
+        # The session page also lists recent messages and their jobs: notice those too.
+        def latest(queryset, field):
+            return Subquery(queryset.order_by(f"-{field}").values(field)[:1])
+
+        company = OuterRef("company_id")
+        rows = rows.filter(pk=session_id).annotate(
+            last_inbound_id=latest(InboundMessage.objects.filter(company=company), "id"),
+            last_outbound_change=latest(
+                OutboundMessage.objects.filter(company=company), "updated_at"
+            ),
+            last_job_change=latest(
+                ProcessingJob.objects.filter(message__company=company).exclude(
+                    finished_at=None
+                ),
+                "finished_at",
+            ),
+        )
     return [s.live_snapshot() for s in rows]
 
 
@@ -82,24 +104,18 @@ class HasErrorsFilter(admin.SimpleListFilter):
 
 
 class WhatsAppSessionAdmin(TenantScopedAdmin):
+    # What fits 1400 px: the rest (conflicts, failures, worker, duplicates) is on the
+    # session page.
     list_display = [
-        "company",
+        "company_and_phone",
         "state_badge",
-        "desired_state",
-        "phone",
         "up_or_down",
         "reconnects_last_hour",
         "reconnects_last_day",
-        "reconnect_count",
-        "conflict_count",
-        "connect_failure_count",
         "last_error_short",
-        "messages_in",
-        "messages_out",
-        "duplicates_blocked",
-        "owning_worker",
+        "messages",
     ]
-    list_display_links = ["company"]
+    list_display_links = ["company_and_phone"]
     list_filter = ["state", HasErrorsFilter, "desired_state"]
     search_fields = ["company__name", "phone", "jid"]
     list_select_related = ["company", "lease"]
@@ -123,7 +139,8 @@ class WhatsAppSessionAdmin(TenantScopedAdmin):
 
     # Membership alone grants these (no model permission needed).
     def has_module_permission(self, request):
-        return self.readable_companies(request).exists()
+        # A superuser sees it before any company exists (the list says what to do).
+        return request.user.is_superuser or self.readable_companies(request).exists()
 
     def has_view_permission(self, request, obj=None):
         return self._allowed(request, obj, True, self.readable_companies(request))
@@ -138,16 +155,33 @@ class WhatsAppSessionAdmin(TenantScopedAdmin):
         return False  # its history is the point; stop it instead
 
     # --- list columns --------------------------------------------------------
+    @admin.display(description="Company", ordering="company__name")
+    def company_and_phone(self, obj):
+        if obj.phone:
+            return format_html("{}<br><small>{}</small>", obj.company.name, obj.phone)
+        return obj.company.name
+
     @admin.display(description="State", ordering="state")
     def state_badge(self, obj):
+        pending = obj.pending()
         return format_html(
-            '<span class="wa-badge wa-state-{}" title="health: {}">{}</span>',
+            '<span class="wa-badge wa-state-{}" title="health: {}">{}</span>{}',
             obj.state,
             obj.health(),
             obj.get_state_display(),
+            format_html(' <span class="wa-pending">{}</span>', pending) if pending else "",
         )
 
-    @admin.display(description="Connected / down since", ordering="state_changed_at")
+    @admin.display(description="In / out", ordering="messages_in")
+    def messages(self, obj):
+        return format_html(
+            '<span data-counter="messages_in">{}</span> / '
+            '<span data-counter="messages_out">{}</span>',
+            obj.messages_in,
+            obj.messages_out,
+        )
+
+    @admin.display(description="Up / down for", ordering="state_changed_at")
     def up_or_down(self, obj):
         if obj.connected_since and obj.state == "connected":
             return format_html(
@@ -173,12 +207,14 @@ class WhatsAppSessionAdmin(TenantScopedAdmin):
     def last_error_short(self, obj):
         if not obj.last_error:
             return "-"
-        text = obj.last_error if len(obj.last_error) <= 80 else obj.last_error[:79] + "..."
+        text = obj.last_error if len(obj.last_error) <= 60 else obj.last_error[:59] + "…"
         return format_html(
-            '<span title="{}">{}</span><br><small>{} ago</small>',
+            '<span class="{}" title="{}">{}</span><br><small>{} ago{}</small>',
+            "wa-error-resolved" if obj.error_is_resolved else "wa-error",
             obj.last_error,
             text,
             timesince(obj.last_error_at) if obj.last_error_at else "?",
+            "; connected again since" if obj.error_is_resolved else "",
         )
 
     @admin.display(description="Worker (lease until)", ordering="lease__owner")
@@ -248,6 +284,8 @@ class WhatsAppSessionAdmin(TenantScopedAdmin):
 
     def changelist_view(self, request, extra_context=None):
         context = live_context(reverse("admin:whatsapp_session_status"))
+        context["has_company"] = self.readable_companies(request).exists()
+        context["can_add_company"] = request.user.has_perm("companies.add_company")
         context.update(extra_context or {})
         return super().changelist_view(request, extra_context=context)
 
@@ -265,6 +303,9 @@ class WhatsAppSessionAdmin(TenantScopedAdmin):
 
     def render_session_page(self, request, session, pairing_form, status=200):
         now = timezone.now()
+        window = request.GET.get("window", "24h")
+        if window not in TIMELINE_WINDOWS:
+            window = "24h"
         company = session.company
         context = {
             **self.admin_site.each_context(request),
@@ -278,7 +319,9 @@ class WhatsAppSessionAdmin(TenantScopedAdmin):
             "original": session,
             "health": session.health(now=now),
             "problems": session.problems(now=now),
-            "timeline": state_timeline(session, now=now),
+            "timeline": state_timeline(session, now=now, window=window),
+            "timeline_window": window,
+            "timeline_windows": [(key, f"{key[:-1]} {key[-1]}") for key in TIMELINE_WINDOWS],
             "reasons": reconnect_reasons(session, now=now),
             "events": session.events.all()[:25],
             "inbound": company.inbound_messages.select_related("job")[:10],
@@ -286,7 +329,9 @@ class WhatsAppSessionAdmin(TenantScopedAdmin):
             "qr_svg": qr_svg(session.qr_code),
             "can_manage": self.has_change_permission(request, session),
             "pairing_form": pairing_form,
-            "actions_available": [(k, label) for k, (label, _) in ACTIONS.items()],
+            "actions_available": [(k, ACTIONS[k][0]) for k in session.available_actions()],
+            "pending": session.pending(),
+            "show_pairing_form": not session.is_paired and session.state != SessionState.CONNECTED,
             "media": self.media,
         }
         return TemplateResponse(

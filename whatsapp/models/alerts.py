@@ -20,6 +20,10 @@ class IncidentKind(models.TextChoices):
     WORKER_DEAD = "worker_dead", "Worker stopped heartbeating"
 
 
+# What services.alerts writes to notify_error when no channel is configured.
+NOT_SENT_ANYWHERE = "not sent anywhere: no ADMINS and no chat webhook are configured"
+
+
 class Incident(models.Model):
     company = models.ForeignKey(
         "companies.Company",
@@ -63,6 +67,22 @@ class Incident(models.Model):
     def duration(self, now=None):
         end = self.resolved_at or now or timezone.now()
         return end - self.opened_at
+
+    def delivery_status(self, field="alert_sent_at"):
+        """Whether the alert (or with field="recovery_sent_at", the recovery notice)
+        reached anyone, in words: never "sent" when nobody was told."""
+        sent_at = getattr(self, field)
+        if sent_at is None:
+            if field == "recovery_sent_at" and self.is_open:
+                return "-"
+            if self.notify_error:
+                return f"failed: {self.notify_error} (tried again at the next check)"
+            return "not sent yet"
+        if self.notify_error.startswith(NOT_SENT_ANYWHERE[:17]):
+            return "not sent anywhere (no ADMINS, no chat webhook configured)"
+        if self.notify_error:
+            return f"delivered in part; failed: {self.notify_error}"
+        return "delivered"
 
     def alert_text(self):
         return f"[aiadmin] OPEN {self.get_kind_display()}: {self.summary}"

@@ -2,6 +2,7 @@
 the dashboard report. Pure reads and arithmetic over session rows and their
 ConnectionEvents; nothing here writes."""
 
+import zoneinfo
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -36,6 +37,13 @@ DROP_KINDS = {
 }
 STATE_LABELS = dict(SessionState.choices)
 TIMELINE_WIDTH = 1000  # SVG user units across the window
+MIN_VISIBLE_WIDTH = 4  # a few minutes of trouble in 24 h still shows (units)
+# The windows a person can pick: label -> (hours, tick step in hours, tick label format).
+TIMELINE_WINDOWS = {
+    "1h": (1, 0.25, "%H:%M"),
+    "24h": (24, 6, "%d %b %H:%M"),
+    "7d": (24 * 7, 24, "%a %d %b"),
+}
 MAX_TIMELINE_EVENTS = 5000
 
 
@@ -66,7 +74,9 @@ class Timeline:
     end: object
     segments: list
     marks: list
-    ticks: list = field(default_factory=list)  # (x, label) every 6 hours
+    ticks: list = field(default_factory=list)  # (x, label)
+    drawn_from: object = None  # when the session's history begins within the window
+    tz_name: str = "UTC"
 
     @property
     def width(self):
@@ -81,12 +91,31 @@ def _x(moment, start, span):
     return round((moment - start).total_seconds() / span * TIMELINE_WIDTH, 2)
 
 
-def state_timeline(session, hours=24, now=None):
-    """The session's states over the last `hours`, as segments placed on an
-    SVG of TIMELINE_WIDTH units, plus marks for connection drops.
+def _zone(session):
+    name = getattr(getattr(session, "company", None), "timezone", "") or "UTC"
+    try:
+        return zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        return zoneinfo.ZoneInfo("UTC")
+
+
+def state_timeline(session, hours=24, now=None, window=None):
+    """The session's states over the last `hours` (or a TIMELINE_WINDOWS key),
+    as segments placed on an SVG of TIMELINE_WIDTH units, plus marks for
+    connection drops.
 
     States come from the `state` recorded with each ConnectionEvent; the state
-    before the window is that of the last event before it."""
+    before the window is that of the last event before it. Nothing is drawn
+    before the session existed (its creation or its first event, whichever is
+    earlier). A segment of trouble is at least MIN_VISIBLE_WIDTH wide. Tick
+    labels are in the company's time zone, with dates."""
+    step, fmt = None, None
+    if window is not None:
+        hours, step, fmt = TIMELINE_WINDOWS[window]
+    elif hours in (1, 24, 24 * 7):
+        _, step, fmt = next(v for v in TIMELINE_WINDOWS.values() if v[0] == hours)
+    step = step or max(hours / 4, 1)
+    fmt = fmt or "%d %b %H:%M"
     end = now or timezone.now()
     start = end - timedelta(hours=hours)
     span = (end - start).total_seconds()
@@ -102,6 +131,12 @@ def state_timeline(session, hours=24, now=None):
         .values_list("state", flat=True)
         .first()
     )
+    origin = getattr(session, "created_at", None) or start
+    first_event = session.events.order_by("created_at").values_list("created_at", flat=True)
+    first_event = first_event.first()
+    if first_event is not None:
+        origin = min(origin, first_event)
+    drawn_from = min(max(start, origin), end)
     changes = [(e["created_at"], e["state"]) for e in events if e["state"]]
     if before:
         state = before
@@ -110,26 +145,29 @@ def state_timeline(session, hours=24, now=None):
     else:
         state = session.state
     segments = []
-    cursor = start
+    cursor = drawn_from
     for at, new_state in changes:
         if new_state == state:
             continue
         if at > cursor:
             segments.append(Segment(cursor, at, state, _x(cursor, start, span), 0))
-        cursor, state = at, new_state
+        cursor, state = max(at, cursor), new_state
     segments.append(Segment(cursor, end, state, _x(cursor, start, span), 0))
     for seg in segments:
-        seg.width = max(round(_x(seg.end, start, span) - seg.x, 2), 0.5)
+        minimum = 0.5 if seg.state == SessionState.STOPPED else MIN_VISIBLE_WIDTH
+        seg.width = max(round(_x(seg.end, start, span) - seg.x, 2), minimum)
     marks = [
         Mark(e["created_at"], e["kind"], e["reason"], _x(e["created_at"], start, span))
         for e in events
         if e["kind"] in DROP_KINDS
     ]
+    zone = _zone(session)
     ticks = []
-    for step in range(0, hours + 1, max(hours // 4, 1)):
-        moment = start + timedelta(hours=step)
-        ticks.append((_x(moment, start, span), timezone.localtime(moment).strftime("%H:%M")))
-    return Timeline(start, end, segments, marks, ticks)
+    count = int(round(hours / step))
+    for i in range(count + 1):
+        moment = start + timedelta(hours=step * i)
+        ticks.append((_x(moment, start, span), timezone.localtime(moment, zone).strftime(fmt)))
+    return Timeline(start, end, segments, marks, ticks, drawn_from, str(zone))
 
 
 @dataclass

@@ -99,7 +99,7 @@ class ProcessingJob(models.Model):
     )
 
     def __str__(self):
-        return f"job for {self.message_id} [{self.status}]"
+        return f"Job of message {self.message_id}: {self.get_status_display().lower()}"
 
     @property
     def latency_seconds(self):

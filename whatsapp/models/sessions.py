@@ -176,7 +176,7 @@ class WhatsAppSession(models.Model):
         ]
 
     def __str__(self):
-        return f"{self.company} [{self.state}]"
+        return f"{self.company}: {self.get_state_display().lower()}"
 
     # --- calculations --------------------------------------------------
     @property
@@ -261,6 +261,10 @@ class WhatsAppSession(models.Model):
             "pairing_code_at": self.pairing_code_at,
             "last_error_at": self.last_error_at,
             "last_event_id": getattr(self, "last_event_id", None),
+            "last_inbound_id": getattr(self, "last_inbound_id", None),
+            "last_outbound_change": getattr(self, "last_outbound_change", None),
+            "last_job_change": getattr(self, "last_job_change", None),
+            "pending": self.pending(),
             "reconnect_count": self.reconnect_count,
             "conflict_count": self.conflict_count,
             "connect_failure_count": self.connect_failure_count,
@@ -269,6 +273,48 @@ class WhatsAppSession(models.Model):
             "duplicates_blocked": self.duplicates_blocked,
             "worker": lease.owner if lease is not None else "",
         }
+
+    @property
+    def error_is_resolved(self):
+        """The last error came before the current connection: history, not a problem."""
+        return bool(
+            self.last_error
+            and self.state == SessionState.CONNECTED
+            and self.connected_since
+            and self.last_error_at
+            and self.last_error_at <= self.connected_since
+        )
+
+    def pending(self):
+        """What the operator asked for that the worker has not confirmed yet, as
+        words for the page ("Stopping…"), or "" when the state is what was asked."""
+        if self.logout_requested_at:
+            return "Logging out…"
+        if self.restart_requested_at:
+            return "Restarting…"
+        if self.desired_state == DesiredState.STOPPED and self.state in LIVE_STATES:
+            return "Stopping…"
+        if self.wants_running and self.state == SessionState.STOPPED:
+            return "Starting…"
+        if self.pairing_requested_at and not self.pairing_code:
+            return "Requesting a pairing code…"
+        return ""
+
+    def available_actions(self):
+        """The operator actions that make sense now, in page order: Start only
+        when it would change something, Stop/Restart only while it should run,
+        Log out only for a paired device not already being logged out."""
+        actions = []
+        if not self.wants_running or self.state in {
+            SessionState.LOGGED_OUT,
+            SessionState.REPLACED,
+        }:
+            actions.append("start")
+        if self.wants_running:
+            actions += ["stop", "restart"]
+        if self.is_paired and not self.logout_requested_at:
+            actions.append("logout")
+        return actions
 
     def problems(self, now=None):
         """Short reasons for a dashboard, worst first (needs with_health())."""
@@ -360,4 +406,11 @@ class ConnectionEvent(models.Model):
         indexes = [models.Index(fields=["session", "kind", "created_at"])]
 
     def __str__(self):
-        return f"{self.kind} {self.reason}".strip()
+        return self.words.text
+
+    @property
+    def words(self):
+        """Plain text and technical details (models/event_words.py)."""
+        from .event_words import describe_event
+
+        return describe_event(self.kind, self.reason, self.worker_id)

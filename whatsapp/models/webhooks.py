@@ -74,7 +74,7 @@ class WebhookEndpoint(models.Model):
     company = models.ForeignKey(
         "companies.Company", on_delete=models.CASCADE, related_name="webhook_endpoints"
     )
-    url = models.URLField(max_length=500)
+    url = models.URLField("URL", max_length=500)
     description = models.CharField(max_length=200, blank=True)
     # Shown once (when created or rotated), then only masked; never in a form.
     secret = models.CharField(

@@ -29,6 +29,7 @@ class WorkerProcess(models.Model):
 
     class Meta:
         ordering = ["-heartbeat_at"]
+        verbose_name_plural = "worker processes"
 
     def __str__(self):
         return f"{self.worker_id} ({self.hostname}:{self.pid})"

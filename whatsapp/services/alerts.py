@@ -42,6 +42,7 @@ from whatsapp.models import (
     WhatsAppSession,
     WorkerProcess,
 )
+from whatsapp.models.alerts import NOT_SENT_ANYWHERE
 
 logger = logging.getLogger(__name__)
 
@@ -237,6 +238,9 @@ def _send_once(pk, field_name, subject, text, now):
     ):
         return False
     tried, errors = notify_operators(subject, text)
+    if not tried:  # recorded as such: the admin must not call this "sent"
+        Incident.objects.filter(pk=pk).update(notify_error=NOT_SENT_ANYWHERE)
+        return False
     if errors and len(errors) == tried:
         Incident.objects.filter(pk=pk).update(**{field_name: None}, notify_error="; ".join(errors))
         logger.error("alert %s for incident %s failed: %s", field_name, pk, errors)

@@ -10,7 +10,13 @@ from django.utils import timezone
 
 from companies.models import Company
 from companies.phones import InvalidPhoneNumber, parse_phone
-from whatsapp.models import ConnectionEvent, DesiredState, SessionLease, WhatsAppSession
+from whatsapp.models import (
+    ConnectionEvent,
+    DesiredState,
+    SessionLease,
+    SessionState,
+    WhatsAppSession,
+)
 
 from . import live
 from .commands import notify_owner
@@ -34,16 +40,27 @@ def _record(session, kind, reason):
     live.session_changed(session.company_id, session.state)
 
 
+# Parked states an operator's Start leaves (a ban is WhatsApp's, not ours to lift):
+# after a logout a start means "pair again", after a 440 conflict "try once more".
+START_UNPARKS = {SessionState.LOGGED_OUT, SessionState.REPLACED}
+
+
 def start_session(company_id, actor=""):
+    """Want the session running. From a parked logged-out or replaced session
+    this asks the worker for a fresh start (as a restart does): after a logout
+    that means a new QR code."""
     with transaction.atomic():
         session = ensure_session(company_id)
         if not session.company.is_active:
             raise SessionCommandError("the company is inactive; activate it first")
-        WhatsAppSession.objects.filter(pk=session.pk).update(
-            desired_state=DesiredState.RUNNING,
-            next_connect_at=None,
-            consecutive_failures=0,
-        )
+        fields = {
+            "desired_state": DesiredState.RUNNING,
+            "next_connect_at": None,
+            "consecutive_failures": 0,
+        }
+        if session.state in START_UNPARKS:
+            fields["restart_requested_at"] = timezone.now()
+        WhatsAppSession.objects.filter(pk=session.pk).update(**fields)
         _record(session, ConnectionEvent.Kind.STARTING, f"start requested {actor}".strip())
         transaction.on_commit(lambda: notify_owner(company_id, "session.start"))
     return WhatsAppSession.objects.get(pk=session.pk)

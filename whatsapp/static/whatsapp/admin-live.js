@@ -4,7 +4,11 @@
  * on a hint the page re-reads itself and swaps every [data-live-region]
  * element for its fresh version, so all rendering stays on the server.
  * While the WebSocket is down, the page polls a small JSON endpoint and
- * re-reads itself when the answer changes. */
+ * re-reads itself when the answer changes. The page also re-reads itself when
+ * the WebSocket opens (a change may have landed between rendering and then),
+ * and, while live, polls the same endpoint slowly for what sends no hint
+ * (message counters, recent messages and their jobs).
+ * Forms with data-confirm ask before they are sent (Log out). */
 (function () {
   "use strict";
   if (document.readyState === "loading") {  /* loaded from <head> with the admin's media */
@@ -12,6 +16,11 @@
   } else {
     start();
   }
+
+  document.addEventListener("submit", function (event) {
+    var question = event.target.getAttribute && event.target.getAttribute("data-confirm");
+    if (question && !window.confirm(question)) { event.preventDefault(); }
+  }, true);
 
   function start() {
     var root = document.querySelector("[data-wa-live]");
@@ -22,6 +31,7 @@
     var company = root.getAttribute("data-wa-live-company") || "";
     var statusEl = document.querySelector("[data-wa-live-status]");
     var socket = null, pollTimer = null, refreshTimer = null, lastPoll = null, retryMs = 1000;
+    var tickTimer = null, lastTick = null, tickMs = Math.max(2000, pollMs * 2);
     var refreshes = 0;
 
     function setMode(mode) {
@@ -72,6 +82,30 @@
         .catch(function () {});
     }
 
+    function tick() {  /* while live: what sends no hint */
+      var sep = pollUrl.indexOf("?") === -1 ? "?" : "&";
+      fetch(pollUrl + sep + "live=1", { credentials: "same-origin" })
+        .then(function (resp) { return resp.ok ? resp.json() : null; })
+        .then(function (data) {
+          if (!data) { return; }
+          var seen = JSON.stringify(data.sessions);
+          if (lastTick !== null && seen !== lastTick) { scheduleRefresh(); }
+          lastTick = seen;
+        })
+        .catch(function () {});
+    }
+
+    function startTicking() {
+      if (tickTimer !== null) { return; }
+      lastTick = null;
+      tick();
+      tickTimer = window.setInterval(tick, tickMs);
+    }
+
+    function stopTicking() {
+      if (tickTimer !== null) { window.clearInterval(tickTimer); tickTimer = null; }
+    }
+
     function startPolling() {
       if (pollTimer !== null) { return; }
       setMode("polling");
@@ -96,6 +130,8 @@
         stopPolling();
         retryMs = 1000;
         setMode("websocket");
+        scheduleRefresh();  /* what changed before the socket listened */
+        startTicking();
       };
       socket.onmessage = function (event) {
         var msg;
@@ -106,6 +142,7 @@
       };
       socket.onclose = function () {
         var wasLive = root.getAttribute("data-wa-live-mode") === "websocket";
+        stopTicking();
         startPolling();
         if (wasLive) { scheduleRefresh(); }  /* catch up on what the outage hid */
         window.setTimeout(connect, retryMs);
