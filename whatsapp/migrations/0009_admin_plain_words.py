@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('whatsapp', '0007_session_events_ignored'),
+        ('whatsapp', '0008_job_lease_and_outcome'),
     ]
 
     operations = [
