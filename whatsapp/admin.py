@@ -2,7 +2,7 @@
 
 from axes import admin as axes_admin  # registers axes' admins now (wrapped below)
 from axes import models as axes_models
-from django.contrib import admin
+from django.contrib import admin, messages
 from django_q import admin as q_admin
 from django_q import models as q_models
 
@@ -19,6 +19,7 @@ from .models import (
     WhatsAppSession,
     WorkerProcess,
 )
+from .services.processing import retry_processing_job
 
 # Session list, session page, actions and the live/polling endpoints: admin_pages/.
 admin.site.register(WhatsAppSession, WhatsAppSessionAdmin)
@@ -73,6 +74,25 @@ class InboundMessageAdmin(SystemRecordAdmin):
 @admin.register(ProcessingJob)
 class ProcessingJobAdmin(SystemRecordAdmin):
     company_field = "message__company"
+    actions = ["retry_failed_jobs"]
+
+    def has_retry_permission(self, request):
+        """Retrying acts on a company: its owners and admins (the rows of other
+        companies are left out by the scoped bulk action)."""
+        return request.user.is_superuser or self.writable_companies(request).exists()
+
+    @admin.action(description="Retry selected failed jobs", permissions=["retry"])
+    def retry_failed_jobs(self, request, queryset):
+        retried = sum(
+            retry_processing_job(pk) for pk in queryset.values_list("pk", flat=True)
+        )
+        self.message_user(request, f"{retried} failed job(s) queued again.", messages.SUCCESS)
+        left = queryset.count() - retried
+        if left:
+            self.message_user(
+                request, f"{left} selected job(s) had not failed; left as they are.",
+                messages.WARNING,
+            )
     list_display = ["message", "status", "attempts", "enqueue_count", "created_at",
                     "finished_at"]
     list_filter = ["status"]

@@ -94,6 +94,8 @@ ENDPOINTS = [
     Endpoint("inbound list", "get", S + "inbound/", 200),
     Endpoint("inbound detail", "get", S + "inbound/{in}/", 200),
     Endpoint("processing status", "get", S + "inbound/{in}/processing", 200),
+    # The matrix's job has not failed: a manager is told so (409), a member may not retry.
+    Endpoint("processing retry", "post", S + "inbound/{in}/processing/retry", 409, member=403),
 ]
 
 CALLERS = [

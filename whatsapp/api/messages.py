@@ -22,6 +22,7 @@ from aiadmin.api.pagination import IdCursorPagination
 from companies.api.tenancy import TenantAPIView
 from whatsapp.models import InboundMessage, OutboundMessage
 from whatsapp.services.outbound import IdempotencyConflict, InvalidOutbound, queue_outbound_message
+from whatsapp.services.processing import retry_processing_job
 
 from .serializers import (
     InboundFilterSerializer,
@@ -203,3 +204,40 @@ class ProcessingStatusView(TenantAPIView):
         if job is None:
             raise exceptions.NotFound("This message has no processing job.")
         return Response(ProcessingJobSerializer(job).data)
+
+
+class ProcessingRetryView(TenantAPIView):
+    """An operator's retry of a failed job (owners and admins, or the company's key)."""
+
+    queryset = InboundMessage.objects.select_related("job")
+    serializer_class = ProcessingJobSerializer
+    lookup_url_kwarg = "message_id"
+
+    def check_write_access(self, request):
+        self.require_manager()
+
+    @extend_schema(
+        summary="Retry the failed processing job of one inbound message",
+        description="Queues the job for one more attempt; the handler is told it is a retry "
+        "and how the previous attempt ended. Only a failed job can be retried (409 otherwise).",
+        request=None,
+        tags=TAGS,
+        responses={
+            202: ProcessingJobSerializer,
+            403: OpenApiResponse(description="A plain member may read, not retry."),
+            409: OpenApiResponse(description="The job has not failed."),
+            **ERRORS,
+        },
+    )
+    def post(self, request, company_id, message_id):
+        message = self.get_object()
+        job = getattr(message, "job", None)
+        if job is None:
+            raise exceptions.NotFound("This message has no processing job.")
+        if not retry_processing_job(job.pk):
+            raise Conflict(
+                f"The job is {job.get_status_display().lower()}, not failed: nothing to retry.",
+                code="job_not_failed",
+            )
+        job.refresh_from_db()
+        return Response(ProcessingJobSerializer(job).data, status=status.HTTP_202_ACCEPTED)

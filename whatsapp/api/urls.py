@@ -35,4 +35,9 @@ urlpatterns = [
         messages.ProcessingStatusView.as_view(),
         name="inbound-processing",
     ),
+    path(
+        S + "inbound/<id:message_id>/processing/retry",
+        messages.ProcessingRetryView.as_view(),
+        name="inbound-processing-retry",
+    ),
 ]
