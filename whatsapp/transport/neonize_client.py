@@ -64,14 +64,16 @@ _GO_LOCKS = weakref.WeakKeyDictionary()  # loop -> asyncio.Lock
 
 
 def go_lock():
-    """The process's lock around neonize calls that write its Go client map.
+    """The process's lock around neonize calls that touch its Go client maps.
 
-    neonize keeps every client of the process in one Go map without a lock:
-    `Neonize()` (the connect, run later on an executor thread) inserts, `Stop()`
-    deletes, and two at once kill the process with Go's `fatal error:
-    concurrent map writes` (reproduced by the worker benchmark). A start holds
-    this lock until its connect is past the insert; a stop holds it for its Go
-    call."""
+    neonize 0.5.2 keeps its clients in three Go maps without a lock (read from
+    the shipped binary: docs/worker.md, "neonize's Go maps"): `Neonize()` (the
+    connect, run later on an executor thread) writes all three before its dial,
+    `Stop()` deletes, every per-client call reads. Two writers, or a read
+    during a write, kill the process (Go's `fatal error: concurrent map ...`).
+    A start holds this lock until its connect is past the writes (first event,
+    the call ended, or START_SETTLE at most: Python cannot see the writes
+    themselves); a stop, and the reads of `_go_read`, hold it for their call."""
     loop = asyncio.get_running_loop()
     lock = _GO_LOCKS.get(loop)
     if lock is None:
@@ -467,10 +469,17 @@ class NeonizeClient:
             raise base.TransportError("the client is not running")
         return self._client
 
+    async def _go_read(self, call):
+        """A Go call that reads neonize's client map (every per-client call does,
+        first thing): not while a start or a stop holds go_lock() to write it.
+        Go also kills the process on a read during a write."""
+        async with go_lock():
+            return await asyncio.wait_for(call(), CALL_TIMEOUT)
+
     async def logout(self):
         client = self._require()
         try:
-            await asyncio.wait_for(client.logout(), CALL_TIMEOUT)
+            await self._go_read(client.logout)
         except Exception as exc:
             raise base.TransportError(f"logout failed: {exc}") from exc
 
@@ -504,7 +513,7 @@ class NeonizeClient:
         client = self._require()
         digits = "".join(ch for ch in str(phone_e164) if ch.isdigit())
         try:
-            return await asyncio.wait_for(client.PairPhone(digits, True), CALL_TIMEOUT)
+            return await self._go_read(lambda: client.PairPhone(digits, True))
         except Exception as exc:
             raise base.TransportError(f"pairing code request failed: {exc}") from exc
 
@@ -513,7 +522,8 @@ class NeonizeClient:
             return False
         try:
             # A property returning a coroutine: bool(client.is_logged_in) is always True.
-            return bool(await self._client.is_logged_in)
+            client = self._client
+            return bool(await self._go_read(lambda: client.is_logged_in))
         except Exception:
             return False
 
@@ -534,7 +544,7 @@ class NeonizeClient:
     async def _connected_event(self):
         jid = push_name = ""
         try:
-            me = await asyncio.wait_for(self._client.get_me(), CALL_TIMEOUT)
+            me = await self._go_read(self._client.get_me)
             jid, push_name = jid_text(me.JID), me.PushName
         except Exception as exc:  # the connection still counts
             logger.info("company %s: get_me after connect failed: %r", self.spec.company_id, exc)
