@@ -396,3 +396,15 @@ def test_a_worker_on_a_postgres_store_owns_at_most_the_store_budget(settings, tm
     assert SessionSupervisor(worker_id="w-nocap", transport=NeonizeTransport()).max_sessions == (
         settings.WHATSAPP["MAX_SESSIONS_PER_WORKER"]
     )
+
+
+def test_a_postgres_store_without_the_idle_timeout_keeps_the_small_recycle_budget(
+    settings, tmp_path
+):
+    # Without the timeout nothing but the process's exit closes an ended client's connection.
+    fast_settings(settings, tmp_path, STORE_URL="postgres://wa@store/wa", STORE_IDLE_TIMEOUT=0)
+    assert NeonizeTransport().leak_budget() == 25
+    fast_settings(settings, tmp_path, STORE_URL="postgres://wa@store/wa", STORE_IDLE_TIMEOUT=10)
+    assert NeonizeTransport().leak_budget() == 500
+    fast_settings(settings, tmp_path)
+    assert NeonizeTransport().leak_budget() == 500
