@@ -410,6 +410,13 @@ WHATSAPP = {
     # holds PostgreSQL connections of its own and never closes them (docs/worker.md),
     # which must not exhaust the app database's max_connections.
     "STORE_URL": env.str("WHATSAPP_STORE_URL", default=""),
+    # On a postgres:// store: the server closes a store connection idle this many
+    # seconds (idle_session_timeout, PostgreSQL 14+; 0 = never), which is what frees
+    # the connections of stopped clients; and a worker runs at most this many
+    # clients on the store (its connections: these plus the ones ended within
+    # the timeout).
+    "STORE_IDLE_TIMEOUT": env.float("WHATSAPP_STORE_IDLE_TIMEOUT", default=10.0),
+    "STORE_MAX_CLIENTS": env.int("WHATSAPP_STORE_MAX_CLIENTS", default=100),
     "LEASE_TTL": env.float("WHATSAPP_LEASE_TTL", default=15.0),
     "RECONCILE_INTERVAL": env.float("WHATSAPP_RECONCILE_INTERVAL", default=5.0),
     # A worker checks this often whether another worker on its machine died

@@ -104,3 +104,20 @@ def test_end_to_end_benchmark_answers_every_message_the_phones_sent():
         assert rate > 0
     steady = re.findall(r"^ +(\d+)/s +(\d+) +(\d+) +\d+\.\d+ ", out, re.M)
     assert steady == [("5", "10", "10"), ("10", "20", "20")], out  # every message answered
+
+
+def test_neonize_churn_benchmark_starts_and_stops_real_clients_without_a_worker_death():
+    postgres = os.environ.get("DATABASE_URL", "").startswith(("postgres://", "postgresql://"))
+    store = ("--store", "postgres") if postgres else ()
+    out = run_bench(
+        "neonize_churn.py", "-n", "20", "--duration", "15", "--flips", "2",
+        "--backoff-cap", "2", *store,
+    )  # fmt: skip
+    assert "worker deaths: 0" in out, out
+    made = re.search(r"connect attempts: (\d+); companies tried: (\d+) of 20", out)
+    assert made and int(made.group(1)) >= 20 and int(made.group(2)) >= 10, out
+    assert len(re.findall(r"\d+", line_starting(out, "worker RSS by quarter"))) == 4, out
+    if postgres:
+        # The worker owns 20 sessions: its store connections never exceed them.
+        peak = int(re.search(r"store database connections: peak (\d+)", out).group(1))
+        assert 0 < peak <= 20, out

@@ -220,7 +220,7 @@ def test_a_shared_postgres_store_keeps_devices_and_forgets_only_the_logged_out_o
         pytest.skip("PostgreSQL + Redis production path: runs in the PostgreSQL pass")
     fast_settings(settings, tmp_path, STORE_URL=_test_database_url())
     transport = NeonizeTransport()
-    assert transport.store_for(1).endswith("?sslmode=prefer")
+    assert transport.store_for(1).endswith("?sslmode=prefer&idle_session_timeout=10000")
 
     async def scenario():
         # Two companies' real clients share the database store (schema created once).
@@ -260,3 +260,152 @@ def test_a_shared_postgres_store_keeps_devices_and_forgets_only_the_logged_out_o
                 "AND NOT (pid = ANY(%s))",
                 [sorted(before)],
             )
+
+
+def test_a_postgres_store_url_asks_the_server_to_close_idle_store_connections():
+    assert (
+        store_url("postgres://u@db/wa", idle_timeout=10)
+        == "postgres://u@db/wa?sslmode=prefer&idle_session_timeout=10000"
+    )
+    # What an operator wrote stays; 0 = no timeout.
+    assert (
+        store_url("postgres://u@db/wa?idle_session_timeout=5s", idle_timeout=10)
+        == "postgres://u@db/wa?idle_session_timeout=5s&sslmode=prefer"
+    )
+    assert "idle_session_timeout" not in store_url("postgres://u@db/wa", idle_timeout=0)
+
+
+MANY = 40
+
+
+def _store_connections(database):
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = %s", [database])
+        return cursor.fetchone()[0]
+
+
+def test_many_real_clients_on_the_default_store_use_sqlite_files_and_no_server_connections(
+    settings, tmp_path
+):
+    fast_settings(settings, tmp_path)  # the default: STORE_URL ''
+    transport = NeonizeTransport()
+    assert transport.store_budget() is None
+    postgres = connection.vendor == "postgresql"
+    before = _store_connections(connection.settings_dict["NAME"]) if postgres else 0
+
+    async def scenario():
+        stores = await asyncio.gather(*(run_real_client(transport, 500 + i) for i in range(MANY)))
+        await transport.aclose()
+        return stores
+
+    stores = run(scenario, timeout=120)
+    assert len(set(stores)) == MANY
+    assert all(os.path.getsize(store) > 0 for store in stores)
+    if postgres:
+        assert _store_connections(connection.settings_dict["NAME"]) <= before
+
+
+@pytest.mark.postgres
+def test_many_real_clients_on_a_postgres_store_keep_its_connections_bounded(settings, tmp_path):
+    """neonize opens a pool per client and never closes it (30 offline sessions
+    once took the server to max_connections). With the budget and the server's
+    idle timeout the store's connections stay under the budget and go away."""
+    if connection.vendor != "postgresql":
+        pytest.skip("PostgreSQL + Redis production path: runs in the PostgreSQL pass")
+    import threading
+
+    import psycopg
+
+    store_db = f"{connection.settings_dict['NAME']}_wastore"
+    admin = _test_database_url()
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{store_db}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{store_db}"')
+    store = admin.rsplit("/", 1)[0] + f"/{store_db}"
+    budget = 8
+    fast_settings(
+        settings, tmp_path, STORE_URL=store, STORE_IDLE_TIMEOUT=1.0, STORE_MAX_CLIENTS=budget
+    )
+    transport = NeonizeTransport()
+    assert "idle_session_timeout=1000" in transport.store_for(1)
+    assert transport.session_cap() == budget
+
+    samples, done = [], threading.Event()
+
+    def sample():
+        with psycopg.connect(admin, autocommit=True) as conn:
+            while not done.is_set():
+                samples.append(
+                    conn.execute(
+                        "SELECT count(*) FROM pg_stat_activity WHERE datname = %s", [store_db]
+                    ).fetchone()[0]
+                )
+                done.wait(0.02)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+
+    async def scenario():
+        # Like a worker: it owns at most `budget` sessions (session_cap), each
+        # client's dial fails and a new one starts at once.
+        owned = asyncio.Semaphore(budget)
+
+        async def session(company_id):
+            async with owned:
+                await run_real_client(transport, company_id)
+
+        await asyncio.gather(*(session(700 + i) for i in range(MANY)))
+        await transport.aclose()
+
+    try:
+        run(scenario, timeout=180)
+        assert transport.store_budget().live == 0
+        # Every stopped client's connection is closed by the server.
+        run(lambda: wait_until(lambda: _store_connections(store_db) == 0, timeout=30))
+    finally:
+        done.set()
+        sampler.join(5)
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{store_db}" WITH (FORCE)')
+    assert len(samples) > 10
+    assert max(samples) > 0, "the clients never used the store"
+    assert max(samples) <= budget, f"store connections peaked at {max(samples)}"
+
+
+def test_the_store_budget_refuses_a_client_over_it_and_waits_for_ended_ones_to_expire():
+    from whatsapp.transport.neonize_client import StoreBudget
+
+    async def scenario():
+        budget = StoreBudget(max_clients=2, idle_timeout=0.1)
+        await budget.admit()
+        await budget.admit()
+        with pytest.raises(base.TransportError, match="WHATSAPP_STORE_MAX_CLIENTS=2"):
+            await budget.admit()
+        budget.release()  # its connection stays open until the server's timeout
+        assert budget.recently_ended() == 1
+        await budget.admit()  # waited for it to expire
+        assert budget.recently_ended() == 0
+        assert budget.live == 2
+
+    run(scenario)
+
+
+def test_a_worker_on_a_postgres_store_owns_at_most_the_store_budget(settings, tmp_path):
+    fast_settings(settings, tmp_path, STORE_URL="postgres://wa@store/wa", STORE_MAX_CLIENTS=7)
+    assert SessionSupervisor(worker_id="w-cap", transport=NeonizeTransport()).max_sessions == 7
+    fast_settings(settings, tmp_path)
+    assert SessionSupervisor(worker_id="w-nocap", transport=NeonizeTransport()).max_sessions == (
+        settings.WHATSAPP["MAX_SESSIONS_PER_WORKER"]
+    )
+
+
+def test_a_postgres_store_without_the_idle_timeout_keeps_the_small_recycle_budget(
+    settings, tmp_path
+):
+    # Without the timeout nothing but the process's exit closes an ended client's connection.
+    fast_settings(settings, tmp_path, STORE_URL="postgres://wa@store/wa", STORE_IDLE_TIMEOUT=0)
+    assert NeonizeTransport().leak_budget() == 25
+    fast_settings(settings, tmp_path, STORE_URL="postgres://wa@store/wa", STORE_IDLE_TIMEOUT=10)
+    assert NeonizeTransport().leak_budget() == 500
+    fast_settings(settings, tmp_path)
+    assert NeonizeTransport().leak_budget() == 500

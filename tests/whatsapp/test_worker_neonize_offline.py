@@ -264,3 +264,41 @@ def test_concurrent_real_starts_and_stops_never_overlap_in_neonizes_go_map(setti
         assert second_begin >= first_end, holds
     assert len(seen) == 6 and all(isinstance(e, base.Closed) for e in seen)
     assert neonize_threads() == []
+
+
+def test_a_go_call_that_reads_the_client_map_waits_while_a_start_or_stop_holds_the_go_lock(
+    settings, tmp_path
+):
+    """Every per-client Go function of neonize reads the unlocked client map first
+    thing (IsLoggedIn, GetMe, PairPhone, Logout; found in the 0.5.2 binary, see
+    docs/worker.md); Go kills the process on a read during a write, so these wait
+    for go_lock() like starts and stops."""
+    from whatsapp.transport.neonize_client import go_lock
+
+    fast_settings(settings, tmp_path)
+    transport = NeonizeTransport()
+    seen = []
+
+    async def sink(event):
+        seen.append(event)
+
+    async def scenario():
+        client = transport.new_client(base.ClientSpec(company_id=950), sink)
+        await client.start()
+        await wait_until(lambda: bool(seen), what="the offline dial to fail")
+        lock = go_lock()
+        await lock.acquire()
+        try:
+            asked = asyncio.ensure_future(client.is_logged_in())
+            await asyncio.sleep(0.2)  # a Go call returns in milliseconds
+            waited = not asked.done()
+        finally:
+            lock.release()
+        logged_in = await asked
+        await client.stop()
+        await transport.aclose()
+        return waited, logged_in
+
+    waited, logged_in = run(scenario)
+    assert waited
+    assert logged_in is False

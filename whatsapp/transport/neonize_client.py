@@ -21,9 +21,13 @@ the worker (see docs/worker.md for the quirks and measurements):
   shared ``postgres://`` WHATSAPP["STORE_URL"]); a paired device resumes with
   ``jid=``, a fresh pairing uses ``new_device=True`` so it can never resume
   another company's device from a shared store.
+* on a postgres store every client opens a database pool of its own that
+  nothing closes: the server closes idle ones (``idle_session_timeout`` in the
+  URL) and `StoreBudget` bounds how many clients a process has on it.
 """
 
 import asyncio
+import collections
 import logging
 import threading
 import time
@@ -60,14 +64,16 @@ _GO_LOCKS = weakref.WeakKeyDictionary()  # loop -> asyncio.Lock
 
 
 def go_lock():
-    """The process's lock around neonize calls that write its Go client map.
+    """The process's lock around neonize calls that touch its Go client maps.
 
-    neonize keeps every client of the process in one Go map without a lock:
-    `Neonize()` (the connect, run later on an executor thread) inserts, `Stop()`
-    deletes, and two at once kill the process with Go's `fatal error:
-    concurrent map writes` (reproduced by the worker benchmark). A start holds
-    this lock until its connect is past the insert; a stop holds it for its Go
-    call."""
+    neonize 0.5.2 keeps its clients in three Go maps without a lock (read from
+    the shipped binary: docs/worker.md, "neonize's Go maps"): `Neonize()` (the
+    connect, run later on an executor thread) writes all three before its dial,
+    `Stop()` deletes, every per-client call reads. Two writers, or a read
+    during a write, kill the process (Go's `fatal error: concurrent map ...`).
+    A start holds this lock until its connect is past the writes (first event,
+    the call ended, or START_SETTLE at most: Python cannot see the writes
+    themselves); a stop, and the reads of `_go_read`, hold it for their call."""
     loop = asyncio.get_running_loop()
     lock = _GO_LOCKS.get(loop)
     if lock is None:
@@ -170,19 +176,69 @@ def is_postgres_store(store):
     return store.startswith(("postgres://", "postgresql://"))
 
 
-def store_url(url):
+def store_url(url, idle_timeout=0.0):
     """A postgres store URL as whatsmeow's driver (lib/pq) needs it.
 
     lib/pq defaults to sslmode=require where libpq/psycopg (and so Django)
     default to prefer: the DATABASE_URL of a server without TLS works for
-    Django and fails in neonize with "SSL is not enabled on the server"."""
+    Django and fails in neonize with "SSL is not enabled on the server".
+
+    `idle_timeout` (seconds, 0 = none) becomes ``idle_session_timeout``: lib/pq
+    sends unknown URL parameters as session settings, so the server closes a
+    store connection idle that long (PostgreSQL 14+). neonize never closes the
+    pool of a stopped client; this is what frees its connections. A live
+    client's next query reconnects transparently (lib/pq reports the closed
+    connection as bad, database/sql retries on a new one: measured)."""
     if not is_postgres_store(url):
         return url
     parts = urlsplit(url)
     query = parse_qsl(parts.query, keep_blank_values=True)
-    if not any(key == "sslmode" for key, _ in query):
+    keys = {key for key, _ in query}
+    if "sslmode" not in keys:
         query.append(("sslmode", "prefer"))
+    if idle_timeout and "idle_session_timeout" not in keys:
+        query.append(("idle_session_timeout", str(max(1, round(idle_timeout * 1000)))))
     return urlunsplit(parts._replace(query=urlencode(query)))
+
+
+class StoreBudget:
+    """How many neonize clients of this process may hold postgres store connections.
+
+    Each client opens its own pool (one connection measured per offline
+    client) and stopping it closes nothing: only the server's
+    ``idle_session_timeout`` does, `idle_timeout` seconds after its last query.
+    So a process's store connections are bounded by its live clients plus the
+    clients that ended within `idle_timeout`. A start over `max_clients` live
+    clients fails at once (a clear error, retried with backoff); a start over
+    it counting the recently ended waits for the oldest of them to expire."""
+
+    def __init__(self, max_clients, idle_timeout):
+        self.max_clients = max_clients
+        self.hold = idle_timeout + 1.0  # the server's timeout plus a margin
+        self.live = 0
+        self._ended = collections.deque()  # monotonic end times, oldest first
+
+    def recently_ended(self):
+        now = time.monotonic()
+        while self._ended and now - self._ended[0] >= self.hold:
+            self._ended.popleft()
+        return len(self._ended)
+
+    async def admit(self):
+        while True:
+            if self.live >= self.max_clients:
+                raise base.TransportError(
+                    f"{self.live} clients of this worker already use the postgres device "
+                    f"store (WHATSAPP_STORE_MAX_CLIENTS={self.max_clients})"
+                )
+            if self.live + self.recently_ended() < self.max_clients:
+                self.live += 1
+                return
+            await asyncio.sleep(max(0.05, self.hold - (time.monotonic() - self._ended[0])))
+
+    def release(self):
+        self.live -= 1
+        self._ended.append(time.monotonic())
 
 
 def forget_postgres_device(store, jid):
@@ -191,6 +247,10 @@ def forget_postgres_device(store, jid):
         return False
     import psycopg
 
+    # libpq (psycopg) rejects the session setting lib/pq takes from the URL.
+    parts = urlsplit(store)
+    query = [(k, v) for k, v in parse_qsl(parts.query) if k != "idle_session_timeout"]
+    store = urlunsplit(parts._replace(query=urlencode(query)))
     with psycopg.connect(store, connect_timeout=10) as conn:
         exists = conn.execute("SELECT to_regclass('whatsmeow_device')").fetchone()[0]
         if exists is None:
@@ -210,11 +270,12 @@ class NeonizeTransport:
 
     def __init__(self):
         self._executors = weakref.WeakKeyDictionary()  # loop -> executor
+        self._store_budget = None
 
     def store_for(self, company_id):
         url = settings.WHATSAPP.get("STORE_URL") or ""
         if url:
-            return store_url(url)
+            return store_url(url, settings.WHATSAPP.get("STORE_IDLE_TIMEOUT", 10.0))
         folder = Path(settings.WHATSAPP["STORE_DIR"])
         folder.mkdir(parents=True, exist_ok=True)
         return str(folder / f"company-{int(company_id)}.sqlite3")
@@ -227,11 +288,34 @@ class NeonizeTransport:
         file handle or an idle PostgreSQL connection behind (measured: 10
         connects -> 10 handles, after stop and gc). Only the process's end frees
         them, so the worker re-executes itself after this many (see runworker).
-        A PostgreSQL store gets a small budget: those are server connections."""
+        A PostgreSQL store without an idle timeout gets a small budget: those
+        are server connections (with the timeout the server closes them)."""
         configured = settings.WHATSAPP.get("RECYCLE_AFTER_LEAKED") or 0
         if configured:
             return configured
-        return 25 if is_postgres_store(settings.WHATSAPP.get("STORE_URL") or "") else 500
+        postgres = is_postgres_store(settings.WHATSAPP.get("STORE_URL") or "")
+        if postgres and not settings.WHATSAPP.get("STORE_IDLE_TIMEOUT", 10.0):
+            return 25
+        return 500
+
+    def session_cap(self):
+        """At most this many sessions per worker (0: no cap of the transport's own):
+        on a postgres store, WHATSAPP_STORE_MAX_CLIENTS, so that the other workers
+        take the rest instead of this one failing their starts."""
+        if not is_postgres_store(settings.WHATSAPP.get("STORE_URL") or ""):
+            return 0
+        return settings.WHATSAPP.get("STORE_MAX_CLIENTS", 100)
+
+    def store_budget(self):
+        """The process's `StoreBudget` (None: per-company SQLite files, no bound needed)."""
+        if not is_postgres_store(settings.WHATSAPP.get("STORE_URL") or ""):
+            return None
+        if self._store_budget is None:
+            self._store_budget = StoreBudget(
+                settings.WHATSAPP.get("STORE_MAX_CLIENTS", 100),
+                settings.WHATSAPP.get("STORE_IDLE_TIMEOUT", 10.0),
+            )
+        return self._store_budget
 
     def executor_for(self, loop):
         """The sized default executor of `loop` (installed on first use)."""
@@ -246,7 +330,8 @@ class NeonizeTransport:
     def new_client(self, spec, on_event):
         self.executor_for(asyncio.get_running_loop())
         store = spec.store or self.store_for(spec.company_id)
-        return NeonizeClient(replace(spec, store=store), on_event)
+        budget = self.store_budget() if is_postgres_store(store) else None
+        return NeonizeClient(replace(spec, store=store), on_event, budget)
 
     def forget_device(self, spec):
         """After a logout: delete the company's device keys. Its own SQLite
@@ -285,8 +370,10 @@ class NeonizeTransport:
 
 
 class NeonizeClient:
-    def __init__(self, spec: base.ClientSpec, on_event: base.EventSink):
+    def __init__(self, spec: base.ClientSpec, on_event: base.EventSink, store_budget=None):
         self.spec = spec
+        self._budget = store_budget  # a StoreBudget on a postgres store
+        self._admitted = False
         self._sink = on_event
         self._client = None
         self._task = None
@@ -306,6 +393,9 @@ class NeonizeClient:
         if self._client is not None or self._stopped:
             raise base.TransportError("a NeonizeClient starts once; create a new one")
         aclient, aevents, neonize_error = _neonize()
+        if self._budget is not None:
+            await self._budget.admit()
+            self._admitted = True
         loop = asyncio.get_running_loop()
         aevents.event_global_loop = loop  # neonize sets it only once per process
         jid = jid_proto(self.spec.jid) if self.spec.jid else None
@@ -349,6 +439,9 @@ class NeonizeClient:
         self._stopping = True
         self._stopped = True
         client, task = self._client, self._task
+        if self._admitted:  # its store connections count until the server closes them
+            self._admitted = False
+            self._budget.release()
         if client is None:
             return
         # The finalizer would call Go Stop(uuid) whenever this object is collected,
@@ -382,10 +475,17 @@ class NeonizeClient:
             raise base.TransportError("the client is not running")
         return self._client
 
+    async def _go_read(self, call):
+        """A Go call that reads neonize's client map (every per-client call does,
+        first thing): not while a start or a stop holds go_lock() to write it.
+        Go also kills the process on a read during a write."""
+        async with go_lock():
+            return await asyncio.wait_for(call(), CALL_TIMEOUT)
+
     async def logout(self):
         client = self._require()
         try:
-            await asyncio.wait_for(client.logout(), CALL_TIMEOUT)
+            await self._go_read(client.logout)
         except Exception as exc:
             raise base.TransportError(f"logout failed: {exc}") from exc
 
@@ -421,7 +521,7 @@ class NeonizeClient:
         client = self._require()
         digits = "".join(ch for ch in str(phone_e164) if ch.isdigit())
         try:
-            return await asyncio.wait_for(client.PairPhone(digits, True), CALL_TIMEOUT)
+            return await self._go_read(lambda: client.PairPhone(digits, True))
         except Exception as exc:
             raise base.TransportError(f"pairing code request failed: {exc}") from exc
 
@@ -430,7 +530,8 @@ class NeonizeClient:
             return False
         try:
             # A property returning a coroutine: bool(client.is_logged_in) is always True.
-            return bool(await self._client.is_logged_in)
+            client = self._client
+            return bool(await self._go_read(lambda: client.is_logged_in))
         except Exception:
             return False
 
@@ -451,7 +552,7 @@ class NeonizeClient:
     async def _connected_event(self):
         jid = push_name = ""
         try:
-            me = await asyncio.wait_for(self._client.get_me(), CALL_TIMEOUT)
+            me = await self._go_read(self._client.get_me)
             jid, push_name = jid_text(me.JID), me.PushName
         except Exception as exc:  # the connection still counts
             logger.info("company %s: get_me after connect failed: %r", self.spec.company_id, exc)

@@ -52,6 +52,9 @@ class SessionSupervisor:
         self.interval = conf["RECONCILE_INTERVAL"]
         self.watchdog_silence = conf["WATCHDOG_SILENCE"]
         self.max_sessions = conf["MAX_SESSIONS_PER_WORKER"]
+        cap = getattr(self.transport, "session_cap", None)  # neonize on a postgres store
+        if cap is not None and cap():
+            self.max_sessions = min(self.max_sessions, cap())
         self.connect_timeout = conf.get("CONNECT_TIMEOUT", 75.0)
         self.stop_timeout = conf.get("STOP_TIMEOUT", 15.0)
         # A hand-over lets a send in flight finish this long before the client stops.
