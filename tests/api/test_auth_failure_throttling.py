@@ -149,6 +149,7 @@ def test_crossing_a_limit_is_logged_once_naming_the_key(keys, caplog, tenants):
     assert tenants.a.name in lines[0] or str(tenants.a.pk) in lines[0]
 
 
+@pytest.mark.e2e
 def test_the_failure_rates_are_set_from_the_environment():
     env = {
         **os.environ,
@@ -171,6 +172,7 @@ def test_the_failure_rates_are_set_from_the_environment():
     assert out.strip() == "{'address': '7/min', 'key': '3/hour'}"
 
 
+@pytest.mark.e2e
 @pytest.mark.redis
 @pytest.mark.skipif(not settings.REDIS_URL, reason="runs in the PostgreSQL + Redis pass")
 def test_with_redis_failures_counted_by_another_process_block_here(keys, settings):
