@@ -311,6 +311,7 @@ AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
 AXES_RESET_ON_SUCCESS = True
 AXES_HTTP_RESPONSE_CODE = 429
 AXES_CLIENT_IP_CALLABLE = "aiadmin.client_address.client_address"
+AXES_VERBOSE = False  # no start-up banner in every manage.py command; lockouts still log
 X_FRAME_OPTIONS = "DENY"
 
 LOGGING = {
