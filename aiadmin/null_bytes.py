@@ -12,7 +12,6 @@ NUL themselves ("Null characters are not allowed.").
 from django.http import HttpResponseBadRequest, JsonResponse
 from django.utils.deprecation import MiddlewareMixin
 
-from aiadmin.api.errors import error_body
 from aiadmin.api.no_store import API_PREFIX
 
 FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
@@ -34,5 +33,7 @@ class RefuseNullBytesMiddleware(MiddlewareMixin):
         if not suspicious:
             return None
         if is_api:
+            from aiadmin.api.errors import error_body  # DRF imports settings: not at load time
+
             return JsonResponse(error_body(400, "invalid", MESSAGE), status=400)
         return HttpResponseBadRequest(MESSAGE)
