@@ -18,10 +18,9 @@ from aiadmin.body_length import BodyLengthASGIHandler  # noqa: E402
 django_asgi_app = BodyLengthASGIHandler()
 
 from channels.auth import AuthMiddlewareStack  # noqa: E402
+from channels.generic.websocket import AsyncWebsocketConsumer  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
-
-from channels.generic.websocket import AsyncWebsocketConsumer  # noqa: E402
 from django.urls import re_path  # noqa: E402
 
 from whatsapp.routing import WorkerChannelRouter, websocket_urlpatterns  # noqa: E402

@@ -212,8 +212,8 @@ def test_whatever_a_browser_sends_is_ignored_and_the_socket_stays_open(tenants, 
 
 @pytest.mark.parametrize("path", ["/ws/nowhere/", "/ws/admin/whatsapp/\x00/", "/"])
 def test_an_unknown_websocket_path_is_refused_at_the_handshake(tenants, path):
-    headers = [(b"origin", b"http://testserver")]
-    headers.append((b"cookie", f"{settings.SESSION_COOKIE_NAME}={cookie_for(tenants.owner)}".encode()))
+    cookie = f"{settings.SESSION_COOKIE_NAME}={cookie_for(tenants.owner)}"
+    headers = [(b"origin", b"http://testserver"), (b"cookie", cookie.encode())]
     communicator = WebsocketCommunicator(application, path, headers=headers)
 
     async def body():
