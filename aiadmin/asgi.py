@@ -28,7 +28,10 @@ from whatsapp.routing import WorkerChannelRouter, websocket_urlpatterns  # noqa:
 
 class UnknownWebSocketPath(AsyncWebsocketConsumer):
     """Any other WebSocket path is refused at the handshake (403), not a server
-    error (URLRouter raises for a path it has no route for)."""
+    error (URLRouter raises for a path it has no route for). No channel layer:
+    nothing is ever sent to it, and a refused socket costs no Redis channel."""
+
+    channel_layer_alias = None
 
     async def connect(self):
         await self.close()
