@@ -77,6 +77,7 @@ MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",  # static files from daphne itself
     "aiadmin.api.no_store.NoStoreMiddleware",  # Cache-Control: no-store under /api/
+    "aiadmin.null_bytes.RefuseNullBytesMiddleware",  # NUL in a URL or form: 400, not a 500
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",

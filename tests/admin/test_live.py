@@ -191,3 +191,33 @@ def test_a_worker_handing_over_tells_the_staff_after_the_leases_are_free(
         await owner.disconnect()
 
     run(body)
+
+
+def test_whatever_a_browser_sends_is_ignored_and_the_socket_stays_open(tenants, sessions):
+    a, _ = sessions
+    owner = socket(tenants.owner)
+
+    async def body():
+        assert (await owner.connect())[0]
+        await owner.send_to(text_data="not json{{{")
+        await owner.send_to(text_data='{"subscribe": "company.2"}')
+        await owner.send_to(bytes_data=b"\xff\xfe")
+        held = await db(try_acquire)("test-worker", a.pk)
+        assert await db(svc.mark_connected)(held, jid=JID)
+        assert await owner.receive_json_from(timeout=10) == hint(tenants.a, "connected")
+        await owner.disconnect()
+
+    run(body)
+
+
+@pytest.mark.parametrize("path", ["/ws/nowhere/", "/ws/admin/whatsapp/\x00/", "/"])
+def test_an_unknown_websocket_path_is_refused_at_the_handshake(tenants, path):
+    cookie = f"{settings.SESSION_COOKIE_NAME}={cookie_for(tenants.owner)}"
+    headers = [(b"origin", b"http://testserver"), (b"cookie", cookie.encode())]
+    communicator = WebsocketCommunicator(application, path, headers=headers)
+
+    async def body():
+        connected, _ = await communicator.connect()
+        assert not connected
+
+    run(body)

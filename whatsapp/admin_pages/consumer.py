@@ -35,8 +35,9 @@ class AdminLiveConsumer(AsyncJsonWebsocketConsumer):
         for group in self.joined:
             await self.channel_layer.group_discard(group, self.channel_name)
 
-    async def receive_json(self, content, **kwargs):
-        """Browsers only listen; anything they send is ignored."""
+    async def receive(self, text_data=None, bytes_data=None, **kwargs):
+        """Browsers only listen; anything they send is ignored, unparsed (a frame
+        that is not JSON used to crash the consumer: close 1011 and a traceback)."""
 
     async def session_changed(self, event):
         company_id = event.get("company_id")

@@ -290,7 +290,8 @@ class WhatsAppSessionAdmin(TenantScopedAdmin):
         return super().changelist_view(request, extra_context=context)
 
     def _session_or_404(self, request, object_id):
-        session = self.get_queryset(request).filter(pk=object_id).first()
+        # get_object: an id that is not a number ("abc" in the URL) is "not found", not a 500.
+        session = self.get_object(request, str(object_id))
         if session is None:
             raise Http404("No such WhatsApp session (or not yours).")
         return session
