@@ -71,6 +71,7 @@ def test_a_short_secret_is_flagged_by_the_deploy_check(tmp_path):
     assert "security.W009" in result.stdout + result.stderr
 
 
+@pytest.mark.e2e
 def test_metrics_opened_without_a_token_are_flagged_by_the_deploy_check(tmp_path):
     env = dict(PRODUCTION, METRICS_TOKEN=None, METRICS_PUBLIC="1")
     result = manage(tmp_path, "check", "--deploy", "--fail-level", "WARNING", **env)
