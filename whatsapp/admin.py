@@ -19,7 +19,7 @@ from .models import (
     WhatsAppSession,
     WorkerProcess,
 )
-from .services.processing import retry_processing_job
+from .services.jobs import retry_processing_job
 
 # Session list, session page, actions and the live/polling endpoints: admin_pages/.
 admin.site.register(WhatsAppSession, WhatsAppSessionAdmin)

@@ -11,7 +11,8 @@ from tests.api.conftest import key_client
 from tests.whatsapp.job_queue import purge
 from whatsapp.models import ProcessingJob, WhatsAppSession
 from whatsapp.services.inbound import record_inbound_message
-from whatsapp.services.processing import retry_processing_job, run_processing_job
+from whatsapp.services.jobs import retry_processing_job
+from whatsapp.services.processing import run_processing_job
 from whatsapp.transport.build import message_event
 from whatsapp.transport.normalize import normalize_message
 

@@ -12,7 +12,8 @@ from django.utils import timezone
 
 from whatsapp.models import InboundMessage, OutboundMessage, ProcessingJob, WebhookEndpoint
 from whatsapp.services.inbound import record_inbound_message
-from whatsapp.services.processing import retry_processing_job, run_processing_job
+from whatsapp.services.jobs import retry_processing_job
+from whatsapp.services.processing import run_processing_job
 from whatsapp.transport.build import message_event
 from whatsapp.transport.normalize import normalize_message
 

@@ -21,8 +21,8 @@ from aiadmin.api.errors import Conflict
 from aiadmin.api.pagination import IdCursorPagination
 from companies.api.tenancy import TenantAPIView
 from whatsapp.models import InboundMessage, OutboundMessage
+from whatsapp.services.jobs import retry_processing_job
 from whatsapp.services.outbound import IdempotencyConflict, InvalidOutbound, queue_outbound_message
-from whatsapp.services.processing import retry_processing_job
 
 from .serializers import (
     InboundFilterSerializer,

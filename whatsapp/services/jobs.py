@@ -261,6 +261,21 @@ def enqueue_processing_job(job_id):
         transaction.on_commit(lambda: _claim_after_commit(job_id))
 
 
+def retry_processing_job(job_id):
+    """Operator action (admin and API): put a failed job back on the queue for
+    one more attempt. Its attempt count and last outcome stay, so the handler
+    is told it is a retry and how the previous attempt ended. Only a failed job
+    is retried: a pending, queued, running or succeeded one is left as it is
+    (returns False)."""
+    with transaction.atomic():
+        updated = ProcessingJob.objects.filter(
+            pk=job_id, status=ProcessingJob.Status.FAILED
+        ).update(status=ProcessingJob.Status.PENDING, finished_at=None)
+        if updated:
+            enqueue_processing_job(job_id)
+    return bool(updated)
+
+
 def _claim_after_commit(job_id):
     try:
         _claim_and_enqueue(job_id, [Status.PENDING])
