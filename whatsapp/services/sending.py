@@ -130,6 +130,15 @@ def mark_outbound_sent(outbound_id, wa_message_id):
     return bool(updated)
 
 
+def mark_sent_and_claim_next(outbound_id, wa_message_id, held: Held, with_id=False):
+    """mark_outbound_sent, then claim_outbound(held, 1) -- one transaction, one
+    call on the worker's database thread instead of two. The claim checks the
+    lease as claim_outbound always does; the sent row is recorded either way."""
+    with transaction.atomic():
+        mark_outbound_sent(outbound_id, wa_message_id)
+        return claim_outbound(held, 1, with_id=with_id)
+
+
 def mark_outbound_failed(outbound_id, error, permanent=False, rng=None):
     """Record a failed attempt. Returns ("failed", None) or ("retry", delay_seconds)."""
     conf = settings.WHATSAPP
