@@ -228,6 +228,12 @@ RECEIPT_STATUS = {"delivered": Status.DELIVERED, "read": Status.READ, "played": 
 _ORDER = [Status.SENT, Status.DELIVERED, Status.READ]
 
 
+def record_receipts(company_id, receipts):
+    """record_receipt for each (message ids, kind), in order, in one transaction."""
+    with transaction.atomic():
+        return sum(record_receipt(company_id, ids, kind) for ids, kind in receipts)
+
+
 def record_receipt(company_id, message_ids, kind):
     """Delivery/read receipts for our messages; status only moves forward."""
     target = RECEIPT_STATUS.get(kind)

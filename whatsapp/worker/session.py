@@ -62,6 +62,9 @@ class ManagedSession:
         # again before it ends, so a row queued during its last claim is not
         # left to the next reconcile round (seconds later).
         self.drain_again = False
+        # Receipts waiting to be recorded: one DB call records all that came
+        # while the previous one ran (they only move a status forward).
+        self.receipts = []  # (message ids, kind), in arrival order
         self.adopted_at = time.monotonic()
 
     def __repr__(self):
@@ -292,8 +295,11 @@ class ManagedSession:
         if isinstance(event, base.InboundMessage):
             await self._inbound(event)
         elif isinstance(event, base.Receipt):
-            await db(sending.record_receipt)(self.company_id, event.message_ids, event.kind)
-            await self._touch()
+            # Not awaited here: the client's next event (an inbound message)
+            # does not wait on this database call.
+            self.receipts.append((list(event.message_ids), event.kind))
+            if not self.busy("receipts"):
+                self.spawn(self._record_receipts(), "receipts")
         elif isinstance(event, base.Connected):
             async with self.lock:
                 if token is self.token:
@@ -386,6 +392,16 @@ class ManagedSession:
             await db(svc.record_error)(self.held, f"malformed message event: {exc}")
             return
         await self.sup.inbound.record(self.company_id, message)
+
+    async def _record_receipts(self):
+        while self.receipts:
+            batch, self.receipts = self.receipts, []
+            try:
+                await db(sending.record_receipts)(self.company_id, batch)
+            except Exception as exc:
+                logger.exception("company %s: recording receipts failed", self.company_id)
+                await db(svc.record_error)(self.held, f"recording receipts failed: {exc!r}")
+        await self._touch()
 
     async def _touch(self):
         now = time.monotonic()
