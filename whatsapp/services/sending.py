@@ -25,8 +25,7 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import F, Q, Value
-from django.db.models.functions import Coalesce, NullIf
+from django.db.models import F, Q
 from django.utils import timezone
 
 from whatsapp.models import OutboundMessage, WhatsAppSession, backoff_delay
@@ -70,26 +69,25 @@ def claim_outbound(held: Held, limit=20, now=None, with_id=False):
         OutboundMessage.objects.filter(company_id=held.company_id, status=Status.QUEUED)
         .filter(Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now))
         .order_by("created_at", "id")
-        .values_list("pk", flat=True)[:limit]
+        .values_list("pk", "to_jid", "text", "attempts", "wa_message_id")[:limit]
     )
     claimed = []
-    for pk in list(due):
-        if with_id:
-            wa_id = Coalesce(
-                NullIf(F("wa_message_id"), Value("")), Value(OutboundMessage.new_wa_message_id())
-            )
-        else:
-            wa_id = Value("")
-        won = OutboundMessage.objects.filter(pk=pk, status=Status.QUEUED).update(
+    for pk, to_jid, text, attempts, old_id in list(due):
+        # The id it keeps (an earlier attempt's) or gets; the UPDATE is
+        # conditional on the row being as read, so what is returned is what
+        # was stored (no query to read it back).
+        wa_id = (old_id or OutboundMessage.new_wa_message_id()) if with_id else ""
+        won = OutboundMessage.objects.filter(
+            pk=pk, status=Status.QUEUED, attempts=attempts, wa_message_id=old_id
+        ).update(
             status=Status.SENDING,
             attempts=F("attempts") + 1,
             next_attempt_at=None,
             wa_message_id=wa_id,
         )
         if won:
-            claimed.append(pk)
-    rows = OutboundMessage.objects.filter(pk__in=claimed).order_by("created_at", "id")
-    return [Claimed(r.pk, r.to_jid, r.text, r.attempts, r.wa_message_id) for r in rows]
+            claimed.append(Claimed(pk, to_jid, text, attempts + 1, wa_id))
+    return claimed
 
 
 def companies_with_due_outbound(company_ids, now=None):
@@ -103,14 +101,18 @@ def companies_with_due_outbound(company_ids, now=None):
     )
 
 
-def mark_outbound_sent(outbound_id, wa_message_id):
+def mark_outbound_sent(outbound_id, wa_message_id, company_id=None):
     """WhatsApp accepted the message. Applies even if the row was meanwhile marked
-    failed as `outcome unknown` (the truth arrived late); never downgrades."""
+    failed as `outcome unknown` (the truth arrived late); never downgrades.
+    `company_id`: the row's company when the caller knows it (a query less)."""
     now = timezone.now()
     with transaction.atomic():
         updated = OutboundMessage.objects.filter(
             pk=outbound_id, status__in=[Status.SENDING, Status.QUEUED, Status.FAILED]
-        ).update(
+        )
+        if company_id is not None:
+            updated = updated.filter(company_id=company_id)
+        updated = updated.update(
             status=Status.SENT,
             wa_message_id=str(wa_message_id)[:128],
             sent_at=now,
@@ -118,16 +120,26 @@ def mark_outbound_sent(outbound_id, wa_message_id):
             next_attempt_at=None,
         )
         if updated:
-            company_id = (
-                OutboundMessage.objects.filter(pk=outbound_id)
-                .values_list("company_id", flat=True)
-                .get()
-            )
+            if company_id is None:
+                company_id = (
+                    OutboundMessage.objects.filter(pk=outbound_id)
+                    .values_list("company_id", flat=True)
+                    .get()
+                )
             WhatsAppSession.objects.filter(company_id=company_id).update(
                 messages_out=F("messages_out") + 1
             )
-            emit_outbound_status([outbound_id])
+            emit_outbound_status([outbound_id], company_id=company_id)
     return bool(updated)
+
+
+def mark_sent_and_claim_next(outbound_id, wa_message_id, held: Held, with_id=False):
+    """mark_outbound_sent, then claim_outbound(held, 1) -- one transaction, one
+    call on the worker's database thread instead of two. The claim checks the
+    lease as claim_outbound always does; the sent row is recorded either way."""
+    with transaction.atomic():
+        mark_outbound_sent(outbound_id, wa_message_id, company_id=held.company_id)
+        return claim_outbound(held, 1, with_id=with_id)
 
 
 def mark_outbound_failed(outbound_id, error, permanent=False, rng=None):
@@ -217,6 +229,12 @@ def recover_interrupted_sends_of(company_ids, resend=True):
 
 RECEIPT_STATUS = {"delivered": Status.DELIVERED, "read": Status.READ, "played": Status.READ}
 _ORDER = [Status.SENT, Status.DELIVERED, Status.READ]
+
+
+def record_receipts(company_id, receipts):
+    """record_receipt for each (message ids, kind), in order, in one transaction."""
+    with transaction.atomic():
+        return sum(record_receipt(company_id, ids, kind) for ids, kind in receipts)
 
 
 def record_receipt(company_id, message_ids, kind):

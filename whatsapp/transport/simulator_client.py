@@ -142,6 +142,10 @@ class SimulatorTransport:
             await session.close()
 
 
+# Answers to a request of ours (logout_ok also ends the session: handled in order).
+REPLIES = {"send_ack", "send_error", "pair_code", "error"}
+
+
 class SimulatorClient:
     def __init__(self, spec: base.ClientSpec, on_event: base.EventSink, transport):
         self.spec = spec
@@ -279,16 +283,23 @@ class SimulatorClient:
                     "agent": self._transport.agent,
                 }
             )
-            async for message in ws:
-                if message.type != aiohttp.WSMsgType.TEXT:
-                    continue
-                try:
-                    frame = json.loads(message.data)
-                except ValueError:
-                    continue
-                await self._frame(ws, frame)
-                if self._outcome != "dropped":
-                    break
+            # Replies to our requests (a send's ack) are read and answered at
+            # once by `_read`; every other frame is handled here, in order, one
+            # at a time, as before. So a send does not wait behind inbound
+            # messages that are waiting for their commit (neonize, too, does not
+            # hold a send's answer behind its event handlers).
+            frames = asyncio.Queue()
+            reader = asyncio.get_running_loop().create_task(
+                self._read(ws, frames), name=f"simulator-read:{self.spec.company_id}"
+            )
+            try:
+                while (frame := await frames.get()) is not None:
+                    await self._frame(ws, frame)
+                    if self._outcome != "dropped":
+                        break
+            finally:
+                if not reader.done():
+                    reader.cancel()
         except (aiohttp.ClientError, ConnectionResetError, RuntimeError):
             pass
         finally:
@@ -307,6 +318,28 @@ class SimulatorClient:
         return self._outcome
 
     # --- frames from the simulator ---------------------------------------------------
+    async def _read(self, ws, frames):
+        """Read the websocket: replies resolve their request now, other frames
+        queue for `_connection`; None marks the end of the connection."""
+        try:
+            async for message in ws:
+                if message.type != aiohttp.WSMsgType.TEXT:
+                    continue
+                try:
+                    frame = json.loads(message.data)
+                except ValueError:
+                    continue
+                if frame.get("type") in REPLIES:
+                    future = self._waiting.pop(frame.get("req"), None)
+                    if future is not None and not future.done():
+                        future.set_result(frame)
+                    continue
+                frames.put_nowait(frame)
+        except (aiohttp.ClientError, ConnectionResetError, RuntimeError):
+            pass
+        finally:
+            frames.put_nowait(None)
+
     async def _frame(self, ws, frame):
         kind = frame.get("type")
         if kind == "message":

@@ -58,6 +58,13 @@ class ManagedSession:
         self.tasks = set()
         self.closed = False
         self.stopping = False  # closing: a send in flight may finish, no new one starts
+        # A send hint that came while a drain was running: that drain claims
+        # again before it ends, so a row queued during its last claim is not
+        # left to the next reconcile round (seconds later).
+        self.drain_again = False
+        # Receipts waiting to be recorded: one DB call records all that came
+        # while the previous one ran (they only move a status forward).
+        self.receipts = []  # (message ids, kind), in arrival order
         self.adopted_at = time.monotonic()
 
     def __repr__(self):
@@ -288,8 +295,11 @@ class ManagedSession:
         if isinstance(event, base.InboundMessage):
             await self._inbound(event)
         elif isinstance(event, base.Receipt):
-            await db(sending.record_receipt)(self.company_id, event.message_ids, event.kind)
-            await self._touch()
+            # Not awaited here: the client's next event (an inbound message)
+            # does not wait on this database call.
+            self.receipts.append((list(event.message_ids), event.kind))
+            if not self.busy("receipts"):
+                self.spawn(self._record_receipts(), "receipts")
         elif isinstance(event, base.Connected):
             async with self.lock:
                 if token is self.token:
@@ -383,6 +393,16 @@ class ManagedSession:
             return
         await self.sup.inbound.record(self.company_id, message)
 
+    async def _record_receipts(self):
+        while self.receipts:
+            batch, self.receipts = self.receipts, []
+            try:
+                await db(sending.record_receipts)(self.company_id, batch)
+            except Exception as exc:
+                logger.exception("company %s: recording receipts failed", self.company_id)
+                await db(svc.record_error)(self.held, f"recording receipts failed: {exc!r}")
+        await self._touch()
+
     async def _touch(self):
         now = time.monotonic()
         if now - self.last_touch > 10:
@@ -446,24 +466,42 @@ class ManagedSession:
         unknown"). A closing session lets the send in flight finish (see close)
         and starts no other."""
         with_id = bool(getattr(self.sup.transport, "sends_with_id", False))
-        while self._may_send():
-            batch = await db(sending.claim_outbound)(self.held, 1, with_id=with_id)
-            if not batch:
-                return
-            for item in batch:
-                client = self.client
-                if client is None or not self._may_send():
-                    await db(sending.release_claimed)(item.pk, "client went away before sending")
-                    continue
-                try:
-                    wa_id = await client.send_text(item.to_jid, item.text, item.message_id)
-                except base.TransportError as exc:
-                    await db(sending.mark_outbound_failed)(item.pk, str(exc), exc.permanent)
-                except Exception as exc:
-                    logger.exception("company %s: send crashed", self.company_id)
-                    await db(sending.mark_outbound_failed)(item.pk, f"unexpected: {exc!r}")
+        done = None  # (pk, WhatsApp's id) of the last send: recorded with the next claim
+        try:
+            while self._may_send():
+                self.drain_again = False
+                if done is None:
+                    batch = await db(sending.claim_outbound)(self.held, 1, with_id=with_id)
                 else:
-                    await db(sending.mark_outbound_sent)(item.pk, wa_id)
+                    # One DB call: record the sent row, claim the next (lease re-checked).
+                    batch = await db(sending.mark_sent_and_claim_next)(
+                        done[0], done[1], self.held, with_id=with_id
+                    )
+                    done = None
+                if not batch:
+                    if self.drain_again:
+                        continue
+                    return
+                for item in batch:
+                    client = self.client
+                    if client is None or not self._may_send():
+                        await db(sending.release_claimed)(
+                            item.pk, "client went away before sending"
+                        )
+                        continue
+                    try:
+                        wa_id = await client.send_text(item.to_jid, item.text, item.message_id)
+                    except base.TransportError as exc:
+                        await db(sending.mark_outbound_failed)(item.pk, str(exc), exc.permanent)
+                    except Exception as exc:
+                        logger.exception("company %s: send crashed", self.company_id)
+                        await db(sending.mark_outbound_failed)(item.pk, f"unexpected: {exc!r}")
+                    else:
+                        done = (item.pk, wa_id)
+        finally:
+            if done is not None:
+                # Not cancellable: the send happened, its outcome is recorded.
+                await asyncio.shield(db(sending.mark_outbound_sent)(*done))
 
     def _may_send(self):
         return (

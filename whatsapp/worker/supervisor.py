@@ -289,7 +289,11 @@ class SessionSupervisor:
         ms.spawn(self._reconcile_one(ms), "nudge")
 
     def wants_drain(self, ms):
-        if not self.closing and not ms.busy("drain"):
+        if self.closing:
+            return
+        if ms.busy("drain"):
+            ms.drain_again = True  # the running drain claims once more before it ends
+        else:
             ms.spawn(ms.drain(), "drain")
 
     async def _reconcile_one(self, ms):
