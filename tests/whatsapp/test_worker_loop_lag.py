@@ -12,7 +12,7 @@ from django.utils import timezone
 from whatsapp.models import WorkerProcess
 from whatsapp.worker.supervisor import SessionSupervisor
 
-from .test_metrics import scrape, value
+from .test_metrics import metrics_open, scrape, value  # noqa: F401 (fixture: /metrics open)
 from .worker_doubles import ScriptedTransport, fast_settings, run, wait_until
 
 
