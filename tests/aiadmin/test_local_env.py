@@ -7,6 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.e2e  # every test runs manage.py or scripts/local-env as a process
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
