@@ -149,8 +149,10 @@ def test_the_sweeper_runs_on_the_maintenance_cluster(tenants, tmp_path):
 
 def test_stopped_as_honcho_stops_a_procfile_nothing_of_the_cluster_remains(tenants, tmp_path):
     """scripts/run: honcho sends SIGTERM to the process group, waits KILL_WAIT
-    (5 s) and then SIGKILLs the group. Whatever happened in between, no
-    process of the cluster is left."""
+    (5 s) and then SIGKILLs the group. The cluster stops by itself, the
+    django-q2 way (exit code 0), and no process of it is left. Seen before: the
+    group's SIGTERM also hit the sentinel and the pool mid-stop and runcluster
+    hung until honcho's SIGKILL."""
     import os
     import subprocess
 
@@ -163,10 +165,15 @@ def test_stopped_as_honcho_stops_a_procfile_nothing_of_the_cluster_remains(tenan
         procs = started_tree(app, cluster, tenants.a)
         os.killpg(cluster.pid, signal.SIGTERM)
         try:
-            cluster.wait(timeout=KILL_WAIT)
+            # A bound well above KILL_WAIT: this machine may be loaded (the stop
+            # takes ~3 s when idle, docs/processing.md); what matters is that it
+            # ends by itself, gracefully.
+            code = cluster.wait(timeout=6 * KILL_WAIT)
         except subprocess.TimeoutExpired:
             os.killpg(cluster.pid, signal.SIGKILL)
             cluster.wait(timeout=10)
+            code = "hung until SIGKILL"
+        assert code == 0, app.logs()
         assert_all_gone(procs, "every process of the cluster to exit")
     finally:
         app.stop("qcluster")

@@ -63,16 +63,27 @@ class _AfterFork:
     (the sentinel, and through it django-q2's workers, monitor and pusher, the
     replacements included) dies with its parent."""
 
+    main_pid = None
+
     def __call__(self, _registered):
         parent = multiprocessing.parent_process()
         if parent is not None and parent.pid:
             die_with_parent(parent.pid)
+            if parent.pid == self.main_pid:
+                # The sentinel (and through it the pool) leaves the process group
+                # of runcluster: a signal to the whole group (honcho stopping a
+                # Procfile, Ctrl-C in a terminal) reaches only runcluster, which
+                # stops the cluster the django-q2 way. Otherwise the sentinel and
+                # the pool (SIGTERM left at its default by django-q2) die mid-stop
+                # and the stop hangs past honcho's grace period.
+                os.setpgid(0, 0)
 
 
 _after_fork = _AfterFork()
 
 
 def arm_children():
+    _after_fork.main_pid = os.getpid()
     multiprocessing.util.register_after_fork(_after_fork, _after_fork)
 
 
@@ -151,4 +162,5 @@ class Command(BaseCommand):
             self._argv("maintenance"),
             env=self._maintenance_env(),
             preexec_fn=lambda: die_with_parent(me),  # noqa: PLW0108
+            process_group=0,  # signalled by this process only, once (see _AfterFork)
         )
