@@ -34,7 +34,12 @@ def manage(tmp_path, *args, **env_vars):
             ("DJANGO_", "DATABASE_", "REDIS_", "Q_", "WHATSAPP_", "EMAIL_", "METRICS_")
         )
     }
-    env.update(DJANGO_SETTINGS_MODULE="aiadmin.settings", AIADMIN_VAR_DIR=str(tmp_path))
+    env.update(
+        DJANGO_SETTINGS_MODULE="aiadmin.settings",
+        AIADMIN_VAR_DIR=str(tmp_path),
+        # Not the checkout's .env (scripts/run writes one with a secret key).
+        AIADMIN_ENV_FILE=str(tmp_path / "no.env"),
+    )
     env.update({k: v for k, v in env_vars.items() if v is not None})
     return subprocess.run(
         [sys.executable, "manage.py", *args],
