@@ -264,6 +264,8 @@ LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True
+# One date/time format everywhere ("2026-12-02 09:12:00 CET"): docs/admin.md.
+FORMAT_MODULE_PATH = ["aiadmin.formats"]
 STATIC_URL = "static/"
 STATIC_ROOT = VAR_DIR / "static"
 STATIC_ROOT.mkdir(exist_ok=True)
@@ -478,6 +480,9 @@ WHATSAPP = {
     "DOWN_THRESHOLD_MINUTES": env.int("WHATSAPP_DOWN_THRESHOLD_MINUTES", default=10),
     # Admin pages poll for changes this often while their WebSocket is down.
     "ADMIN_POLL_SECONDS": env.float("WHATSAPP_ADMIN_POLL_SECONDS", default=5.0),
+    # While live, a session page also asks every this often for what sends no hint
+    # (a message arriving, a job finishing): one small indexed query per open page.
+    "ADMIN_LIVE_TICK_SECONDS": env.float("WHATSAPP_ADMIN_LIVE_TICK_SECONDS", default=0.5),
 }
 
 # The inbound handlers a company may pick (Company.inbound_handler holds a name):

@@ -3,10 +3,12 @@
 from axes import admin as axes_admin  # registers axes' admins now (wrapped below)
 from axes import models as axes_models
 from django.contrib import admin, messages
+from django.utils.html import format_html
 from django_q import admin as q_admin
 from django_q import models as q_models
 
 from companies.admin_tenancy import TenantScopedAdmin
+from companies.admin_times import CompanyTimesAdmin
 
 from .admin_pages.sessions import WhatsAppSessionAdmin
 from .models import (
@@ -25,7 +27,7 @@ from .services.jobs import retry_processing_job
 admin.site.register(WhatsAppSession, WhatsAppSessionAdmin)
 
 
-class SystemRecordAdmin(TenantScopedAdmin):
+class SystemRecordAdmin(CompanyTimesAdmin):
     """Rows the system writes (workers, the inbound path, the job stage): read
     only for everyone, superusers included. Editing a job's status or a lease's
     epoch by hand would make the record lie; what a person may do to them is an
@@ -58,7 +60,13 @@ class ConnectionEventAdmin(SystemRecordAdmin):
 
     @admin.display(description="Technical details")
     def details(self, obj):
-        return obj.words.details
+        if not obj.words.details:
+            return ""
+        return format_html(
+            '<details class="wa-tech"><summary>technical details</summary><code>{}</code>'
+            "</details>",
+            obj.words.details,
+        )
     list_filter = ["kind"]
     search_fields = ["session__company__name", "reason"]
 
@@ -99,14 +107,14 @@ class ProcessingJobAdmin(SystemRecordAdmin):
 
 
 @admin.register(OutboundMessage)
-class OutboundMessageAdmin(TenantScopedAdmin):
+class OutboundMessageAdmin(CompanyTimesAdmin):
     list_display = ["created_at", "company", "to_phone", "status", "attempts", "sent_at"]
     list_filter = ["status"]
     search_fields = ["to_phone", "to_jid", "idempotency_key", "wa_message_id"]
 
 
 @admin.register(AutoReplyRule)
-class AutoReplyRuleAdmin(TenantScopedAdmin):
+class AutoReplyRuleAdmin(CompanyTimesAdmin):
     list_display = ["company", "priority", "match", "keyword", "is_active", "reply_in_groups"]
     list_filter = ["match", "is_active"]
     search_fields = ["company__name", "keyword", "reply_text"]

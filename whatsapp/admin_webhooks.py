@@ -8,7 +8,8 @@ from django.conf import settings
 from django.contrib import admin, messages
 from django.utils.html import format_html
 
-from companies.admin_tenancy import TenantScopedAdmin, TenantScopedInline
+from companies.admin_tenancy import TenantScopedInline
+from companies.admin_times import CompanyTimesAdmin
 
 from .models import Incident, WebhookAttempt, WebhookDelivery, WebhookEndpoint, WebhookEvent
 from .models.webhooks import mask_secret
@@ -38,7 +39,7 @@ class WebhookEndpointForm(forms.ModelForm):
 
 
 @admin.register(WebhookEndpoint)
-class WebhookEndpointAdmin(TenantScopedAdmin):
+class WebhookEndpointAdmin(CompanyTimesAdmin):
     form = WebhookEndpointForm
     list_display = [
         "company",
@@ -143,7 +144,7 @@ def replay_deliveries(modeladmin, request, queryset):
 
 
 @admin.register(WebhookDelivery)
-class WebhookDeliveryAdmin(TenantScopedAdmin):
+class WebhookDeliveryAdmin(CompanyTimesAdmin):
     list_display = [
         "created_at",
         "company",
@@ -198,7 +199,7 @@ class OpenIncidentFilter(admin.SimpleListFilter):
 
 
 @admin.register(Incident)
-class IncidentAdmin(TenantScopedAdmin):
+class IncidentAdmin(CompanyTimesAdmin):
     list_display = [
         "opened_at",
         "kind",

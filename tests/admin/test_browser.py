@@ -18,7 +18,7 @@ import sys
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -34,10 +34,15 @@ ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts"
 CHROMIUM = os.environ.get("AIADMIN_CHROMIUM", "/usr/bin/chromium")
 JID = "491701234567:7@s.whatsapp.net"
-LIVE_TIMEOUT_MS = 30_000  # generous: two cores shared by many processes
-# How long a state may take to show after the worker wrote it. Generous on purpose: two
-# cores shared by many processes; measured latency belongs in bench/.
-STATE_TIMEOUT_MS = 5_000
+LIVE_TIMEOUT_MS = 30_000  # the WebSocket opening, a first page load: not what is measured
+# The page must show what the worker confirmed (its service returned: committed) within a
+# second; the slack is for two cores shared by the browser, daphne, the test and other runs.
+# Measured from the confirmation with Playwright's conditions (no sleeps); each figure is
+# written to test-artifacts/browser-<db>-latency.txt.
+REFLECT_MS = 1_000
+SLACK_MS = 500
+STATE_TIMEOUT_MS = REFLECT_MS + SLACK_MS
+LATENCIES = []
 
 
 def off_loop(fn, *args, **kwargs):
@@ -147,6 +152,18 @@ def browser():
         )
         yield chromium
         chromium.close()
+
+
+def within_a_second(label, check):
+    """`check(timeout_ms)` must pass within a second (plus slack) from now, when the
+    worker has just confirmed a change (or the operator just clicked)."""
+    start = time.monotonic()
+    check(STATE_TIMEOUT_MS)
+    elapsed = time.monotonic() - start
+    LATENCIES.append((label, elapsed))
+    with open(ARTIFACTS / f"browser-{connection.vendor}-latency.txt", "a") as out:
+        out.write(f"{datetime.now(UTC):%Y-%m-%d %H:%M:%S} {label}: {elapsed * 1000:.0f} ms\n")
+    assert elapsed <= STATE_TIMEOUT_MS / 1000, f"{label} took {elapsed:.2f} s"
 
 
 def shot(page, name):
@@ -259,7 +276,7 @@ def test_the_pages_fall_back_to_polling_when_the_websocket_is_refused(
     expect(page.locator("[data-wa-live-status]")).to_have_text("polling", timeout=LIVE_TIMEOUT_MS)
     page.evaluate("window.__sameDocument = true")
     badge = page.locator(f'tr[data-company="{tenants.a.pk}"] .wa-badge')
-    expect(badge).to_have_text("Replaced (440 conflict)", timeout=LIVE_TIMEOUT_MS)
+    expect(badge).to_have_text("Taken over by another device", timeout=LIVE_TIMEOUT_MS)
     expect(page.locator("#wa-replaced")).to_contain_text("Salon Alpha")
     expect(page.locator('[data-total="error"]')).to_have_text("1")
     # A later change is seen by comparing polls.
@@ -275,8 +292,9 @@ def test_the_pages_fall_back_to_polling_when_the_websocket_is_refused(
 def test_start_stop_log_out_and_start_again_show_each_state_as_it_happens(
     tenants, sessions, server, browser
 ):
-    """Each action: the page says what is pending at once, then what the worker
-    did (its own transition services, in another thread), without a reload."""
+    """Each action: the page says what is pending within a second of the click, then
+    what the worker did (its own transition services, in another thread) within a
+    second of the worker's confirmation, without a reload."""
     from playwright.sync_api import expect
 
     a, _ = sessions
@@ -296,42 +314,50 @@ def test_start_stop_log_out_and_start_again_show_each_state_as_it_happens(
     def still_same_page():
         assert page.evaluate("window.__sameDocument") is True
 
+    def click(action, pending_word, label):
+        within_a_second(label, lambda t: (
+            page.click(f"button.wa-action-{action}", timeout=t),
+            expect(pending).to_have_text(pending_word, timeout=t),
+        ))
+
+    def shows(label, locator, text):
+        within_a_second(label, lambda t: expect(locator).to_have_text(text, timeout=t))
+
     # Start: pending until a worker starts a client; then the QR; then connected.
-    page.click("button.wa-action-start")
-    expect(pending).to_have_text("Starting…")
+    click("start", "Starting…", "click Start -> Starting…")
     expect(buttons).to_have_text(["Stop", "Restart"])
     live_page()
     held = off_loop(try_acquire, "browser-worker", a.pk)
     assert off_loop(svc.mark_starting, held, "client 1 connecting")
-    expect(badge).to_have_text("Starting", timeout=STATE_TIMEOUT_MS)
+    shows("worker starting -> Starting", badge, "Starting")
     expect(pending).to_have_count(0)
     assert off_loop(svc.mark_awaiting_pairing, held, "2@qr,key,one", record=True)
-    expect(page.locator(".wa-qr svg")).to_be_visible(timeout=STATE_TIMEOUT_MS)
+    within_a_second("QR issued -> QR shown",
+                    lambda t: expect(page.locator(".wa-qr svg")).to_be_visible(timeout=t))
     expect(page.locator(".wa-pair-form")).to_be_visible()
     assert off_loop(svc.mark_connected, held, jid=JID)
-    expect(badge).to_have_text("Connected", timeout=STATE_TIMEOUT_MS)
+    shows("worker connected -> Connected", badge, "Connected")
     expect(page.locator(".wa-pair-form")).to_have_count(0)  # paired: no pairing form
     expect(buttons).to_have_text(["Stop", "Restart", "Log out"])
     still_same_page()
     shot(page, "flow-1-connected")
 
     # Stop: "Stopping…" next to the state the worker still reports, then stopped.
-    page.click("button.wa-action-stop")
-    expect(pending).to_have_text("Stopping…")
+    click("stop", "Stopping…", "click Stop -> Stopping…")
     expect(badge).to_have_text("Connected")
     shot(page, "flow-2-stopping")
     live_page()
     assert off_loop(svc.mark_stopped, held, "stop requested")
-    expect(badge).to_have_text("Stopped", timeout=STATE_TIMEOUT_MS)
+    shows("worker stopped -> Stopped", badge, "Stopped")
     expect(pending).to_have_count(0)
     expect(buttons).to_have_text(["Start", "Log out"])
     still_same_page()
 
     # Start again, connected again (the device is still paired).
-    page.click("button.wa-action-start")
+    click("start", "Starting…", "click Start again -> Starting…")
     live_page()
     assert off_loop(svc.mark_connected, held, jid=JID)
-    expect(badge).to_have_text("Connected", timeout=STATE_TIMEOUT_MS)
+    shows("worker connected again -> Connected", badge, "Connected")
 
     # Log out asks first; dismissing it changes nothing.
     page.once("dialog", lambda dialog: dialog.dismiss())
@@ -339,24 +365,23 @@ def test_start_stop_log_out_and_start_again_show_each_state_as_it_happens(
     expect(badge).to_have_text("Connected")
     assert off_loop(lambda: type(a).objects.get(pk=a.pk).logout_requested_at) is None
     page.once("dialog", lambda dialog: dialog.accept())
-    page.click("button.wa-action-logout")
-    expect(pending).to_have_text("Logging out…")
+    click("logout", "Logging out…", "click Log out (confirmed) -> Logging out…")
     live_page()
     assert off_loop(svc.mark_logged_out, held, "logout requested: logged out of WhatsApp")
-    expect(badge).to_have_text("Logged out", timeout=STATE_TIMEOUT_MS)
+    shows("worker logged out -> Logged out", badge, "Logged out")
     expect(buttons).to_have_text(["Start", "Stop", "Restart"])
     still_same_page()
     shot(page, "flow-3-logged-out")
 
     # Start after the logout: a fresh start, which means a new QR code.
-    page.click("button.wa-action-start")
-    expect(pending).to_have_text("Restarting…")
+    click("start", "Restarting…", "click Start after logout -> Restarting…")
     live_page()
     row = off_loop(lambda: type(a).objects.get(pk=a.pk))
     assert off_loop(svc.unpark, held, "restarting (close before create)")
     assert off_loop(svc.clear_request, held, "restart_requested_at", row.restart_requested_at)
     assert off_loop(svc.mark_awaiting_pairing, held, "2@qr,key,two", record=True)
-    expect(page.locator(".wa-qr svg")).to_be_visible(timeout=STATE_TIMEOUT_MS)
+    within_a_second("new QR after logout -> QR shown",
+                    lambda t: expect(page.locator(".wa-qr svg")).to_be_visible(timeout=t))
     expect(badge).to_have_text("Awaiting QR / pairing code")
     still_same_page()
     shot(page, "flow-4-new-qr-after-logout")
@@ -420,17 +445,25 @@ def test_a_message_arrives_live_and_a_drop_and_its_recovery_show_without_a_reloa
         timestamp=datetime.now(UTC),
     )
     assert off_loop(record_inbound_message, tenants.a.pk, message).created
-    expect(page.locator('[data-counter="messages_in"]')).to_have_text("1", timeout=LIVE_TIMEOUT_MS)
-    expect(page.locator("tr.wa-inbound").first).to_contain_text("opening hours")
+    within_a_second("message stored -> counter and table", lambda t: (
+        expect(page.locator('[data-counter="messages_in"]')).to_have_text("1", timeout=t),
+        expect(page.locator("tr.wa-inbound").first).to_contain_text("opening hours", timeout=t),
+    ))
     shot(page, "live-message")
 
     badge = page.locator("#wa-session-status .wa-badge")
-    assert off_loop(svc.mark_reconnecting, held, "connection dropped; whatsmeow reconnects")
-    expect(badge).to_have_text("Reconnecting", timeout=STATE_TIMEOUT_MS)
-    expect(page.locator("tr.wa-event").first).to_contain_text("dropped")
+    drop = "read tcp 10.0.0.2:41234->157.240.0.53:443: read: connection reset by peer"
+    assert off_loop(svc.mark_reconnecting, held, drop)
+    within_a_second("drop -> Reconnecting",
+                    lambda t: expect(badge).to_have_text("Reconnecting", timeout=t))
+    # The drop in plain words; Go's text only behind the toggle.
+    event = page.locator("tr.wa-event").first
+    expect(event).to_contain_text("Connection dropped: the connection was cut off midway")
+    expect(event.locator("details code")).not_to_be_visible()
     shot(page, "live-drop")
     assert off_loop(svc.mark_connected, held, jid=JID, reconnected=True)
-    expect(badge).to_have_text("Connected", timeout=STATE_TIMEOUT_MS)
+    within_a_second("recovery -> Connected",
+                    lambda t: expect(badge).to_have_text("Connected", timeout=t))
     expect(page.locator('[data-counter="reconnect_count"]')).to_have_text("1")
     assert page.evaluate("window.__sameDocument") is True
     shot(page, "live-recovered")
@@ -472,6 +505,85 @@ def test_a_new_superuser_is_led_from_no_company_to_a_qr_code(
     session_id = off_loop(lambda: company.whatsapp_session.pk)
     held = off_loop(try_acquire, "browser-worker", session_id)
     assert off_loop(svc.mark_awaiting_pairing, held, "2@first,key,run", record=True)
-    expect(page.locator(".wa-qr svg")).to_be_visible(timeout=STATE_TIMEOUT_MS)
+    within_a_second("first QR -> QR shown",
+                    lambda t: expect(page.locator(".wa-qr svg")).to_be_visible(timeout=t))
     shot(page, "first-run-3-qr")
+    page.close()
+
+
+LUMINANCE = """(el, prop) => {
+  const c = getComputedStyle(el)[prop].match(/[\\d.]+/g).slice(0, 3).map(Number);
+  const [r, g, b] = c.map(v => { v /= 255; return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4; });
+  return 0.2126 * r + 0.7152 * g + 0.0722 * b;
+}"""
+
+
+def contrast(a, b):
+    light, dark = max(a, b), min(a, b)
+    return (light + 0.05) / (dark + 0.05)
+
+
+def test_dark_mode_keeps_the_timeline_readable_and_incidents_say_whether_anyone_was_told(
+    tenants, sessions, server, browser
+):
+    """Screenshots for docs/admin.md: a session with a day of history in dark mode
+    (the timeline dark with readable labels), and the incidents list."""
+    from playwright.sync_api import expect
+
+    from whatsapp.models import ConnectionEvent, Incident, WhatsAppSession
+    from whatsapp.models.alerts import NOT_SENT_ANYWHERE
+
+    a, _ = sessions
+    now = datetime.now(UTC)
+    hours = timedelta(hours=1)
+
+    def history():
+        WhatsAppSession.objects.filter(pk=a.pk).update(created_at=now - 20 * hours)
+        for at, kind, state, reason in [
+            (20, "connected", "connected", JID),
+            (9, "disconnected", "reconnecting", "read: connection reset by peer"),
+            (8.9, "reconnected", "connected", JID),
+            (3, "connect_failed", "failed", "dial tcp: lookup web.whatsapp.com: no such host"),
+            (2.5, "connected", "connected", JID),
+        ]:
+            ConnectionEvent.objects.create(session_id=a.pk, kind=kind, state=state,
+                                           reason=reason, created_at=now - at * hours)
+        Incident.objects.create(
+            company=tenants.a, subject=f"company:{tenants.a.pk}", kind="connection_lost",
+            summary="Salon Alpha: not connected for 12 min", opened_at=now - 3 * hours,
+            last_seen_at=now - 2.5 * hours, resolved_at=now - 2.5 * hours,
+            alert_sent_at=now - 3 * hours, recovery_sent_at=now - 2.5 * hours,
+        )
+        Incident.objects.create(
+            company=tenants.b, subject=f"company:{tenants.b.pk}", kind="logged_out",
+            summary="Barber Beta: logged out of WhatsApp", opened_at=now - hours,
+            last_seen_at=now, alert_sent_at=now - hours, notify_error=NOT_SENT_ANYWHERE,
+        )
+
+    off_loop(history)
+    held = off_loop(try_acquire, "browser-worker", a.pk)
+    assert off_loop(svc.mark_connected, held, jid=JID)
+
+    page = browser.new_page(viewport={"width": 1400, "height": 1000}, color_scheme="dark")
+    log_in(page, server, "root", "pw-root-123!", session_url(a))
+    timeline = page.locator("svg.wa-timeline")
+    expect(timeline).to_be_visible()
+    body = page.locator("body").evaluate(LUMINANCE, "backgroundColor")
+    background = timeline.evaluate(LUMINANCE, "backgroundColor")
+    label = page.locator("svg.wa-timeline .wa-tick-label").first.evaluate(LUMINANCE, "fill")
+    assert body < 0.1 and background < 0.1, "dark mode: the page and the timeline are dark"
+    assert contrast(label, background) >= 4.5, "the axis labels are readable on it"
+    expect(page.locator("svg.wa-timeline .wa-mark")).to_have_count(2)  # the drop, the failure
+    shot(page, "dark-session")
+
+    page = browser.new_page(viewport={"width": 1400, "height": 600})
+    log_in(page, server, "root", "pw-root-123!", "/admin/whatsapp/incident/")
+    rows = page.locator("#result_list tbody tr")
+    expect(rows).to_have_count(2)
+    open_row = rows.filter(has_text="Barber Beta")
+    expect(open_row).to_contain_text("open")
+    expect(open_row).to_contain_text("not sent anywhere (no ADMINS, no chat webhook configured)")
+    expect(rows.filter(has_text="Salon Alpha")).to_contain_text("delivered")
+    expect(page.locator("#result_list img[alt]")).to_have_count(0)  # no tick/cross icons
+    shot(page, "incidents")
     page.close()

@@ -32,7 +32,7 @@ def test_it_shows_one_row_per_company_with_a_coloured_state_badge(client, tenant
     html = response.content.decode()
     assert '<span class="wa-badge wa-state-connected"' in html
     assert '<span class="wa-badge wa-state-replaced"' in html
-    assert "Replaced (440 conflict)" in html
+    assert "Taken over by another device" in html
 
 
 def test_it_counts_reconnections_in_the_last_hour_day_and_in_total(client, tenants, sessions):

@@ -40,7 +40,7 @@ def test_it_draws_the_last_24_hours_of_states_as_svg(client, tenants, sessions):
     states = [part.split('"')[0] for part in svg.split('data-state="')[1:]]
     assert states == ["starting", "connected", "reconnecting", "connected"]
     assert 'class="wa-mark wa-mark-disconnected"' in svg
-    assert "eof" in svg  # the drop's reason is its tooltip
+    assert "cut off midway" in svg  # the drop's reason, in plain words, is its tooltip
 
 
 def test_the_timeline_places_segments_in_proportion_to_time(tenants, sessions):
@@ -271,11 +271,11 @@ def test_an_error_from_before_the_current_connection_is_shown_as_resolved(
         connected_since=now - timedelta(minutes=1),
     )
     html = login(client, tenants.owner).get(page(a)).content.decode()
-    assert 'class="wa-error wa-error-resolved" data-last-error' in html
-    assert "connected again since" in html
+    assert 'class="wa-error wa-error-resolved" data-error-words' in html
+    assert "resolved: connected again since" in html
     set_session(a, state="reconnecting", connected_since=None)
     html = client.get(page(a)).content.decode()
-    assert 'class="wa-error" data-last-error' in html
+    assert 'class="wa-error" data-error-words' in html
 
 
 def test_times_are_shown_in_the_company_time_zone_which_is_named(client, tenants, sessions):
@@ -295,4 +295,7 @@ def test_events_read_as_plain_words_with_the_details_behind_a_toggle(client, ten
     )
     html = login(client, tenants.owner).get(page(a)).content.decode()
     assert "A worker took charge of this session" in html
-    assert "<summary>details</summary><code>epoch 1; worker vm.30719.709a9e01</code>" in html
+    assert (
+        "<summary>technical details</summary><code>epoch 1; worker vm.30719.709a9e01</code>"
+        in html
+    )

@@ -20,7 +20,8 @@ from whatsapp.models.event_words import describe_event
         (
             "connect_failed",
             "dial tcp 157.240.0.53:443: i/o timeout (failure 2; retry in 3.1s)",
-            "Could not connect; trying again later",
+            "Could not connect: WhatsApp's server did not answer in time (a slow or blocked "
+            "network); trying again in 3 s",
         ),
         ("disconnected", "connection dropped", "Connection dropped; reconnecting by itself"),
         (

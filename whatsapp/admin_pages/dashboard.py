@@ -10,9 +10,11 @@ from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_POST
 
+from companies.admin_times import common_zone
 from companies.models import Company
-from whatsapp.models import WhatsAppSession
+from whatsapp.models import WhatsAppSession, WorkerProcess
 from whatsapp.models.health import health_report
+from whatsapp.models.workers import describe_worker
 from whatsapp.services import control
 
 from .sessions import live_context
@@ -32,6 +34,11 @@ def health_dashboard(request):
     report = health_report(
         sessions, companies.filter(whatsapp_session__isnull=True).order_by("name"), now=now
     )
+    owners = {s.lease.owner for s in report.sessions if getattr(s, "lease", None)} - {""}
+    processes = {w.worker_id: w for w in WorkerProcess.objects.filter(worker_id__in=owners)}
+    for s in report.sessions:
+        owner = s.lease.owner if getattr(s, "lease", None) else ""
+        s.worker_words = describe_worker(owner, processes.get(owner), now)
     conf = settings.WHATSAPP
     context = {
         **admin.site.each_context(request),
@@ -39,6 +46,7 @@ def health_dashboard(request):
         "title": "WhatsApp connection health",
         "report": report,
         "now": now,
+        "page_zone": common_zone(companies),
         "flap_reconnects": conf["FLAP_RECONNECTS"],
         "flap_window": conf["FLAP_WINDOW_MINUTES"],
         "down_threshold": conf["DOWN_THRESHOLD_MINUTES"],

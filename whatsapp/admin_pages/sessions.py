@@ -17,6 +17,7 @@ from django.core.exceptions import PermissionDenied
 from django.db.models import Max, OuterRef, Subquery
 from django.http import Http404, HttpResponseNotAllowed, JsonResponse
 from django.shortcuts import redirect
+from django.template.loader import render_to_string
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
@@ -24,14 +25,17 @@ from django.utils.html import format_html
 from django.utils.timesince import timesince
 
 from companies.admin_tenancy import TenantScopedAdmin
+from companies.admin_times import company_time
 from whatsapp.models import (
     InboundMessage,
     OutboundMessage,
     ProcessingJob,
     SessionState,
     WhatsAppSession,
+    WorkerProcess,
 )
 from whatsapp.models.health import TIMELINE_WINDOWS, reconnect_reasons, state_timeline
+from whatsapp.models.workers import describe_worker
 from whatsapp.services import control
 
 from .forms import PairingCodeForm
@@ -51,6 +55,7 @@ def live_context(poll_url, company_id=""):
         "live_ws_path": LIVE_WS_PATH,
         "live_poll_url": poll_url,
         "live_poll_seconds": settings.WHATSAPP["ADMIN_POLL_SECONDS"],
+        "live_tick_seconds": settings.WHATSAPP["ADMIN_LIVE_TICK_SECONDS"],
         "live_company": company_id,
     }
 
@@ -185,12 +190,14 @@ class WhatsAppSessionAdmin(TenantScopedAdmin):
     def up_or_down(self, obj):
         if obj.connected_since and obj.state == "connected":
             return format_html(
-                '<span title="{}">up {}</span>', obj.connected_since, timesince(obj.connected_since)
+                '<span title="since {}">up {}</span>',
+                company_time(obj.connected_since, obj.company),
+                timesince(obj.connected_since),
             )
         if obj.down_since:
             return format_html(
-                '<span class="wa-down" title="{}">down {}</span>',
-                obj.down_since,
+                '<span class="wa-down" title="since {}">down {}</span>',
+                company_time(obj.down_since, obj.company),
                 timesince(obj.down_since),
             )
         return "-"
@@ -207,26 +214,15 @@ class WhatsAppSessionAdmin(TenantScopedAdmin):
     def last_error_short(self, obj):
         if not obj.last_error:
             return "-"
-        text = obj.last_error if len(obj.last_error) <= 60 else obj.last_error[:59] + "…"
         return format_html(
-            '<span class="{}" title="{}">{}</span><br><small>{} ago{}</small>',
-            "wa-error-resolved" if obj.error_is_resolved else "wa-error",
-            obj.last_error,
-            text,
-            timesince(obj.last_error_at) if obj.last_error_at else "?",
-            "; connected again since" if obj.error_is_resolved else "",
+            "{}<br><small>{}{}</small>",
+            render_to_string(
+                "admin/whatsapp/includes/error.html",
+                {"w": obj.last_error_words, "resolved": obj.error_is_resolved},
+            ),
+            time_ago(obj.last_error_at, obj.company),
+            "; resolved: connected again since" if obj.error_is_resolved else "",
         )
-
-    @admin.display(description="Worker (lease until)", ordering="lease__owner")
-    def owning_worker(self, obj):
-        lease = getattr(obj, "lease", None)
-        if lease is None or not lease.owner:
-            return "-"
-        until = "?"
-        if lease.expires_at:
-            until = timezone.localtime(lease.expires_at).strftime("%H:%M:%S")
-        expired = "" if lease.is_held() else " (expired)"
-        return f"{lease.owner} (until {until}{expired})"
 
     # --- bulk actions (the same services, one company at a time) ------------
     def _bulk(self, request, queryset, action):
@@ -324,6 +320,7 @@ class WhatsAppSessionAdmin(TenantScopedAdmin):
             "timeline_window": window,
             "timeline_windows": [(key, f"{key[:-1]} {key[-1]}") for key in TIMELINE_WINDOWS],
             "reasons": reconnect_reasons(session, now=now),
+            "worker": worker_of(session, now),
             "events": session.events.all()[:25],
             "inbound": company.inbound_messages.select_related("job")[:10],
             "outbound": company.outbound_messages.all()[:10],
@@ -391,6 +388,26 @@ class WhatsAppSessionAdmin(TenantScopedAdmin):
         return JsonResponse(
             {"sessions": live_snapshots(request.user, object_id), "at": timezone.now()}
         )
+
+
+def time_ago(value, company):
+    """'3 minutes ago', the exact time in the company's zone as its tooltip."""
+    if not value:
+        return "-"
+    return format_html(
+        '<time datetime="{}" title="{}">{} ago</time>',
+        value.isoformat(),
+        company_time(value, company),
+        timesince(value),
+    )
+
+
+def worker_of(session, now=None):
+    """The session's worker in words (models/workers.describe_worker)."""
+    lease = getattr(session, "lease", None)
+    owner = lease.owner if lease is not None else ""
+    process = WorkerProcess.objects.filter(worker_id=owner).first() if owner else None
+    return describe_worker(owner, process, now)
 
 
 def qr_svg(data):

@@ -14,7 +14,7 @@ from django.utils import timezone
 class IncidentKind(models.TextChoices):
     CONNECTION_LOST = "connection_lost", "Connection lost"
     FLAPPING = "flapping", "Connection flapping"
-    CONFLICT = "conflict", "440 conflict (replaced)"
+    CONFLICT = "conflict", "Taken over by another device"
     LOGGED_OUT = "logged_out", "Logged out"
     BANNED = "banned", "Temporarily banned"
     WORKER_DEAD = "worker_dead", "Worker stopped heartbeating"

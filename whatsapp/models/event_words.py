@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 from whatsapp.transport.jids import phone_or_empty
 
+from .error_words import UNKNOWN, describe_error
+
 REQUESTED = re.compile(r"^(start|stop|restart|logout) requested ?(.*?)( \(admin\))?$")
 VERBS = {"start": "Start", "stop": "Stop", "restart": "Restart", "logout": "Log out"}
 
@@ -28,6 +30,13 @@ PLAIN = {
     "lease_acquired": "A worker took charge of this session",
     "lease_lost": "The worker lost charge of this session; another one takes over",
     "error": "Something went wrong",
+}
+
+# Kinds whose raw reason is an error: the plain words name its cause (error_words).
+CAUSED = {
+    "connect_failed": "Could not connect: {cause}",
+    "disconnected": "Connection dropped: {cause}; reconnecting by itself",
+    "error": "Something went wrong: {cause}",
 }
 
 
@@ -54,6 +63,12 @@ def describe_event(kind, reason="", worker_id=""):
         text = "Connection closed"
     elif kind == "stopped" and reason.endswith("another worker takes over"):
         text = "Handed over to another worker"
+    elif kind in CAUSED and reason:
+        cause = describe_error(reason).text
+        if not cause.startswith((UNKNOWN, "The connection dropped")):
+            if not cause.startswith("WhatsApp"):
+                cause = cause[0].lower() + cause[1:]
+            text = CAUSED[kind].format(cause=cause)
     details = "; ".join(
         part for part in [reason, f"worker {worker_id}" if worker_id else ""] if part
     )

@@ -8,6 +8,7 @@ from datetime import timedelta
 
 from django.utils import timezone
 
+from .event_words import describe_event
 from .sessions import ConnectionEvent, SessionState
 
 Kind = ConnectionEvent.Kind
@@ -157,7 +158,12 @@ def state_timeline(session, hours=24, now=None, window=None):
         minimum = 0.5 if seg.state == SessionState.STOPPED else MIN_VISIBLE_WIDTH
         seg.width = max(round(_x(seg.end, start, span) - seg.x, 2), minimum)
     marks = [
-        Mark(e["created_at"], e["kind"], e["reason"], _x(e["created_at"], start, span))
+        Mark(
+            e["created_at"],
+            e["kind"],
+            describe_event(e["kind"], e["reason"]).text,
+            _x(e["created_at"], start, span),
+        )
         for e in events
         if e["kind"] in DROP_KINDS
     ]
@@ -177,6 +183,14 @@ class ReasonRow:
     count: int
     last_reason: str
     last_at: object
+    resolved: bool = False  # connected again since the latest one
+
+    @property
+    def words(self):
+        """The latest reason in plain words, the raw text as details."""
+        from .event_words import describe_event
+
+        return describe_event(self.kind, self.last_reason)
 
 
 def reconnect_reasons(session, hours=24, now=None):
@@ -195,6 +209,9 @@ def reconnect_reasons(session, hours=24, now=None):
             rows[kind] = ReasonRow(kind, labels.get(kind, kind), 1, reason, at)
         else:
             row.count += 1
+    since = session.connected_since if session.state == SessionState.CONNECTED else None
+    for row in rows.values():
+        row.resolved = bool(since and row.last_at <= since)
     return sorted(rows.values(), key=lambda r: (-r.count, r.kind))
 
 

@@ -20,7 +20,7 @@ class SessionState(models.TextChoices):
     AWAITING_PAIRING = "awaiting_pairing", "Awaiting QR / pairing code"
     CONNECTED = "connected", "Connected"
     RECONNECTING = "reconnecting", "Reconnecting"
-    REPLACED = "replaced", "Replaced (440 conflict)"
+    REPLACED = "replaced", "Taken over by another device"
     LOGGED_OUT = "logged_out", "Logged out"
     BANNED = "banned", "Temporarily banned"
     FAILED = "failed", "Failed"
@@ -275,6 +275,13 @@ class WhatsAppSession(models.Model):
         }
 
     @property
+    def last_error_words(self):
+        """The last error in plain words, the raw text kept (models/error_words.py)."""
+        from .error_words import describe_error
+
+        return describe_error(self.last_error)
+
+    @property
     def error_is_resolved(self):
         """The last error came before the current connection: history, not a problem."""
         return bool(
@@ -320,7 +327,7 @@ class WhatsAppSession(models.Model):
         """Short reasons for a dashboard, worst first (needs with_health())."""
         found = []
         if self.state == SessionState.REPLACED:
-            found.append("replaced (440 conflict)")
+            found.append("taken over by another device")
         if self.state == SessionState.LOGGED_OUT:
             found.append("logged out: pair again")
         if self.state == SessionState.BANNED:
@@ -377,21 +384,21 @@ class ConnectionEvent(models.Model):
     class Kind(models.TextChoices):
         STARTING = "starting", "Starting"
         CONNECTED = "connected", "Connected"
-        DISCONNECTED = "disconnected", "Disconnected (whatsmeow reconnects)"
+        DISCONNECTED = "disconnected", "Connection dropped"
         RECONNECTED = "reconnected", "Reconnected"
-        CONNECT_FAILED = "connect_failed", "Connect failed"
-        REPLACED = "replaced", "Stream replaced (440)"
+        CONNECT_FAILED = "connect_failed", "Could not connect"
+        REPLACED = "replaced", "Taken over by another device"
         LOGGED_OUT = "logged_out", "Logged out"
         BANNED = "banned", "Temporary ban"
         QR = "qr", "QR code issued"
         PAIRING_CODE = "pairing_code", "Pairing code issued"
         PAIRED = "paired", "Paired"
-        KEEPALIVE_TIMEOUT = "keepalive_timeout", "Keep-alive timeout"
-        KEEPALIVE_RESTORED = "keepalive_restored", "Keep-alive restored"
-        SILENT = "silent", "No events (watchdog)"
+        KEEPALIVE_TIMEOUT = "keepalive_timeout", "WhatsApp stopped answering"
+        KEEPALIVE_RESTORED = "keepalive_restored", "WhatsApp answers again"
+        SILENT = "silent", "No activity (restarted)"
         STOPPED = "stopped", "Stopped"
-        LEASE_ACQUIRED = "lease_acquired", "Lease acquired"
-        LEASE_LOST = "lease_lost", "Lease lost"
+        LEASE_ACQUIRED = "lease_acquired", "Worker took charge"
+        LEASE_LOST = "lease_lost", "Worker lost charge"
         ERROR = "error", "Error"
 
     session = models.ForeignKey(WhatsAppSession, on_delete=models.CASCADE, related_name="events")

@@ -1,7 +1,10 @@
 """Worker processes (`manage.py runworker whatsapp`) and their heartbeats."""
 
+from dataclasses import dataclass
+
 from django.db import models
 from django.utils import timezone
+from django.utils.timesince import timesince
 
 
 class WorkerProcess(models.Model):
@@ -33,3 +36,34 @@ class WorkerProcess(models.Model):
 
     def __str__(self):
         return f"{self.worker_id} ({self.hostname}:{self.pid})"
+
+
+@dataclass(frozen=True)
+class WorkerWords:
+    text: str  # "worker on vm (process 30719), running for 3 hours"
+    details: str  # the raw worker id and what else a developer needs
+
+
+def describe_worker(worker_id, process=None, now=None):
+    """A worker as a person reads it: its machine and process and how long it
+    has run, from its WorkerProcess row when known (else from the id, which is
+    `<host>.<pid>.<random>`: services.leases.new_worker_id). The raw id goes to
+    the details."""
+    if not worker_id:
+        return WorkerWords("no worker", "")
+    now = now or timezone.now()
+    host, pid = (process.hostname, process.pid) if process is not None else ("", 0)
+    parts = worker_id.split(".")
+    if not host and len(parts) >= 3:
+        host = parts[0]
+    if not pid and len(parts) >= 3 and parts[1].isdigit():
+        pid = int(parts[1])
+    text = f"worker on {host or 'an unknown machine'}"
+    if pid:
+        text += f" (process {pid})"
+    if process is not None:
+        if process.stopped_at or process.died_at:
+            text += ", stopped " + timesince(process.stopped_at or process.died_at, now) + " ago"
+        else:
+            text += ", running for " + timesince(process.started_at, now)
+    return WorkerWords(text, f"worker id {worker_id}")

@@ -31,7 +31,11 @@
     var company = root.getAttribute("data-wa-live-company") || "";
     var statusEl = document.querySelector("[data-wa-live-status]");
     var socket = null, pollTimer = null, refreshTimer = null, lastPoll = null, retryMs = 1000;
-    var tickTimer = null, lastTick = null, tickMs = Math.max(2000, pollMs * 2);
+    /* The session page (one company) ticks fast: a message arriving shows within a
+     * second. Lists and the dashboard (every company: a bigger query) tick slowly. */
+    var tickSeconds = parseFloat(root.getAttribute("data-wa-live-tick-seconds") || "0.5");
+    var tickMs = company ? Math.max(250, tickSeconds * 1000) : Math.max(2000, pollMs * 2);
+    var tickTimer = null, lastTick = null, refreshing = false, again = false;
     var refreshes = 0;
 
     function setMode(mode) {
@@ -47,6 +51,8 @@
     }
 
     function refresh() {
+      if (refreshing) { again = true; return; }
+      refreshing = true;
       fetch(window.location.href, { credentials: "same-origin", headers: { "X-Requested-With": "fetch" } })
         .then(function (resp) { return resp.ok ? resp.text() : null; })
         .then(function (html) {
@@ -59,12 +65,16 @@
           refreshes += 1;
           root.setAttribute("data-wa-live-refreshes", String(refreshes));
         })
-        .catch(function () { /* the next hint or poll tries again */ });
+        .catch(function () { /* the next hint or poll tries again */ })
+        .then(function () {
+          refreshing = false;
+          if (again) { again = false; refresh(); }
+        });
     }
 
-    function scheduleRefresh() {
+    function scheduleRefresh() {  /* hints in a burst: one re-read */
       window.clearTimeout(refreshTimer);
-      refreshTimer = window.setTimeout(refresh, 200);
+      refreshTimer = window.setTimeout(refresh, 50);
     }
 
     function poll() {
