@@ -10,6 +10,7 @@ Screenshots go to test-artifacts/ (kept by CI as artifacts).
 """
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -26,7 +27,7 @@ from django.db import connection, connections
 
 from whatsapp.services import control
 from whatsapp.services import sessions as svc
-from whatsapp.services.leases import try_acquire
+from whatsapp.services.leases import new_worker_id, register_worker, try_acquire
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True, databases="__all__")]
 
@@ -42,7 +43,9 @@ LIVE_TIMEOUT_MS = 30_000  # the WebSocket opening, a first page load: not what i
 REFLECT_MS = 1_000
 SLACK_MS = 500
 STATE_TIMEOUT_MS = REFLECT_MS + SLACK_MS
-LATENCIES = []
+# A click is a POST, a redirect and a whole page load (not a live update): recorded too,
+# with the usual page-load allowance.
+CLICK_TIMEOUT_MS = 5_000
 
 
 def off_loop(fn, *args, **kwargs):
@@ -154,16 +157,15 @@ def browser():
         chromium.close()
 
 
-def within_a_second(label, check):
-    """`check(timeout_ms)` must pass within a second (plus slack) from now, when the
-    worker has just confirmed a change (or the operator just clicked)."""
+def within_a_second(label, check, limit_ms=STATE_TIMEOUT_MS):
+    """`check(timeout_ms)` must pass within a second (plus slack) from now: the
+    worker has just confirmed a change. The figure goes to the latency artifact."""
     start = time.monotonic()
-    check(STATE_TIMEOUT_MS)
+    check(limit_ms)
     elapsed = time.monotonic() - start
-    LATENCIES.append((label, elapsed))
     with open(ARTIFACTS / f"browser-{connection.vendor}-latency.txt", "a") as out:
         out.write(f"{datetime.now(UTC):%Y-%m-%d %H:%M:%S} {label}: {elapsed * 1000:.0f} ms\n")
-    assert elapsed <= STATE_TIMEOUT_MS / 1000, f"{label} took {elapsed:.2f} s"
+    assert elapsed <= limit_ms / 1000, f"{label} took {elapsed:.2f} s"
 
 
 def shot(page, name):
@@ -292,7 +294,7 @@ def test_the_pages_fall_back_to_polling_when_the_websocket_is_refused(
 def test_start_stop_log_out_and_start_again_show_each_state_as_it_happens(
     tenants, sessions, server, browser
 ):
-    """Each action: the page says what is pending within a second of the click, then
+    """Each action: the page says what is pending once the click's page has loaded, then
     what the worker did (its own transition services, in another thread) within a
     second of the worker's confirmation, without a reload."""
     from playwright.sync_api import expect
@@ -318,7 +320,7 @@ def test_start_stop_log_out_and_start_again_show_each_state_as_it_happens(
         within_a_second(label, lambda t: (
             page.click(f"button.wa-action-{action}", timeout=t),
             expect(pending).to_have_text(pending_word, timeout=t),
-        ))
+        ), limit_ms=CLICK_TIMEOUT_MS)
 
     def shows(label, locator, text):
         within_a_second(label, lambda t: expect(locator).to_have_text(text, timeout=t))
@@ -511,9 +513,13 @@ def test_a_new_superuser_is_led_from_no_company_to_a_qr_code(
     page.close()
 
 
-LUMINANCE = """(el, prop) => {
+LUMINANCE = """([selector, prop]) => {
+  const el = document.querySelector(selector);
   const c = getComputedStyle(el)[prop].match(/[\\d.]+/g).slice(0, 3).map(Number);
-  const [r, g, b] = c.map(v => { v /= 255; return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4; });
+  const [r, g, b] = c.map(v => {
+    v /= 255;
+    return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4;
+  });
   return 0.2126 * r + 0.7152 * g + 0.0722 * b;
 }"""
 
@@ -561,19 +567,26 @@ def test_dark_mode_keeps_the_timeline_readable_and_incidents_say_whether_anyone_
         )
 
     off_loop(history)
-    held = off_loop(try_acquire, "browser-worker", a.pk)
+    off_loop(control.start_session, tenants.a.pk)
+    worker_id = new_worker_id()  # a worker as runworker registers itself
+    off_loop(register_worker, worker_id)
+    held = off_loop(try_acquire, worker_id, a.pk)
     assert off_loop(svc.mark_connected, held, jid=JID)
 
     page = browser.new_page(viewport={"width": 1400, "height": 1000}, color_scheme="dark")
     log_in(page, server, "root", "pw-root-123!", session_url(a))
-    timeline = page.locator("svg.wa-timeline")
-    expect(timeline).to_be_visible()
-    body = page.locator("body").evaluate(LUMINANCE, "backgroundColor")
-    background = timeline.evaluate(LUMINANCE, "backgroundColor")
-    label = page.locator("svg.wa-timeline .wa-tick-label").first.evaluate(LUMINANCE, "fill")
+    expect(page.locator("[data-wa-live-status]")).to_have_text("live", timeout=LIVE_TIMEOUT_MS)
+    expect(page.locator("[data-wa-live]")).to_have_attribute(  # its re-read on opening done
+        "data-wa-live-refreshes", re.compile(r"\d+"), timeout=LIVE_TIMEOUT_MS
+    )
+    expect(page.locator("svg.wa-timeline")).to_be_visible()
+    body = page.evaluate(LUMINANCE, ["body", "backgroundColor"])
+    background = page.evaluate(LUMINANCE, ["svg.wa-timeline", "backgroundColor"])
+    label = page.evaluate(LUMINANCE, ["svg.wa-timeline .wa-tick-label", "fill"])
     assert body < 0.1 and background < 0.1, "dark mode: the page and the timeline are dark"
     assert contrast(label, background) >= 4.5, "the axis labels are readable on it"
     expect(page.locator("svg.wa-timeline .wa-mark")).to_have_count(2)  # the drop, the failure
+    expect(page.locator("[data-worker]")).to_contain_text(f"(process {os.getpid()}), running for")
     shot(page, "dark-session")
 
     page = browser.new_page(viewport={"width": 1400, "height": 600})

@@ -13,8 +13,8 @@ from django.utils import timezone
 
 from whatsapp.models import (
     ConnectionEvent,
-    Incident,
     InboundMessage,
+    Incident,
     ProcessingJob,
     SessionLease,
     WorkerProcess,
@@ -92,7 +92,8 @@ def test_the_list_and_dashboard_grey_a_stale_error_once_connected_again(
     a, _ = sessions
     now = timezone.now()
     set_session(a, desired_state="running", state="connected", last_error=DNS,
-                last_error_at=now - timedelta(minutes=9), connected_since=now - timedelta(minutes=1))
+                last_error_at=now - timedelta(minutes=9),
+                connected_since=now - timedelta(minutes=1))
     login(client, tenants.owner)
     for url in [reverse("admin:whatsapp_whatsappsession_changelist"), reverse("whatsapp_health")]:
         html = client.get(url).content.decode()

@@ -17,10 +17,19 @@
     start();
   }
 
+  /* Once the page is being left (a form sent, a link followed) it re-reads nothing more:
+   * a re-read racing the navigation would take the next page's message ("Restart
+   * requested ...") out of the session before that page shows it. */
+  var leaving = false;
   document.addEventListener("submit", function (event) {
     var question = event.target.getAttribute && event.target.getAttribute("data-confirm");
     if (question && !window.confirm(question)) { event.preventDefault(); }
   }, true);
+  document.addEventListener("submit", function (event) {  /* after the form's own checks */
+    if (!event.defaultPrevented) { leaving = true; }
+  });
+  window.addEventListener("pagehide", function () { leaving = true; });
+  window.addEventListener("beforeunload", function () { leaving = true; });
 
   function start() {
     var root = document.querySelector("[data-wa-live]");
@@ -51,6 +60,7 @@
     }
 
     function refresh() {
+      if (leaving) { return; }
       if (refreshing) { again = true; return; }
       refreshing = true;
       fetch(window.location.href, { credentials: "same-origin", headers: { "X-Requested-With": "fetch" } })
