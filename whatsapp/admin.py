@@ -21,6 +21,7 @@ from .models import (
     WhatsAppSession,
     WorkerProcess,
 )
+from .models.workers import describe_worker
 from .services.jobs import retry_processing_job
 
 # Session list, session page, actions and the live/polling endpoints: admin_pages/.
@@ -46,7 +47,24 @@ class SystemRecordAdmin(CompanyTimesAdmin):
 @admin.register(SessionLease)
 class SessionLeaseAdmin(SystemRecordAdmin):
     company_field = "session__company"
-    list_display = ["session", "owner", "epoch", "expires_at", "heartbeat_at"]
+    list_display = ["session", "worker", "expires_at", "heartbeat_at"]
+
+    @admin.display(description="Worker in charge", ordering="owner")
+    def worker(self, obj):
+        process = WorkerProcess.objects.filter(worker_id=obj.owner).first() if obj.owner else None
+        return worker_html(describe_worker(obj.owner, process), f"lease epoch {obj.epoch}")
+
+
+def worker_html(words, more=""):
+    """A worker in words, its id (and `more`) behind the technical-details toggle."""
+    if not words.details:
+        return words.text
+    return format_html(
+        '{} <details class="wa-tech"><summary>technical details</summary><code>{}</code>'
+        "</details>",
+        words.text,
+        "; ".join(part for part in [words.details, more] if part),
+    )
 
 
 @admin.register(ConnectionEvent)
@@ -123,8 +141,13 @@ class AutoReplyRuleAdmin(CompanyTimesAdmin):
 @admin.register(WorkerProcess)
 class WorkerProcessAdmin(SystemRecordAdmin):
     company_field = None  # workers serve every company: superusers only
-    list_display = ["worker_id", "hostname", "pid", "started_at", "heartbeat_at", "stopped_at",
-                    "sessions_owned", "loop_lag_ms", "stop_reason"]
+    list_display = ["worker", "started_at", "heartbeat_at", "stopped_at", "sessions_owned",
+                    "loop_lag_ms", "stop_reason"]
+    search_fields = ["worker_id", "hostname"]
+
+    @admin.display(description="Worker", ordering="worker_id")
+    def worker(self, obj):
+        return worker_html(describe_worker(obj.worker_id, obj))
 
 
 # django-q2's queue, results and schedules belong to no company (and a schedule runs

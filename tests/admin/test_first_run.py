@@ -58,3 +58,9 @@ def test_once_a_company_exists_the_dashboard_offers_to_start_its_session(root):
     Company.objects.create(name="Salon First", slug="salon-first")
     html = root.get("/admin/whatsapp/health/").content.decode()
     assert "Salon First" in html and "/admin/whatsapp/health/start/" in html
+
+
+def test_the_address_a_new_user_opens_first_leads_to_the_admin(client):
+    """http://127.0.0.1:8000/ was a debug "Page not found": there is no public site."""
+    response = client.get("/")
+    assert response.status_code == 302 and response["Location"] == "/admin/"

@@ -128,6 +128,11 @@ def test_the_worker_reads_as_a_machine_and_process_with_its_id_in_the_details(
         visible = re.sub(r"<details.*?</details>", "", html, flags=re.S)
         assert "709a9e01" not in visible and "epoch" not in visible
         assert "worker id vm.30719.709a9e01" in html
+    for url in [reverse("admin:whatsapp_sessionlease_changelist"),
+                reverse("admin:whatsapp_workerprocess_changelist")]:
+        html = client.get(url).content.decode()
+        assert "worker on vm (process 30719)" in html
+        assert "709a9e01" not in re.sub(r"<details.*?</details>", "", html, flags=re.S)
     # A worker whose row is gone still reads as its machine and process.
     assert describe_worker("web-1.42.0badc0de").text == "worker on web-1 (process 42)"
 
@@ -135,12 +140,17 @@ def test_the_worker_reads_as_a_machine_and_process_with_its_id_in_the_details(
 def test_no_jargon_labels_for_states_and_events(client, tenants, sessions):
     a, b = sessions
     set_session(b, state="replaced")
+    set_session(a, jid="491701234567:7@s.whatsapp.net", phone="+491701234567")
+    add_events(a, Kind.STARTING, reason="start requested demo")
     add_events(a, Kind.LEASE_ACQUIRED, reason="epoch 1")
     login(client, tenants.superuser)
     for url in [reverse("whatsapp_health"), reverse("admin:whatsapp_whatsappsession_changelist"),
-                reverse("admin:whatsapp_connectionevent_changelist")]:
+                reverse("admin:whatsapp_connectionevent_changelist"),
+                reverse("admin:whatsapp_whatsappsession_change", args=[a.pk])]:
         html = re.sub(r"<details.*?</details>", "", client.get(url).content.decode(), flags=re.S)
-        for jargon in ["440", "Lease acquired", "whatsmeow", "epoch 1<"]:
+        html = re.sub(r"<(script|style|svg)\b.*?</\1>", "", html, flags=re.S)
+        for jargon in ["440", "Lease acquired", "whatsmeow", "epoch 1<", "@s.whatsapp.net",
+                       "requested demo"]:
             assert jargon not in html, (url, jargon)
     assert "Taken over by another device" in client.get(reverse("whatsapp_health")).content.decode()
 

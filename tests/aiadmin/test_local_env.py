@@ -71,3 +71,12 @@ def test_a_real_environment_variable_wins_over_the_local_env(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == real
+
+
+@pytest.mark.parametrize("script", ["scripts/run", "scripts/demo"])
+def test_a_start_script_writes_the_local_env_before_printing_the_login_command(script):
+    """The printed `manage.py createsuperuser` must work as printed (issue 21): it
+    reads the .env scripts/local-env writes, so the script runs that first."""
+    text = (ROOT / script).read_text()
+    assert "\nscripts/local-env" in text
+    assert text.index("\nscripts/local-env") < text.index("createsuperuser")

@@ -17,6 +17,7 @@ from whatsapp.models.event_words import describe_event
         ("stopped", "logout requested by owner (admin)", "Log out requested by owner"),
         ("stopped", "stop requested by owner (admin)", "Stop requested by owner"),
         ("stopped", "client 2 stopped: restart requested", "Connection closed"),
+        ("starting", "start requested demo", "Start requested by demo"),
         (
             "connect_failed",
             "dial tcp 157.240.0.53:443: i/o timeout (failure 2; retry in 3.1s)",

@@ -52,7 +52,10 @@ def describe_event(kind, reason="", worker_id=""):
     text = PLAIN.get(kind, kind.replace("_", " ").capitalize())
     asked = REQUESTED.match(reason)
     if asked:
-        text = f"{VERBS[asked.group(1)]} requested {asked.group(2)}".strip()
+        who = asked.group(2)
+        if who and not who.startswith(("by ", "via ")):
+            who = f"by {who}"  # a bare actor name ("demo")
+        text = f"{VERBS[asked.group(1)]} requested {who}".strip()
     elif kind in {"connected", "reconnected", "paired"}:
         phone = phone_or_empty(reason.removeprefix("paired as "))
         if phone:
