@@ -119,9 +119,22 @@ class ProcessingJobAdmin(SystemRecordAdmin):
                 request, f"{left} selected job(s) had not failed; left as they are.",
                 messages.WARNING,
             )
-    list_display = ["message", "status", "attempts", "enqueue_count", "created_at",
-                    "finished_at"]
+    list_display = ["message_words", "status", "attempts", "created_at", "finished_at"]
     list_filter = ["status"]
+    list_select_related = ["message"]
+
+    @admin.display(description="Message", ordering="message__received_at")
+    def message_words(self, obj):
+        """The message as a person knows it: its text and sender (the WhatsApp id
+        is on the change page)."""
+        m = obj.message
+        text = m.text if len(m.text) <= 60 else m.text[:59] + "…"
+        return format_html(
+            "“{}” <small>from {} ({})</small>",
+            text or m.get_kind_display(),
+            m.sender_phone or m.push_name,
+            m.company.name,
+        )
 
 
 @admin.register(OutboundMessage)

@@ -189,3 +189,20 @@ def test_every_list_shows_times_in_one_format_in_the_company_zone(client, tenant
     html = client.get(reverse("whatsapp_health")).content.decode()
     as_of = html.split("as of ")[1][:30]
     assert ONE_FORMAT.match(as_of) and " JST" in as_of
+
+
+def test_the_jobs_list_names_a_message_by_its_text_and_sender_not_its_whatsapp_id(
+    client, tenants
+):
+    message = InboundMessage.objects.create(
+        company=tenants.a, wa_message_id="3EB0ABCDEF0123456789", chat_jid="1@s.whatsapp.net",
+        sender_jid="1@s.whatsapp.net", sender_phone="+4915112345678", text="opening hours?",
+        received_at=timezone.now(), sent_at=timezone.now(),
+    )
+    if not ProcessingJob.objects.filter(message=message).exists():
+        ProcessingJob.objects.create(message=message)
+    html = login(client, tenants.superuser).get(
+        reverse("admin:whatsapp_processingjob_changelist")
+    ).content.decode()
+    assert "“opening hours?” <small>from +4915112345678 (Salon Alpha)</small>" in html
+    assert "3EB0ABCDEF0123456789" not in html
