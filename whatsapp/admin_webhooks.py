@@ -218,7 +218,7 @@ class IncidentAdmin(CompanyTimesAdmin):
     def is_open(self, obj):
         # Words, not Django's boolean icon: a green tick next to an open incident misleads.
         if obj.is_open:
-            return format_html('<strong class="wa-error">open</strong>')
+            return format_html('<strong class="wa-error">{}</strong>', "open")
         return "resolved"
 
     @admin.display(description="Alert", ordering="alert_sent_at")
