@@ -67,6 +67,13 @@ def main():
             total.append(took)
             overhead.append(took - calls * args.model_ms)
     server.stop()
+    from assistant.models import AssistantRun
+
+    runs = list(AssistantRun.objects.order_by("pk").values_list(
+        "total_ms", "classify_ms", "answer_ms"))[warmup:]
+    client = [(c or 0) + a - calls * args.model_ms for _, c, a in runs]  # openai client + HTTP
+    ours = [t - (c or 0) - a for t, c, a in runs]  # guard rails, history, prompt, run row
+    pipeline = [job - t for job, (t, _, _) in zip(total, runs, strict=True)]  # claim, queue, commit
 
     def pct(values, q):
         values = sorted(values)
@@ -79,6 +86,10 @@ def main():
     print(f"job time     p50 {pct(total, 50):.1f}  p99 {pct(total, 99):.1f}  ms")
     print(f"overhead     p50 {pct(overhead, 50):.1f}  p99 {pct(overhead, 99):.1f}  "
           f"max {max(overhead):.1f}  mean {statistics.mean(overhead):.1f}  ms")
+    print(f"  of which: openai client + HTTP p50 {pct(client, 50):.0f}  p99 {pct(client, 99):.0f}"
+          f" | assistant (guard rails, history, prompt, run row) p50 {pct(ours, 50):.0f}  "
+          f"p99 {pct(ours, 99):.0f} | job (claim, reply queued, commit) "
+          f"p50 {pct(pipeline, 50):.0f}  p99 {pct(pipeline, 99):.0f}  ms")
     print(f"measured {len(overhead)} turns")
 
 
