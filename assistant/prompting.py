@@ -8,6 +8,7 @@ into models have nothing to reach). Its hash is the prompt version recorded
 with every answer.
 """
 
+import functools
 import hashlib
 
 from django.template import Context, Engine, TemplateSyntaxError
@@ -63,7 +64,9 @@ class PromptTemplateError(ValueError):
     """The template does not compile."""
 
 
+@functools.lru_cache(maxsize=256)
 def compile_template(source):
+    """The compiled template of `source` (cached: compiling is most of rendering)."""
     try:
         return _engine.from_string(source or DEFAULT_TEMPLATE)
     except TemplateSyntaxError as exc:
