@@ -572,4 +572,8 @@ ASSISTANT = {
     # within FAILURE_WINDOW_MINUTES that open an "assistant failing" incident.
     "FAILURE_INCIDENT_THRESHOLD": env.int("ASSISTANT_FAILURE_INCIDENT_THRESHOLD", default=3),
     "FAILURE_WINDOW_MINUTES": env.float("ASSISTANT_FAILURE_WINDOW_MINUTES", default=15.0),
+    # Model endpoints on private, loopback or link-local addresses (a local Ollama,
+    # vLLM in the same network) are refused unless this is set: a company admin
+    # could otherwise make the server send requests into the internal network.
+    "ALLOW_PRIVATE_ENDPOINTS": env.bool("ASSISTANT_ALLOW_PRIVATE_ENDPOINTS", default=False),
 }

@@ -20,7 +20,10 @@ import time
 from dataclasses import dataclass, field
 from datetime import timedelta
 
+from django.conf import settings
 from django.utils import timezone
+
+from whatsapp.services.webhook_http import UnsafeWebhookURL, resolve_webhook_target
 
 from . import llm
 from .models import AssistantConfig, AssistantRun, Outcome
@@ -102,6 +105,24 @@ def assistant_of(company_id):
     )
 
 
+class EndpointRefused(Exception):
+    """The model endpoint may not be called from here."""
+
+
+def check_endpoint(url):
+    """Refuse an endpoint on a private, loopback, link-local or reserved address
+    unless ASSISTANT["ALLOW_PRIVATE_ENDPOINTS"] (the webhooks' address rule)."""
+    allow = settings.ASSISTANT["ALLOW_PRIVATE_ENDPOINTS"]
+    try:
+        resolve_webhook_target(url, allow_private=allow)
+    except UnsafeWebhookURL as exc:
+        reason = str(exc).split(";")[0]
+        raise EndpointRefused(
+            f"model endpoint refused: {reason}; a model in your own network needs "
+            "ASSISTANT_ALLOW_PRIVATE_ENDPOINTS=1"
+        ) from None
+
+
 def model_messages(system, context):
     """The chat-completions messages: the system prompt, the history, the new message(s)."""
     messages = [{"role": "system", "content": system}]
@@ -166,8 +187,9 @@ def _remaining(config, context):
 
 def _ask(config, context, system, turn):
     try:
+        check_endpoint(config.base_url)
         api_key = config.api_key()
-    except SecretError as exc:
+    except (SecretError, EndpointRefused) as exc:
         turn.outcome, turn.note = Outcome.MODEL_ERROR, str(exc)
         return
     messages = model_messages(system, context)

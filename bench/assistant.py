@@ -26,6 +26,9 @@ def main():
     p.add_argument("--two-stages", action="store_true")
     p.add_argument("--history", type=int, default=12)
     args = p.parse_args()
+    import os
+
+    os.environ["ASSISTANT_ALLOW_PRIVATE_ENDPOINTS"] = "1"  # the test model is on loopback
     label = configure(args.db, args.broker, debug=False)
 
     from assistant.models import AssistantConfig

@@ -126,3 +126,14 @@ def test_failures_are_logged_without_the_response_body(assistant, model_server, 
     client_writes(assistant.company, "hi", "WA-1")
     assert "AuthenticationError (HTTP 401)" in caplog.text
     assert "scripted failure" not in AssistantRun.objects.get().note
+
+
+def test_an_endpoint_in_the_internal_network_is_refused_unless_allowed(
+    assistant, model_server, settings
+):
+    settings.ASSISTANT = {**settings.ASSISTANT, "ALLOW_PRIVATE_ENDPOINTS": False}
+    _, replies = client_writes(assistant.company, "hi", "WA-1")
+    assert replies == [assistant.fallback_message] and model_server.requests == []
+    run = AssistantRun.objects.get()
+    assert run.outcome == Outcome.MODEL_ERROR
+    assert "127.0.0.1" in run.note and "ASSISTANT_ALLOW_PRIVATE_ENDPOINTS" in run.note
