@@ -57,6 +57,7 @@ INSTALLED_APPS = [
     # boot message) overrides the stock one.
     "whatsapp",
     "companies",
+    "assistant",
     "aiadmin.admin_site.AiadminAdminConfig",  # django.contrib.admin with our site
     "django.contrib.auth",
     "django.contrib.contenttypes",
@@ -505,6 +506,10 @@ WHATSAPP_INBOUND_HANDLERS = {
         "label": "Webhook (the company's message-handler endpoint answers)",
     },
     "none": {"path": "whatsapp.handlers.no_reply", "label": "No reply (store only)"},
+    "assistant": {
+        "path": "assistant.handler.assistant_reply",
+        "label": "AI assistant (the company's model, configured under AI assistant)",
+    },
     **_extra_handlers,
 }
 
@@ -541,6 +546,9 @@ WHATSAPP_ALERTS = {
     # Optional Slack-compatible incoming webhook ({"text": ...}) besides mail to ADMINS.
     "CHAT_WEBHOOK_URL": env.str("ALERT_CHAT_WEBHOOK_URL", default=""),
     "CHAT_TIMEOUT": env.float("ALERT_CHAT_TIMEOUT", default=10.0),
+    # More sources of findings for the alert check (dotted paths of functions
+    # now -> [Finding]), e.g. the AI assistant's budget and failures.
+    "FINDING_SOURCES": ["assistant.alerts.assistant_findings"],
 }
 # Alerts go to ADMINS by mail: DJANGO_ADMINS=ops@example.com,oncall@example.com
 ADMINS = [(email, email) for email in env.list("DJANGO_ADMINS", default=[])]
@@ -552,3 +560,25 @@ vars().update(env.email_url("EMAIL_URL", default="consolemail://"))
 # anyone who can reach it; `check --deploy` warns then (whatsapp.W004).
 METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
 METRICS_PUBLIC = env.bool("METRICS_PUBLIC", default=False)
+# More prometheus_client collectors /metrics registers (dotted paths of classes).
+METRICS_EXTRA_COLLECTORS = ["assistant.metrics.AssistantCollector"]
+
+# --- The AI assistant (docs/assistant.md) -----------------------------------
+# Fernet keys (comma-separated, newest first) encrypting the companies' model API
+# keys: the first encrypts, all decrypt. Generate one with
+#   python -c "from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())"
+# Empty: a key derived from DJANGO_SECRET_KEY (the deploy check assistant.W001 warns).
+ASSISTANT_ENCRYPTION_KEYS = env.list("ASSISTANT_ENCRYPTION_KEYS", default=[])
+ASSISTANT = {
+    # Seconds from the start of a turn by which its reply must be ready (both
+    # stages together); below Q_CLUSTER["timeout"], at which the job is killed.
+    "REPLY_DEADLINE": env.float("ASSISTANT_REPLY_DEADLINE", default=45.0),
+    # Model failures (errors, timeouts, refusals, invalid output) of one company
+    # within FAILURE_WINDOW_MINUTES that open an "assistant failing" incident.
+    "FAILURE_INCIDENT_THRESHOLD": env.int("ASSISTANT_FAILURE_INCIDENT_THRESHOLD", default=3),
+    "FAILURE_WINDOW_MINUTES": env.float("ASSISTANT_FAILURE_WINDOW_MINUTES", default=15.0),
+    # Model endpoints on private, loopback or link-local addresses (a local Ollama,
+    # vLLM in the same network) are refused unless this is set: a company admin
+    # could otherwise make the server send requests into the internal network.
+    "ALLOW_PRIVATE_ENDPOINTS": env.bool("ASSISTANT_ALLOW_PRIVATE_ENDPOINTS", default=False),
+}

@@ -12,3 +12,6 @@ from aiadmin.settings import *  # noqa: E402,F403
 
 # The suite creates users in most tests; the real hasher costs ~0.5 s per user.
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+# The assistant's tests talk to a model server on loopback (tests/assistant/model_server.py).
+ASSISTANT = {**ASSISTANT, "ALLOW_PRIVATE_ENDPOINTS": True}  # noqa: F405

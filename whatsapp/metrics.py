@@ -17,6 +17,7 @@ from datetime import timedelta
 from django.conf import settings
 from django.db.models import Count, DurationField, ExpressionWrapper, F, Q, Sum
 from django.http import HttpResponse
+from django.utils.module_loading import import_string
 from django.views.decorators.http import require_GET
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import (
@@ -272,6 +273,8 @@ def render_metrics(accept=""):
     scraper's Accept header asks for it."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(DatabaseCollector())
+    for path in settings.METRICS_EXTRA_COLLECTORS:
+        registry.register(import_string(path)())
     encoder, content_type = choose_encoder(accept or "")
     return encoder(registry), content_type
 

@@ -19,5 +19,6 @@ urlpatterns = [
     path("schema", RedirectView.as_view(pattern_name="api:schema", query_string=True)),
     path("", include("companies.api.urls")),
     path("", include("whatsapp.api.urls")),
+    path("", include("assistant.api.urls")),
     re_path(r"^", api_not_found),
 ]

@@ -5,6 +5,7 @@ to a company (by walking model relations, independently of the admin code)."""
 from django.core import serializers
 from django.urls import reverse
 
+from assistant.models import AssistantConfig, AssistantRun, Outcome
 from companies.models import Company, CompanyAPIKey
 from whatsapp.models import AutoReplyRule, WebhookEndpoint
 from whatsapp.services import control
@@ -62,6 +63,13 @@ def build_company_world(company, worker_id):
     )
     inbound = record_inbound_message(company.pk, normalize_message(event))
     queue_outbound_message(company.pk, "+4915112345678", f"reply {company.slug}")
+    config = AssistantConfig(company=company, model=f"model-{company.slug}")
+    config.set_api_key(f"sk-{company.slug}-secret")
+    config.save()
+    AssistantRun.objects.create(
+        company=company, message_id=inbound.message_pk, chat_jid="4915112345678@s.whatsapp.net",
+        outcome=Outcome.ANSWERED, model=config.model, tokens_in=10, tokens_out=5,
+    )
     run_alert_checks(notify=False)
     return inbound
 

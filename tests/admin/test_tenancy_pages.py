@@ -87,6 +87,16 @@ def case_dashboard_start(client, tenants, a, b):
     control.ensure_session(tenants.b.pk)
 
 
+def case_assistant_try(client, tenants, a, b):
+    from assistant.models import AssistantConfig, AssistantRun
+
+    config = AssistantConfig.objects.create(company=tenants.b, base_url="http://127.0.0.1:9/v1")
+    target = reverse("admin:assistant_assistantconfig_try", args=[config.pk])
+    assert refused(client.post(target, {"conversation": "hi"}))
+    assert refused(client.get(target))
+    assert not AssistantRun.objects.exists()
+
+
 CASES = {
     "whatsapp_session_status": case_status_all,
     "whatsapp_session_status_one": case_status_one,
@@ -95,6 +105,7 @@ CASES = {
     "auth_user_password_change": case_user_password,
     "whatsapp_health": case_dashboard,
     "whatsapp_health_start": case_dashboard_start,
+    "assistant_assistantconfig_try": case_assistant_try,
 }
 
 

@@ -23,6 +23,8 @@ PRODUCTION = {
     "DJANGO_ADMINS": "ops@example.com",
     "EMAIL_URL": "smtp+tls://alerts:pw@smtp.example.com:587",
     "METRICS_TOKEN": "metrics-token-for-the-deploy-test",
+    # A dedicated Fernet key for the AI assistant's stored API keys (assistant.W001).
+    "ASSISTANT_ENCRYPTION_KEYS": "mR3oV7y8QmJ0XrP4K1nS2tU5wZ6aB9cD0eF1gH2iJ3k=",
 }
 
 
@@ -31,7 +33,8 @@ def manage(tmp_path, *args, **env_vars):
         k: v
         for k, v in os.environ.items()
         if not k.startswith(
-            ("DJANGO_", "DATABASE_", "REDIS_", "Q_", "WHATSAPP_", "EMAIL_", "METRICS_")
+            ("DJANGO_", "DATABASE_", "REDIS_", "Q_", "WHATSAPP_", "EMAIL_", "METRICS_",
+                 "ASSISTANT_")
         )
     }
     env.update(
@@ -163,3 +166,13 @@ def test_debug_without_a_secret_runs_on_a_development_key(tmp_path):
 def test_the_models_have_no_migrations_missing():
     # Raises SystemExit(1) when a model change has no migration.
     call_command("makemigrations", "--check", "--dry-run", verbosity=0)
+
+
+@pytest.mark.e2e
+def test_the_assistant_key_setting_is_checked(tmp_path):
+    derived = manage(tmp_path, "check", "--deploy", "--fail-level", "WARNING",
+                     **{**PRODUCTION, "ASSISTANT_ENCRYPTION_KEYS": None})
+    assert derived.returncode != 0 and "assistant.W001" in derived.stdout + derived.stderr
+    broken = manage(tmp_path, "check", **{**PRODUCTION, "ASSISTANT_ENCRYPTION_KEYS": "not-a-key"})
+    assert broken.returncode != 0 and "assistant.E001" in broken.stdout + broken.stderr
+

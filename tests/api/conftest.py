@@ -11,6 +11,7 @@ import pytest
 from django.utils import timezone
 from rest_framework.test import APIClient
 
+from assistant.models import AssistantConfig, AssistantRun, Outcome
 from companies.models import CompanyAPIKey
 from whatsapp.models import (
     ConnectionEvent,
@@ -117,6 +118,12 @@ def data(tenants):
             text=f"{tag} outbound text",
             idempotency_key=f"{tag}-key",
         )
+        assistant = AssistantConfig(company=company, model=f"{tag}-model",
+                                    business_name=f"{tag} assistant facts")
+        assistant.set_api_key(f"sk-{tag}-model-key")
+        assistant.save()
+        AssistantRun.objects.create(company=company, outcome=Outcome.ANSWERED, tokens_in=7,
+                                    model=f"{tag}-model", chat_jid=f"{tag}-chat")
         made[tag] = {"session": session, "inbound": inbound, "outbound": outbound}
     return made
 

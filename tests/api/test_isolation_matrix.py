@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import pytest
 from django.forms.models import model_to_dict
 
+from assistant.models import AssistantConfig
 from companies.models import Company
 from whatsapp.models import ConnectionEvent, OutboundMessage, WhatsAppSession
 
@@ -96,6 +97,16 @@ ENDPOINTS = [
     Endpoint("processing status", "get", S + "inbound/{in}/processing", 200),
     # The matrix's job has not failed: a manager is told so (409), a member may not retry.
     Endpoint("processing retry", "post", S + "inbound/{in}/processing/retry", 409, member=403),
+    Endpoint("assistant", "get", "/api/v1/assistant/{a}/", 200),
+    Endpoint("assistant usage", "get", "/api/v1/assistant/{a}/usage", 200),
+    Endpoint(
+        "assistant change",
+        "patch",
+        "/api/v1/assistant/{a}/",
+        200,
+        member=403,
+        body={"model": "changed-model", "api_key": "sk-changed"},
+    ),
 ]
 
 CALLERS = [
@@ -140,6 +151,7 @@ def snapshot(company):
         "session": model_to_dict(session) if session else None,
         "events": ConnectionEvent.objects.filter(session__company=company).count(),
         "outbound": OutboundMessage.objects.filter(company=company).count(),
+        "assistant": list(AssistantConfig.objects.filter(company=company).values()),
     }
 
 
@@ -168,10 +180,11 @@ def test_every_endpoint_answers_each_caller_without_leaking(
 
 def test_the_matrix_covers_every_api_route():
     """A new endpoint must be added to the matrix (routes from the URL conf)."""
+    from assistant.api.urls import urlpatterns as assistant_routes
     from companies.api.urls import urlpatterns as company_routes
     from whatsapp.api.urls import urlpatterns as whatsapp_routes
 
-    routes = {str(p.pattern) for p in whatsapp_routes + company_routes}
+    routes = {str(p.pattern) for p in whatsapp_routes + company_routes + assistant_routes}
     covered = {e.path.replace("/api/v1/", "", 1) for e in ENDPOINTS if not e.public}
     normalised = {
         r.replace("<id:company_id>", "{a}").replace("<id:message_id>", "{in}") for r in routes

@@ -121,3 +121,10 @@ def test_neonize_churn_benchmark_starts_and_stops_real_clients_without_a_worker_
         # The worker owns 20 sessions: its store connections never exceed them.
         peak = int(re.search(r"store database connections: peak (\d+)", out).group(1))
         assert 0 < peak <= 20, out
+
+
+def test_assistant_benchmark_measures_every_turn_against_the_test_model():
+    out = run_bench("assistant.py", "--messages", "6", "--model-ms", "20", "--two-stages")
+    assert "measured 6 turns" in out and "two stages" in out
+    p50, p99 = figures(line_starting(out, "job time"))[:2]
+    assert 40 <= p50 <= p99  # two model calls of 20 ms each, at least

@@ -18,6 +18,8 @@ class IncidentKind(models.TextChoices):
     LOGGED_OUT = "logged_out", "Logged out"
     BANNED = "banned", "Temporarily banned"
     WORKER_DEAD = "worker_dead", "Worker stopped heartbeating"
+    ASSISTANT_BUDGET = "assistant_budget", "AI assistant: monthly token budget reached"
+    ASSISTANT_FAILING = "assistant_failing", "AI assistant: model failing"
 
 
 # What services.alerts writes to notify_error when no channel is configured.

@@ -31,6 +31,7 @@ from django.core.mail import mail_admins
 from django.db import IntegrityError, transaction
 from django.db.models import Count, Q
 from django.utils import timezone
+from django.utils.module_loading import import_string
 
 from whatsapp.models import (
     ConnectionEvent,
@@ -163,9 +164,18 @@ def worker_findings(now):
     return found
 
 
+def extra_findings(now):
+    """Findings of the sources in WHATSAPP_ALERTS["FINDING_SOURCES"] (other apps)."""
+    found = []
+    for path in settings.WHATSAPP_ALERTS.get("FINDING_SOURCES", ()):
+        found.extend(import_string(path)(now))
+    return found
+
+
 def find_problems(now=None):
     now = now or timezone.now()
-    return {f.key: f for f in session_findings(now) + worker_findings(now)}
+    found = session_findings(now) + worker_findings(now) + extra_findings(now)
+    return {f.key: f for f in found}
 
 
 def run_alert_checks(now=None, notify=True):

@@ -42,10 +42,14 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class HandlerResult:
-    """What a handler returns: an optional reply, and a note for the job row."""
+    """What a handler returns: an optional reply, and a note for the job row.
+
+    `more_replies`: further messages sent after `reply_text` (a long answer
+    split for WhatsApp), each once (idempotency key per message and index)."""
 
     reply_text: str = ""
     note: str = ""
+    more_replies: tuple = ()
 
 
 class HandlerError(Exception):
@@ -221,19 +225,22 @@ def _run(claimed):
             )
         note = result.note[:2000] or ("replied" if result.reply_text else "no reply")
         with transaction.atomic():
-            if result.reply_text:
+            replies = [result.reply_text, *result.more_replies] if result.reply_text else []
+            for index, text in enumerate(replies):
                 try:
                     queue_outbound_message(
                         message.company_id,
                         message.reply_jid,
-                        result.reply_text,
-                        idempotency_key=reply_idempotency_key(message),
-                        in_reply_to=message,
+                        text,
+                        idempotency_key=reply_idempotency_key(message, index),
+                        # The first part is "the" reply (one per message).
+                        in_reply_to=message if index == 0 else None,
                     )
                 except IdempotencyConflict:
                     # An earlier attempt already queued a different reply:
                     # that one stands (it may be on its way to the client).
                     note = f"{note}; kept the reply an earlier attempt queued"[:2000]
+                    break
             # The reply commits only with this attempt's success (fenced by
             # the attempt number): an attempt that lost its lease adds nothing.
             if not mine.update(
