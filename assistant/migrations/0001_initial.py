@@ -13,7 +13,7 @@ class Migration(migrations.Migration):
 
     dependencies = [
         ('companies', '0003_inbound_handler_by_name'),
-        ('whatsapp', '0010_alter_incident_kind'),
+        ('whatsapp', '0010_plain_state_labels'),
     ]
 
     operations = [
