@@ -434,6 +434,11 @@ WHATSAPP = {
     # (its database calls share one thread); 0 = a new connection per call.
     "WORKER_CONN_MAX_AGE": env.int("WHATSAPP_WORKER_CONN_MAX_AGE", default=60),
     "SEND_MAX_ATTEMPTS": env.int("WHATSAPP_SEND_MAX_ATTEMPTS", default=5),
+    # Recipients given as phone numbers are looked up on WhatsApp before the first
+    # send (is it on WhatsApp, under which JID); the answer is kept this many
+    # seconds per company and number, a "not on WhatsApp" answer the second.
+    "RECIPIENT_TTL": env.float("WHATSAPP_RECIPIENT_TTL", default=7 * 86400.0),
+    "RECIPIENT_NEGATIVE_TTL": env.float("WHATSAPP_RECIPIENT_NEGATIVE_TTL", default=86400.0),
     # A hand-over (rebalancing, SIGTERM, a lost lease) lets a send in flight finish
     # this many seconds before it stops the client (at most half the shutdown budget).
     "SEND_HANDOVER_BUDGET": env.float("WHATSAPP_SEND_HANDOVER_BUDGET", default=5.0),

@@ -517,6 +517,25 @@ class NeonizeClient:
             raise base.TransportError("WhatsApp returned no message id")
         return response.ID
 
+    async def is_on_whatsapp(self, phones):
+        """whatsmeow's IsOnWhatsApp (numbers with their `+`): {phone: Recipient}.
+        Like SendMessage, a network round trip: not under go_lock (see docs/worker.md)."""
+        client = self._require()
+        if not phones:
+            return {}
+        asked = ["+" + "".join(ch for ch in str(p) if ch.isdigit()) for p in phones]
+        try:
+            answers = await asyncio.wait_for(client.is_on_whatsapp(*asked), CALL_TIMEOUT)
+        except TimeoutError as exc:
+            raise base.TransportError(f"lookup timed out after {CALL_TIMEOUT:.0f}s") from exc
+        except Exception as exc:
+            raise base.TransportError(f"is-on-WhatsApp lookup failed: {exc}") from exc
+        return base.match_answers(
+            list(phones),
+            [(a.Query, a.IsIn, f"{a.JID.User}@{a.JID.Server}" if a.JID.Server else "")
+             for a in answers],
+        )
+
     async def pair_phone(self, phone_e164):
         client = self._require()
         digits = "".join(ch for ch in str(phone_e164) if ch.isdigit())
