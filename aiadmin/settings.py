@@ -419,6 +419,10 @@ WHATSAPP = {
     # the timeout).
     "STORE_IDLE_TIMEOUT": env.float("WHATSAPP_STORE_IDLE_TIMEOUT", default=10.0),
     "STORE_MAX_CLIENTS": env.int("WHATSAPP_STORE_MAX_CLIENTS", default=100),
+    # neonize clients in this many child processes of the worker (0: in the worker's
+    # own): starts run in parallel across them and a Go fatal error ends one shard,
+    # not the worker (docs/worker.md, "neonize shards").
+    "NEONIZE_SHARDS": env.int("WHATSAPP_NEONIZE_SHARDS", default=0),
     "LEASE_TTL": env.float("WHATSAPP_LEASE_TTL", default=15.0),
     "RECONCILE_INTERVAL": env.float("WHATSAPP_RECONCILE_INTERVAL", default=5.0),
     # A worker checks this often whether another worker on its machine died

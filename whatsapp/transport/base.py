@@ -188,11 +188,14 @@ class Transport(Protocol):
 TRANSPORT_CLASSES = {
     "neonize": "whatsapp.transport.neonize_client.NeonizeTransport",
     "simulator": "whatsapp.transport.simulator_client.SimulatorTransport",
+    "neonize-shards": "whatsapp.transport.shards.ShardedNeonizeTransport",
 }
 
 
 def get_transport(name=None) -> Transport:
     name = name or settings.WHATSAPP["TRANSPORT"]
+    if name == "neonize" and settings.WHATSAPP.get("NEONIZE_SHARDS"):
+        name = "neonize-shards"  # clients in child processes (whatsapp/transport/shards.py)
     try:
         path = TRANSPORT_CLASSES[name]
     except KeyError:
