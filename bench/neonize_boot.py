@@ -11,6 +11,7 @@ then the time to stop them all.
     .venv/bin/python bench/neonize_boot.py -n 200                # offline: DNS fails fast
     .venv/bin/python bench/neonize_boot.py -n 200 --dial hang    # a dial that hangs (as a
                                                                  # slow live handshake)
+    .venv/bin/python bench/neonize_boot.py -n 1000 --shards 4    # in 4 shard processes
 
 --dial offline: these machines have no route to WhatsApp, so every dial fails
 on DNS within milliseconds. --dial hang: the bench re-runs itself in private
@@ -72,14 +73,17 @@ def percentile(values, q):
     return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
 
 
-async def boot(n, hang):
+async def boot(n, hang, shards=0):
     from whatsapp.transport import base
     from whatsapp.transport.neonize_client import NeonizeTransport
+    from whatsapp.transport.shards import ShardedNeonizeTransport
 
     server = None
     if hang:
         server, _held = await blackhole()
-    transport = NeonizeTransport()
+    transport = ShardedNeonizeTransport(shards) if shards else NeonizeTransport()
+    if shards:  # the shard processes' own start (interpreter, neonize) is not the boot
+        await asyncio.gather(*(s.ensure() for s in transport._shards))
     events = []
 
     async def sink(event):
@@ -91,10 +95,11 @@ async def boot(n, hang):
     t0 = time.monotonic()
     await asyncio.gather(*(c.start() for c in clients))
     booted = time.monotonic() - t0
-    holds = [(c.settled_at - c.settle_began) * 1000 for c in clients]
-    ended_by = {}
+    holds, ended_by = [], {}
     for c in clients:
-        ended_by[c.settled_by] = ended_by.get(c.settled_by, 0) + 1
+        if hasattr(c, "settled_at"):  # in-process (a shard's clients live elsewhere)
+            holds.append((c.settled_at - c.settle_began) * 1000)
+            ended_by[c.settled_by] = ended_by.get(c.settled_by, 0) + 1
     if not hang:  # every offline dial ends (Closed) soon: let them, as the worker would
         deadline = time.monotonic() + 10
         while len(events) < n and time.monotonic() < deadline:
@@ -112,10 +117,11 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("-n", type=int, default=200, help="clients (default 200)")
     p.add_argument("--dial", choices=["offline", "hang"], default="offline")
+    p.add_argument("--shards", type=int, default=0, help="clients in K shard processes")
     p.add_argument("--inside", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.dial == "hang" and not args.inside:
-        sys.exit(in_namespace([f"-n {args.n}", "--dial hang"]))
+        sys.exit(in_namespace([f"-n {args.n}", "--dial hang", f"--shards {args.shards}"]))
 
     store = tempfile.mkdtemp(prefix="aiadmin-bench-boot-store-")
     os.environ.update(
@@ -134,21 +140,22 @@ def main():
     import django
 
     django.setup()
-    print(f"neonize boot, {args.n} clients, dial {args.dial}")
+    print(f"neonize boot, {args.n} clients, dial {args.dial}, shards {args.shards or 'none'}")
     try:
         # Round 1 creates every company's store file (a first boot); round 2 opens
         # them again, as a worker does after a restart.
         for label in ("first boot (new store files)", "after a restart (stores exist)"):
             booted, holds, ended_by, stopped, events = asyncio.run(
-                boot(args.n, args.dial == "hang")
+                boot(args.n, args.dial == "hang", args.shards)
             )
             print(f"  {label}:")
             print(f"    every client began its dial: {booted:.2f} s ({args.n / booted:.0f}/s)")
-            print(
-                f"    go_lock hold per start: p50 {statistics.median(holds):.0f} ms, "
-                f"p99 {percentile(holds, 0.99):.0f} ms, max {max(holds):.0f} ms; "
-                f"ended by {ended_by}"
-            )
+            if holds:
+                print(
+                    f"    go_lock hold per start: p50 {statistics.median(holds):.0f} ms, "
+                    f"p99 {percentile(holds, 0.99):.0f} ms, max {max(holds):.0f} ms; "
+                    f"ended by {ended_by}"
+                )
             print(f"    all stopped in: {stopped:.2f} s; events seen: {events}")
     finally:
         shutil.rmtree(store, ignore_errors=True)
