@@ -513,9 +513,11 @@ class NeonizeClient:
                 )
 
     def _connect_loop_ended(self, task):
-        if self._stopping or task.cancelled():
+        if task.cancelled():
             return
-        exc = task.exception()
+        exc = task.exception()  # retrieved even when stopping: no "never retrieved" noise
+        if self._stopping:
+            return
         error = f"{exc}" if exc else "connection loop ended"
         self._spawn(self._emit(base.Closed(error=error, permanent=False)))
 
