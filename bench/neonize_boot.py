@@ -119,6 +119,9 @@ def main():
     p.add_argument("--dial", choices=["offline", "hang"], default="offline")
     p.add_argument("--shards", type=int, default=0, help="clients in K shard processes")
     p.add_argument("--inside", action="store_true", help=argparse.SUPPRESS)
+    # Accepted like the other benches' (tests/bench passes them); no database is used.
+    p.add_argument("--db", default="sqlite", help=argparse.SUPPRESS)
+    p.add_argument("--broker", default="orm", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.dial == "hang" and not args.inside:
         sys.exit(in_namespace([f"-n {args.n}", "--dial hang", f"--shards {args.shards}"]))

@@ -121,3 +121,13 @@ def test_neonize_churn_benchmark_starts_and_stops_real_clients_without_a_worker_
         # The worker owns 20 sessions: its store connections never exceed them.
         peak = int(re.search(r"store database connections: peak (\d+)", out).group(1))
         assert 0 < peak <= 20, out
+
+
+def test_neonize_boot_benchmark_starts_real_clients_in_process_and_in_shards():
+    inside = run_bench("neonize_boot.py", "-n", "6")
+    assert inside.count("every client began its dial") == 2, inside
+    assert inside.count("ended by {'dial': 6}") == 2, inside  # every hold ended on the dial line
+    assert inside.count("events seen: 6") == 2, inside
+    sharded = run_bench("neonize_boot.py", "-n", "6", "--shards", "2")
+    assert sharded.count("every client began its dial") == 2, sharded
+    assert sharded.count("events seen: 6") == 2, sharded
