@@ -137,7 +137,7 @@ def main():
         WHATSAPP_STORE_URL="",
         WHATSAPP_MAX_SESSIONS_PER_WORKER=str(max(args.n, 10)),
     )
-    for key in ("DATABASE_URL", "REDIS_URL"):
+    for key in ("DATABASE_URL", "REDIS_URL", "Q_BROKER"):  # no database, no broker
         os.environ.pop(key, None)
     sys.path.insert(0, str(ROOT))
     import django
