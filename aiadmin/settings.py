@@ -422,6 +422,10 @@ WHATSAPP = {
     # the timeout).
     "STORE_IDLE_TIMEOUT": env.float("WHATSAPP_STORE_IDLE_TIMEOUT", default=10.0),
     "STORE_MAX_CLIENTS": env.int("WHATSAPP_STORE_MAX_CLIENTS", default=100),
+    # neonize clients in this many child processes of the worker (0: in the worker's
+    # own): starts run in parallel across them and a Go fatal error ends one shard,
+    # not the worker (docs/worker.md, "neonize shards").
+    "NEONIZE_SHARDS": env.int("WHATSAPP_NEONIZE_SHARDS", default=0),
     "LEASE_TTL": env.float("WHATSAPP_LEASE_TTL", default=15.0),
     "RECONCILE_INTERVAL": env.float("WHATSAPP_RECONCILE_INTERVAL", default=5.0),
     # A worker checks this often whether another worker on its machine died
@@ -437,6 +441,11 @@ WHATSAPP = {
     # (its database calls share one thread); 0 = a new connection per call.
     "WORKER_CONN_MAX_AGE": env.int("WHATSAPP_WORKER_CONN_MAX_AGE", default=60),
     "SEND_MAX_ATTEMPTS": env.int("WHATSAPP_SEND_MAX_ATTEMPTS", default=5),
+    # Recipients given as phone numbers are looked up on WhatsApp before the first
+    # send (is it on WhatsApp, under which JID); the answer is kept this many
+    # seconds per company and number, a "not on WhatsApp" answer the second.
+    "RECIPIENT_TTL": env.float("WHATSAPP_RECIPIENT_TTL", default=7 * 86400.0),
+    "RECIPIENT_NEGATIVE_TTL": env.float("WHATSAPP_RECIPIENT_NEGATIVE_TTL", default=86400.0),
     # A hand-over (rebalancing, SIGTERM, a lost lease) lets a send in flight finish
     # this many seconds before it stops the client (at most half the shutdown budget).
     "SEND_HANDOVER_BUDGET": env.float("WHATSAPP_SEND_HANDOVER_BUDGET", default=5.0),

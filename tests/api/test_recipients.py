@@ -120,3 +120,23 @@ def test_a_national_number_works_everywhere_once_a_default_country_is_set(
     assert contact.status_code == 200 and contact.json()["contact_phone"] == "+491707654321"
     inbound = api_a.get(url(tenants.a, "inbound/"), {"phone": "0170 7654321"})
     assert inbound.status_code == 200
+
+
+def test_a_number_whatsapp_said_is_not_on_it_is_a_400_before_anything_is_queued(
+    api_a, tenants
+):
+    from whatsapp.services.recipients import record_recipient_answers
+    from whatsapp.transport.base import Recipient
+
+    record_recipient_answers(tenants.a.pk, {"+4915199999999": Recipient("+4915199999999", False)})
+    response = api_a.post(
+        url(tenants.a, "outbound/"), {"to": "+49 151 99999999", "text": "hi"}, format="json"
+    )
+    assert response.status_code == 400, response.content
+    assert response.json()["error"]["message"] == "+4915199999999 is not on WhatsApp"
+    assert not OutboundMessage.objects.exists()
+    # A number without a kept answer is queued for the worker to ask about.
+    assert api_a.post(
+        url(tenants.a, "outbound/"), {"to": "+4915112345678", "text": "hi"}, format="json"
+    ).status_code == 202
+    assert OutboundMessage.objects.get().resolve_recipient

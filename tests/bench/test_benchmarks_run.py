@@ -128,3 +128,13 @@ def test_assistant_benchmark_measures_every_turn_against_the_test_model():
     assert "measured 6 turns" in out and "two stages" in out
     p50, p99 = figures(line_starting(out, "job time"))[:2]
     assert 40 <= p50 <= p99  # two model calls of 20 ms each, at least
+
+
+def test_neonize_boot_benchmark_starts_real_clients_in_process_and_in_shards():
+    inside = run_bench("neonize_boot.py", "-n", "6")
+    assert inside.count("every client began its dial") == 2, inside
+    assert inside.count("ended by {'dial': 6}") == 2, inside  # every hold ended on the dial line
+    assert inside.count("events seen: 6") == 2, inside
+    sharded = run_bench("neonize_boot.py", "-n", "6", "--shards", "2")
+    assert sharded.count("every client began its dial") == 2, sharded
+    assert sharded.count("events seen: 6") == 2, sharded

@@ -292,3 +292,26 @@ def test_an_operator_sends_through_the_api_on_daphne_and_the_phone_gets_it_once(
     assert [s["text"] for s in sends] == ["Your appointment is confirmed"]
     assert OutboundMessage.objects.get().wa_message_id == sends[0]["id"]
     assert sim.stats()["totals"].get("conflicts", 0) == 0
+
+    # Recipients resolved as WhatsApp clients do (issue 16 c): this +52 number's account
+    # lives at WhatsApp's 521 JID, the other number is not on WhatsApp at all.
+    sim.post("numbers", numbers={"+525512345678": "mexican_legacy", "+4915199999999": None})
+    mexico = api(port, "POST", path, key, {"to": "+52 55 1234 5678", "text": "Hola"})
+    nobody = api(port, "POST", path, key, {"to": "+49 151 99999999", "text": "Hello?"})
+    assert mexico[0] == 202 and nobody[0] == 202, (mexico, nobody)
+
+    def outcome(row):
+        return api(port, "GET", f"{path}{row[1]['id']}/", key)[1]
+
+    wait_for(lambda: outcome(mexico)["status"] == "delivered", 60, "+52 delivered", interval=0.5)
+    wait_for(lambda: outcome(nobody)["status"] == "failed", 60, "not on WhatsApp", interval=0.5)
+    assert outcome(mexico)["to_jid"] == "5215512345678@s.whatsapp.net"
+    assert outcome(nobody)["last_error"] == "+4915199999999 is not on WhatsApp (permanent)"
+    assert [s["text"] for s in sim.sends(phone="5215512345678")] == ["Hola"]
+    assert sim.sends(phone="525512345678") == []
+    assert sim.sends(phone="4915199999999") == []
+    # Now the answer is kept: refused before anything is queued.
+    refused = api(port, "POST", path, key, {"to": "+4915199999999", "text": "Hello??"})
+    assert refused[0] == 400
+    assert refused[1]["error"]["message"] == "+4915199999999 is not on WhatsApp"
+    assert sim.stats()["totals"]["lookups"] == 3  # the first number, +52, the unknown one

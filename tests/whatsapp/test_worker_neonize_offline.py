@@ -236,7 +236,8 @@ async def _call(fn, *args):
 def test_concurrent_real_starts_and_stops_never_overlap_in_neonizes_go_map(settings, tmp_path):
     """neonize's Go client map has no lock (two writers crash the process): clients
     started at once each hold the process's go_lock until their connect is past
-    the insert, so their holds never overlap; stops run one at a time too."""
+    the writes (whatsmeow logs its dial), so their holds never overlap; stops run
+    one at a time too."""
     fast_settings(settings, tmp_path)
     transport = NeonizeTransport()
     seen = []
@@ -263,6 +264,9 @@ def test_concurrent_real_starts_and_stops_never_overlap_in_neonizes_go_map(setti
     for (_, first_end), (second_begin, _) in zip(holds, holds[1:], strict=False):
         assert second_begin >= first_end, holds
     assert len(seen) == 6 and all(isinstance(e, base.Closed) for e in seen)
+    # Each hold ended on whatsmeow's own dial log line (Go is past its map writes
+    # then), not on a timer: the deterministic signal.
+    assert [c.settled_by for c in clients] == ["dial"] * 6
     assert neonize_threads() == []
 
 

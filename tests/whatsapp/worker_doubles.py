@@ -76,6 +76,7 @@ class ScriptedClient:
         self.in_flight = asyncio.Event()  # set when a send has started
         self.hold = None  # an asyncio.Event: sends wait for it (a send in flight)
         self.pair_requests = []
+        self.lookups = []  # numbers asked about (is_on_whatsapp)
 
     def __repr__(self):
         return f"<client {self.number} of company {self.spec.company_id}>"
@@ -149,6 +150,13 @@ class ScriptedClient:
             wa_id = f"3EB0{self.number:04d}{len(self.sent):04d}"
         self.sent_ids.append(wa_id)
         return wa_id
+
+    async def is_on_whatsapp(self, phones):
+        """Every number is on WhatsApp at its own digits (the simulator's default)."""
+        if not self.live:
+            raise base.TransportError("client stopped")
+        self.lookups.extend(phones)
+        return {p: base.Recipient(p, True, f"{p.lstrip('+')}@s.whatsapp.net") for p in phones}
 
     async def pair_phone(self, phone_e164):
         self.pair_requests.append(phone_e164)

@@ -1,5 +1,6 @@
 from .alerts import Incident, IncidentKind
 from .messages import AutoReplyRule, InboundMessage, MessageKind, OutboundMessage, ProcessingJob
+from .recipients import RecipientLookup
 from .sessions import (
     ConnectionEvent,
     DesiredState,
@@ -21,6 +22,7 @@ __all__ = [
     "MessageKind",
     "OutboundMessage",
     "ProcessingJob",
+    "RecipientLookup",
     "SessionLease",
     "SessionState",
     "WebhookAttempt",

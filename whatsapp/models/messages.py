@@ -122,6 +122,9 @@ class OutboundMessage(models.Model):
     )
     to_jid = models.CharField(max_length=128)
     to_phone = models.CharField(max_length=32, blank=True)
+    # Given as a phone number and not yet looked up on WhatsApp: the worker asks
+    # (RecipientLookup) and sends to the JID WhatsApp answers, before the first send.
+    resolve_recipient = models.BooleanField(default=False)
     text = models.TextField()
     idempotency_key = models.CharField(max_length=128)
     # At most one automatic reply per inbound message.

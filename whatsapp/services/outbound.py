@@ -16,10 +16,15 @@ from whatsapp.models import OutboundMessage
 from whatsapp.transport.jids import recipient_jid
 
 from .commands import notify_owner
+from .recipients import fresh_lookup
 
 
 class InvalidOutbound(ValueError):
     """Bad recipient or text; the message says which."""
+
+
+class NotOnWhatsApp(InvalidOutbound):
+    """WhatsApp said (a kept answer) that the recipient's number is not on WhatsApp."""
 
 
 class IdempotencyConflict(ValueError):
@@ -48,8 +53,23 @@ def queue_outbound_message(company_id, to, text, idempotency_key=None, in_reply_
     """Store an outbound message once per (company, idempotency key).
 
     Returns (message, created). Reusing a key for the same recipient and text
-    returns the first message; for different content raises IdempotencyConflict."""
+    returns the first message; for different content raises IdempotencyConflict.
+
+    A recipient given as a phone number goes where WhatsApp said it lives when the
+    company has a kept answer for it (services.recipients), and is refused with
+    NotOnWhatsApp when that answer is "not on WhatsApp"; without one the worker
+    asks WhatsApp before the first send (`resolve_recipient`)."""
     jid, phone, text = validate_outbound(to, text)
+    resolve = False
+    by_phone = "@" not in str(to)
+    if by_phone:  # a phone number: WhatsApp decides the JID
+        lookup = fresh_lookup(company_id, phone)
+        if lookup is None:
+            resolve = True
+        elif not lookup.on_whatsapp:
+            raise NotOnWhatsApp(lookup.not_on_whatsapp_error)
+        elif lookup.jid:
+            jid = lookup.jid
     key = idempotency_key or f"auto:{uuid.uuid4().hex}"
     if len(key) > 128:
         raise InvalidOutbound("idempotency key is longer than 128 characters")
@@ -60,6 +80,7 @@ def queue_outbound_message(company_id, to, text, idempotency_key=None, in_reply_
                     company_id=company_id,
                     to_jid=jid,
                     to_phone=phone,
+                    resolve_recipient=resolve,
                     text=text,
                     idempotency_key=key,
                     in_reply_to=in_reply_to,
@@ -68,7 +89,10 @@ def queue_outbound_message(company_id, to, text, idempotency_key=None, in_reply_
             existing = _existing(company_id, key, in_reply_to)
             if existing is None:
                 raise
-            if existing.to_jid != jid or existing.text != text:
+            same_recipient = existing.to_jid == jid or (
+                by_phone and phone and existing.to_phone == phone
+            )
+            if not same_recipient or existing.text != text:
                 raise IdempotencyConflict(existing) from None
             return existing, False
         transaction.on_commit(

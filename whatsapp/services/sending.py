@@ -50,6 +50,8 @@ class Claimed:
     text: str
     attempts: int
     message_id: str = ""  # the id to send with ("" = WhatsApp chooses)
+    to_phone: str = ""
+    resolve: bool = False  # ask WhatsApp where `to_phone` lives first (services.recipients)
 
 
 def claim_outbound(held: Held, limit=20, now=None, with_id=False):
@@ -69,10 +71,12 @@ def claim_outbound(held: Held, limit=20, now=None, with_id=False):
         OutboundMessage.objects.filter(company_id=held.company_id, status=Status.QUEUED)
         .filter(Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now))
         .order_by("created_at", "id")
-        .values_list("pk", "to_jid", "text", "attempts", "wa_message_id")[:limit]
+        .values_list(
+            "pk", "to_jid", "text", "attempts", "wa_message_id", "to_phone", "resolve_recipient"
+        )[:limit]
     )
     claimed = []
-    for pk, to_jid, text, attempts, old_id in list(due):
+    for pk, to_jid, text, attempts, old_id, to_phone, resolve in list(due):
         # The id it keeps (an earlier attempt's) or gets; the UPDATE is
         # conditional on the row being as read, so what is returned is what
         # was stored (no query to read it back).
@@ -86,7 +90,9 @@ def claim_outbound(held: Held, limit=20, now=None, with_id=False):
             wa_message_id=wa_id,
         )
         if won:
-            claimed.append(Claimed(pk, to_jid, text, attempts + 1, wa_id))
+            claimed.append(
+                Claimed(pk, to_jid, text, attempts + 1, wa_id, to_phone, resolve and bool(to_phone))
+            )
     return claimed
 
 

@@ -7,6 +7,8 @@ Client -> simulator
                                                  (made up if absent); answered by send_ack /
                                                  send_error. A resend with an id the phone
                                                  has is acked, not shown twice
+  is_on_whatsapp {req, phones}                   which numbers (E.164, with +) are on WhatsApp
+                                                 and at which JID; answered by on_whatsapp
   pair_phone   {req, phone}                      ask for a pairing code; answered by pair_code
   logout       {req}                             remove this device; answered by logout_ok
   ping         {n}                               keep-alive; answered by pong {n}
@@ -24,6 +26,7 @@ Simulator -> client
                                                  location, reaction (default text)
   receipt      {ids, kind, chat}
   send_ack     {req, id}  /  send_error {req, error, permanent}
+  on_whatsapp  {req, results: [{query, jid, is_in}]}   (whatsmeow's IsOnWhatsAppResponse)
   logout_ok    {req}
   stream_replaced {}                             440 conflict: another connection took over
   logged_out   {reason, on_connect}
@@ -82,6 +85,13 @@ def digits(value):
     if not 8 <= len(text) <= 15:
         raise FrameError(f"{value!r} is not a phone number (8 to 15 digits)")
     return text
+
+
+def mexican_legacy_jid(phone):
+    """WhatsApp's older `521` + ten digits JID of a Mexican mobile number `52` + ten
+    digits (accounts registered before Mexico dropped the mobile 1 in 2019 still
+    live there: whatsmeow issue #874)."""
+    return f"521{phone[2:]}@s.whatsapp.net"
 
 
 def lid_of(phone):

@@ -122,6 +122,8 @@ async def _dispatch(state, conn, frame):
             await state.ping(conn, frame)
         elif kind == "send":
             await state.send(conn, frame)
+        elif kind == "is_on_whatsapp":
+            await state.is_on_whatsapp(conn, frame)
         elif kind == "pair_phone":
             await state.pair_phone(conn, frame)
         elif kind == "logout":
@@ -322,6 +324,18 @@ async def slow_sends(state, body):
 
 
 @control
+async def numbers(state, body):
+    """Where numbers live on WhatsApp: {"numbers": {"+52...": "521...@s.whatsapp.net",
+    "+49...": null (not on WhatsApp), "+44...": true (its own digits, the default),
+    "+52...": "mexican_legacy" (its 521 JID)}}."""
+    wanted = body.get("numbers")
+    if not isinstance(wanted, dict) or not wanted:
+        raise BadRequest("numbers must be an object of number -> JID, null or true")
+    state.set_numbers(wanted)
+    return {"numbers": {k: v for k, v in state.numbers.items()}}
+
+
+@control
 async def reset(state, body):
     for cred in list(state.credentials.values()):
         state.drop(cred)
@@ -341,6 +355,7 @@ CONTROLS = {
     "logout": logout,
     "ban": ban,
     "slow-sends": slow_sends,
+    "numbers": numbers,
     "reset": reset,
 }
 

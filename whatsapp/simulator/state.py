@@ -58,6 +58,9 @@ class SimulatorState:
         self.totals = Counter()
         self.lids = {}  # LID user -> phone, of every phone that wrote (WhatsApp's mapping)
         self.revoked = {}  # token -> Credential logged out (kept for the counters)
+        # Where numbers live on WhatsApp (digits -> bare JID, or None: not on WhatsApp);
+        # a number not listed is on WhatsApp at its own digits (`numbers` control).
+        self.numbers = {}
 
     # --- persistence ---------------------------------------------------------
     def _load(self):
@@ -330,6 +333,14 @@ class SimulatorState:
             self.totals["duplicate_sends"] += 1
         else:
             phone = user if server == "s.whatsapp.net" else self.phone_of_lid(user, server)
+            reached = True
+            if server == "s.whatsapp.net":
+                # Nobody lives at a JID WhatsApp does not hand out for the number
+                # (not on WhatsApp, or a +52 number whose account is at its 521 JID).
+                on, where = self.where(user)
+                reached = on and where == f"{user}@{server}"
+                if not reached:
+                    self.totals["sends_unreached"] += 1
             record = {
                 "id": message_id,
                 "company": cred.company,
@@ -339,6 +350,7 @@ class SimulatorState:
                 "text": text,
                 "at": time.time(),
                 "duplicates": 0,
+                "reached": reached,
             }
             self.seen_sends[key] = record
             self.sends.append(record)
@@ -352,9 +364,46 @@ class SimulatorState:
             self._later(delay, conn.send(ack))
         else:
             await conn.send(ack)
-        if self.receipts:  # the phone confirms a moment later, as on WhatsApp
+        if self.receipts and record["reached"]:  # the phone confirms a moment later
             receipt = {"type": "receipt", "ids": [message_id], "kind": "delivered", "chat": to}
             self._later(delay + RECEIPT_DELAY, conn.send(receipt))
+
+    def where(self, phone):
+        """(on WhatsApp, bare JID) of a number's digits."""
+        if phone in self.numbers:
+            jid = self.numbers[phone]
+            return jid is not None, jid or ""
+        return True, f"{phone}@s.whatsapp.net"
+
+    def set_numbers(self, numbers):
+        """{number: JID, or None for "not on WhatsApp", or True for its own digits}."""
+        for number, where in numbers.items():
+            phone = p.digits(number)
+            if where is True:
+                self.numbers.pop(phone, None)
+            elif where is None or where is False:
+                self.numbers[phone] = None
+            elif where == "mexican_legacy":
+                self.numbers[phone] = p.mexican_legacy_jid(phone)
+            else:
+                user, _device, server = p.parse_jid(where)
+                if server != "s.whatsapp.net":
+                    raise p.FrameError(f"a number lives at a phone JID, not {where!r}")
+                self.numbers[phone] = f"{user}@{server}"
+
+    async def is_on_whatsapp(self, conn, frame):
+        """whatsmeow's IsOnWhatsApp: one answer per asked number, echoing the query."""
+        if conn.credential is None:
+            raise p.FrameError("not logged in")
+        phones = frame.get("phones")
+        if not isinstance(phones, list) or not 1 <= len(phones) <= 100:
+            raise p.FrameError("phones must be a list of 1 to 100 numbers")
+        results = []
+        for query in phones:
+            on, jid = self.where(p.digits(query))
+            results.append({"query": str(query), "jid": jid, "is_in": on})
+        self.totals["lookups"] += len(phones)
+        await conn.send({"type": "on_whatsapp", "req": frame.get("req"), "results": results})
 
     def slow_down_sends(self, cred, seconds, count=1):
         """The next `count` sends of this company reach the phone at once but are

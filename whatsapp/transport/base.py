@@ -112,6 +112,29 @@ class Closed:
 
 
 @dataclass(frozen=True)
+class Recipient:
+    """WhatsApp's answer about one phone number (whatsmeow's IsOnWhatsAppResponse)."""
+
+    phone: str  # E.164, as asked
+    on_whatsapp: bool
+    jid: str = ""  # bare JID WhatsApp says the number lives at ("" when not on WhatsApp)
+
+
+def match_answers(phones, answers):
+    """{asked E.164: Recipient} from answers in (query digits, on_whatsapp, jid)
+    form, matched on the digits of their query (WhatsApp echoes it, with or
+    without its `+`); a lone answer to a lone question is that number's."""
+    by_digits = {"".join(ch for ch in p if ch.isdigit()): p for p in phones}
+    found = {}
+    for query, on_whatsapp, jid in answers:
+        digits = "".join(ch for ch in str(query) if ch.isdigit())
+        phone = by_digits.get(digits) or (phones[0] if len(phones) == 1 == len(answers) else None)
+        if phone is not None:
+            found[phone] = Recipient(phone, bool(on_whatsapp), jid if on_whatsapp else "")
+    return found
+
+
+@dataclass(frozen=True)
 class ClientSpec:
     """What a transport needs to build a client for one company."""
 
@@ -143,6 +166,10 @@ class Client(Protocol):
         SendRequestExtra.ID), a transport whose `sends_with_id` is true sends
         under that id, so sending again with it is safe: the recipient keeps one."""
 
+    async def is_on_whatsapp(self, phones: list) -> dict:
+        """Ask WhatsApp which of `phones` (E.164) are on WhatsApp and at which JID:
+        {phone: Recipient} for the numbers WhatsApp answered. Raises TransportError."""
+
     async def pair_phone(self, phone_e164: str) -> str:
         """Request an 8-character pairing code for `phone_e164`."""
 
@@ -161,11 +188,14 @@ class Transport(Protocol):
 TRANSPORT_CLASSES = {
     "neonize": "whatsapp.transport.neonize_client.NeonizeTransport",
     "simulator": "whatsapp.transport.simulator_client.SimulatorTransport",
+    "neonize-shards": "whatsapp.transport.shards.ShardedNeonizeTransport",
 }
 
 
 def get_transport(name=None) -> Transport:
     name = name or settings.WHATSAPP["TRANSPORT"]
+    if name == "neonize" and settings.WHATSAPP.get("NEONIZE_SHARDS"):
+        name = "neonize-shards"  # clients in child processes (whatsapp/transport/shards.py)
     try:
         path = TRANSPORT_CLASSES[name]
     except KeyError:

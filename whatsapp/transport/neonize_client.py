@@ -28,7 +28,10 @@ the worker (see docs/worker.md for the quirks and measurements):
 
 import asyncio
 import collections
+import contextlib
+import ctypes
 import logging
+import sys
 import threading
 import time
 import weakref
@@ -59,7 +62,13 @@ PERMANENT_SEND_ERRORS = (
 )
 
 
-START_SETTLE = 1.0  # longest hold for a starting client to get past its map insert
+# A start holds go_lock() until Go is past its map writes: whatsmeow's first log
+# line of the dial ("Dialing wss://..." from Client/Socket, emitted by Connect(),
+# which Neonize() calls after its three map writes), the first event, or the
+# call's end. START_SAFETY only bounds a start whose store hangs before the dial.
+DIAL_LOG = ("Client/Socket", "Dialing ")
+START_SAFETY = 30.0
+LOG_RANKS = {"DEBUG": 0, "INFO": 1, "WARN": 2, "WARNING": 2, "ERROR": 3}
 _GO_LOCKS = weakref.WeakKeyDictionary()  # loop -> asyncio.Lock
 
 
@@ -71,9 +80,10 @@ def go_lock():
     connect, run later on an executor thread) writes all three before its dial,
     `Stop()` deletes, every per-client call reads. Two writers, or a read
     during a write, kill the process (Go's `fatal error: concurrent map ...`).
-    A start holds this lock until its connect is past the writes (first event,
-    the call ended, or START_SETTLE at most: Python cannot see the writes
-    themselves); a stop, and the reads of `_go_read`, hold it for their call."""
+    A start holds this lock until its connect is past the writes: whatsmeow
+    logs the dial (a log callback of that client, see `_DialWatch`), an event
+    came, or the call ended; a stop, and the reads of `_go_read`, hold it for
+    their call."""
     loop = asyncio.get_running_loop()
     lock = _GO_LOCKS.get(loop)
     if lock is None:
@@ -88,6 +98,59 @@ def _neonize():
     from neonize.exc import NeonizeError
 
     return aclient, aevents, NeonizeError
+
+
+class _DialWatch:
+    """The whatsmeow log callback of one starting client (neonize passes a log
+    callback per `Neonize()` call): it forwards entries as neonize would, and
+    sets `dialing` (thread-safe, on `loop`) at the first "Dialing" entry --
+    proof that Go is past its map writes, since Connect() runs after them.
+
+    neonize builds the callback from its module's `log_whatsmeow` and the level
+    of its logger, inside `connect()` before that returns (no await in between),
+    so `installed()` swaps both for the duration of that one call on the loop
+    thread: every other client keeps neonize's own. The client logs at DEBUG
+    (the dial line is a debug line); entries under neonize's configured level
+    are dropped here, in Python, as Go would have dropped them."""
+
+    def __init__(self, loop):
+        self.loop = loop
+        self.dialing = asyncio.Event()
+        self._seen = False
+
+    def __call__(self, binary, size):  # a Go thread: no asyncio calls but threadsafe ones
+        try:
+            entry = self.entry_type.FromString(ctypes.string_at(binary, size))
+            if (
+                not self._seen
+                and entry.Name == DIAL_LOG[0]
+                and entry.Message.startswith(DIAL_LOG[1])
+            ):
+                self._seen = True
+                self.loop.call_soon_threadsafe(self.dialing.set)
+            if LOG_RANKS.get(entry.Level.upper(), 1) >= self.forward_rank:
+                self.forward(binary, size)
+        except Exception:  # a log line must never hurt the Go thread
+            pass
+
+    @contextlib.contextmanager
+    def installed(self, aclient):
+        from neonize.proto.Neonize_pb2 import LogEntry
+
+        self.entry_type = LogEntry
+        logger = sys.modules["neonize.utils.log"].log  # (neonize.utils re-exports a `log`)
+        self.forward = aclient.log_whatsmeow
+        self.forward_rank = {logging.DEBUG: 0, logging.INFO: 1, logging.WARNING: 2}.get(
+            logger.getEffectiveLevel(), 3
+        )
+        saved = logger.level
+        aclient.log_whatsmeow = self
+        logger.setLevel(logging.DEBUG)
+        try:
+            yield self
+        finally:
+            aclient.log_whatsmeow = self.forward
+            logger.setLevel(saved)
 
 
 def jid_text(jid):
@@ -384,6 +447,7 @@ class NeonizeClient:
         self._pending = set()
         self._first_event = asyncio.Event()
         self.settle_began = self.settled_at = None  # the start's hold of go_lock()
+        self.settled_by = ""  # what ended the hold: dial, event, end or safety
 
     def __repr__(self):
         return f"<NeonizeClient company={self.spec.company_id} jid={self.spec.jid or '-'}>"
@@ -409,27 +473,51 @@ class NeonizeClient:
             client.event(event_type)(self._handle)
         client.qr(self._handle_qr)
         self._client = client
+        watch = _DialWatch(loop)
         async with go_lock():
             self.settle_began = time.monotonic()
             try:
-                self._task = await client.connect()
+                with watch.installed(aclient):  # connect() is synchronous up to its task
+                    self._task = await client.connect()
             except neonize_error as exc:
                 raise base.TransportError(f"neonize connect failed: {exc}") from exc
             self._task.add_done_callback(self._connect_loop_ended)
             # connect() returned before Go ran Neonize(): hold the lock until the
-            # call is surely past its map insert -- it sent an event (QR,
-            # Connected...) or ended (a failed dial) -- or for START_SETTLE at most.
-            first = asyncio.ensure_future(self._first_event.wait())
-            await asyncio.wait(
-                {self._task, first}, timeout=START_SETTLE, return_when=asyncio.FIRST_COMPLETED
+            # call is past its map writes -- it logged its dial, sent an event or
+            # ended (a failed store) -- START_SAFETY bounds only a hung store.
+            waits = {
+                asyncio.ensure_future(self._first_event.wait()),
+                asyncio.ensure_future(watch.dialing.wait()),
+            }
+            done, _ = await asyncio.wait(
+                {self._task, *waits}, timeout=START_SAFETY, return_when=asyncio.FIRST_COMPLETED
             )
-            first.cancel()
+            for waiting in waits:
+                waiting.cancel()
             self.settled_at = time.monotonic()
+            self.settled_by = (
+                "dial"
+                if watch.dialing.is_set()
+                else "end"
+                if self._task.done()
+                else "event"
+                if self._first_event.is_set()
+                else "safety"
+            )
+            if not done:
+                logger.warning(
+                    "company %s: neonize start neither dialed nor ended in %.0fs "
+                    "(its device store hangs?); starts go on",
+                    self.spec.company_id,
+                    START_SAFETY,
+                )
 
     def _connect_loop_ended(self, task):
-        if self._stopping or task.cancelled():
+        if task.cancelled():
             return
-        exc = task.exception()
+        exc = task.exception()  # retrieved even when stopping: no "never retrieved" noise
+        if self._stopping:
+            return
         error = f"{exc}" if exc else "connection loop ended"
         self._spawn(self._emit(base.Closed(error=error, permanent=False)))
 
@@ -516,6 +604,27 @@ class NeonizeClient:
         if not response.ID:
             raise base.TransportError("WhatsApp returned no message id")
         return response.ID
+
+    async def is_on_whatsapp(self, phones):
+        """whatsmeow's IsOnWhatsApp (numbers with their `+`): {phone: Recipient}.
+        Like SendMessage, a network round trip: not under go_lock (see docs/worker.md)."""
+        client = self._require()
+        if not phones:
+            return {}
+        asked = ["+" + "".join(ch for ch in str(p) if ch.isdigit()) for p in phones]
+        try:
+            answers = await asyncio.wait_for(client.is_on_whatsapp(*asked), CALL_TIMEOUT)
+        except TimeoutError as exc:
+            raise base.TransportError(f"lookup timed out after {CALL_TIMEOUT:.0f}s") from exc
+        except Exception as exc:
+            raise base.TransportError(f"is-on-WhatsApp lookup failed: {exc}") from exc
+        return base.match_answers(
+            list(phones),
+            [
+                (a.Query, a.IsIn, f"{a.JID.User}@{a.JID.Server}" if a.JID.Server else "")
+                for a in answers
+            ],
+        )
 
     async def pair_phone(self, phone_e164):
         client = self._require()

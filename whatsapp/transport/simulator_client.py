@@ -143,7 +143,7 @@ class SimulatorTransport:
 
 
 # Answers to a request of ours (logout_ok also ends the session: handled in order).
-REPLIES = {"send_ack", "send_error", "pair_code", "error"}
+REPLIES = {"send_ack", "send_error", "pair_code", "on_whatsapp", "error"}
 
 
 class SimulatorClient:
@@ -501,6 +501,21 @@ class SimulatorClient:
         if not reply.get("id"):
             raise base.TransportError("WhatsApp returned no message id")
         return reply["id"]
+
+    async def is_on_whatsapp(self, phones):
+        """Ask the simulator as whatsmeow asks WhatsApp (IsOnWhatsApp): {phone: Recipient}."""
+        if not phones:
+            return {}
+        if not self._logged_in:
+            raise base.TransportError("not logged in to WhatsApp right now")
+        asked = ["+" + "".join(ch for ch in str(p) if ch.isdigit()) for p in phones]
+        reply = await self._call({"type": "is_on_whatsapp", "phones": asked}, "lookup")
+        if reply.get("type") != "on_whatsapp":
+            raise base.TransportError(f"is-on-WhatsApp lookup failed: {reply.get('error', reply)}")
+        return base.match_answers(
+            list(phones),
+            [(r.get("query", ""), r.get("is_in"), r.get("jid", "")) for r in reply["results"]],
+        )
 
     async def pair_phone(self, phone_e164):
         digits = "".join(ch for ch in str(phone_e164) if ch.isdigit())

@@ -21,6 +21,8 @@ from whatsapp.services.leases import holds_lease
 from whatsapp.transport import base
 from whatsapp.transport.normalize import MalformedEvent, normalize_message
 
+from .recipients import recipient_jid
+
 logger = logging.getLogger(__name__)
 Kind = svc.Kind
 UNPARK_STATES = {
@@ -490,7 +492,8 @@ class ManagedSession:
                         )
                         continue
                     try:
-                        wa_id = await client.send_text(item.to_jid, item.text, item.message_id)
+                        to_jid = await recipient_jid(self.company_id, client, item)
+                        wa_id = await client.send_text(to_jid, item.text, item.message_id)
                     except base.TransportError as exc:
                         await db(sending.mark_outbound_failed)(item.pk, str(exc), exc.permanent)
                     except Exception as exc:
