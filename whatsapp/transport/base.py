@@ -143,6 +143,19 @@ class Client(Protocol):
         SendRequestExtra.ID), a transport whose `sends_with_id` is true sends
         under that id, so sending again with it is safe: the recipient keeps one."""
 
+    async def send_media(self, jid: str, media, message_id: str = "") -> str:
+        """Upload and send a file (transport.media.OutboundMedia); returns WhatsApp's
+        message id. Raises TransportError."""
+
+    async def send_location(self, jid: str, location, message_id: str = "") -> str:
+        """Send a location pin (transport.media.Location); returns WhatsApp's id."""
+
+    async def download_media(self, descriptor: bytes, path: str, max_bytes: int) -> int:
+        """Write the file of a received message (its MediaRef.descriptor) to `path`;
+        returns its size. Raises transport.media.MediaDownloadError: reason
+        expired (WhatsApp no longer has it), too_large (over `max_bytes`) or
+        failed (retry unless permanent)."""
+
     async def pair_phone(self, phone_e164: str) -> str:
         """Request an 8-character pairing code for `phone_e164`."""
 

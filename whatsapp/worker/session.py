@@ -391,7 +391,9 @@ class ManagedSession:
         except MalformedEvent as exc:
             await db(svc.record_error)(self.held, f"malformed message event: {exc}")
             return
-        await self.sup.inbound.record(self.company_id, message)
+        outcome = await self.sup.inbound.record(self.company_id, message)
+        if outcome.created and message.media is not None:
+            self.sup.media.nudge()  # downloaded after the store and its ack
 
     async def _record_receipts(self):
         while self.receipts:
