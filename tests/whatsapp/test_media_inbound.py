@@ -38,7 +38,7 @@ def settled(*wa_ids):
     ).count() == len(wa_ids)
 
 
-def scenario(rig, company, *messages, timeout=15.0):
+def scenario(rig, company, *messages, timeout=45.0):
     """Send `messages` ((kind, media options) pairs) and wait until all settled."""
 
     async def body():

@@ -241,6 +241,46 @@ def release_claimed_media(media_pk):
 
 
 # --- reading ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class MediaReference:
+    """What a handler sees of a message's media: kind, type (by content once
+    stored), size, state, and `open()` for the bytes (a file object)."""
+
+    id: int
+    kind: str
+    mimetype: str
+    size: int
+    state: str
+    file_name: str = ""
+    voice_note: bool = False
+    sha256: str = ""
+
+    @property
+    def available(self):
+        return self.state == State.STORED
+
+    def open(self):
+        return open_media(MessageMedia.objects.select_related("file").get(pk=self.id))
+
+
+def media_reference(message):
+    """The MediaReference of an inbound or outbound message, or None."""
+    field = "inbound" if message._meta.model_name == "inboundmessage" else "outbound"
+    media = MessageMedia.objects.select_related("file").filter(**{field: message}).first()
+    if media is None:
+        return None
+    return MediaReference(
+        id=media.pk,
+        kind=media.kind,
+        mimetype=media.mimetype,
+        size=media.size,
+        state=media.state,
+        file_name=media.file_name,
+        voice_note=media.voice_note,
+        sha256=media.file.sha256 if media.file_id else "",
+    )
+
+
 def open_media(media):
     """The stored bytes of a MessageMedia (a file object; the caller closes it)."""
     if media.file_id is None:

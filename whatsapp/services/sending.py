@@ -50,6 +50,7 @@ class Claimed:
     text: str
     attempts: int
     message_id: str = ""  # the id to send with ("" = WhatsApp chooses)
+    media_id: int | None = None  # a file or a location to send (services.media_outbound)
 
 
 def claim_outbound(held: Held, limit=20, now=None, with_id=False):
@@ -69,10 +70,10 @@ def claim_outbound(held: Held, limit=20, now=None, with_id=False):
         OutboundMessage.objects.filter(company_id=held.company_id, status=Status.QUEUED)
         .filter(Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now))
         .order_by("created_at", "id")
-        .values_list("pk", "to_jid", "text", "attempts", "wa_message_id")[:limit]
+        .values_list("pk", "to_jid", "text", "attempts", "wa_message_id", "media__id")[:limit]
     )
     claimed = []
-    for pk, to_jid, text, attempts, old_id in list(due):
+    for pk, to_jid, text, attempts, old_id, media_id in list(due):
         # The id it keeps (an earlier attempt's) or gets; the UPDATE is
         # conditional on the row being as read, so what is returned is what
         # was stored (no query to read it back).
@@ -86,7 +87,7 @@ def claim_outbound(held: Held, limit=20, now=None, with_id=False):
             wa_message_id=wa_id,
         )
         if won:
-            claimed.append(Claimed(pk, to_jid, text, attempts + 1, wa_id))
+            claimed.append(Claimed(pk, to_jid, text, attempts + 1, wa_id, media_id))
     return claimed
 
 

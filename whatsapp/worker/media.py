@@ -14,13 +14,15 @@ A download cut short (the session closed) is released and runs again.
 import asyncio
 import logging
 import os
+from dataclasses import replace
 
 from channels.db import database_sync_to_async as db
 from django.conf import settings
 
 from whatsapp.services import media as svc
+from whatsapp.services.media_outbound import local_copy, outbound_payload
 from whatsapp.transport.base import TransportError
-from whatsapp.transport.media import MediaDownloadError
+from whatsapp.transport.media import Location, MediaDownloadError
 
 logger = logging.getLogger(__name__)
 
@@ -113,3 +115,20 @@ class MediaDownloader:
             except OSError:
                 pass
             self.nudge()  # a slot is free: more may be due
+
+
+async def send_media_of(client, item):
+    """Send the file or location of a claimed outbound row; WhatsApp's id."""
+    try:
+        payload = await db(outbound_payload)(item.media_id)
+    except FileNotFoundError as exc:
+        raise TransportError(str(exc), permanent=True) from exc
+    if isinstance(payload, Location):
+        return await client.send_location(item.to_jid, payload, item.message_id)
+    spec, storage_name = payload
+    path, temporary = await asyncio.to_thread(local_copy, storage_name)
+    try:
+        return await client.send_media(item.to_jid, replace(spec, path=path), item.message_id)
+    finally:
+        if temporary:
+            os.unlink(path)

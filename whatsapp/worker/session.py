@@ -21,6 +21,8 @@ from whatsapp.services.leases import holds_lease
 from whatsapp.transport import base
 from whatsapp.transport.normalize import MalformedEvent, normalize_message
 
+from .media import send_media_of
+
 logger = logging.getLogger(__name__)
 Kind = svc.Kind
 UNPARK_STATES = {
@@ -492,7 +494,10 @@ class ManagedSession:
                         )
                         continue
                     try:
-                        wa_id = await client.send_text(item.to_jid, item.text, item.message_id)
+                        if item.media_id is not None:  # a file or a location
+                            wa_id = await send_media_of(client, item)
+                        else:
+                            wa_id = await client.send_text(item.to_jid, item.text, item.message_id)
                     except base.TransportError as exc:
                         await db(sending.mark_outbound_failed)(item.pk, str(exc), exc.permanent)
                     except Exception as exc:
