@@ -87,18 +87,33 @@ def store_file(company_id, path, inspected=None):
     """The company's MediaFile of the content at `path`, stored once per content:
     a second file with the same bytes is the same row and the same stored object."""
     inspected = inspected or inspect_file(path)
-    now = timezone.now()
-    existing = MediaFile.objects.filter(company_id=company_id, sha256=inspected.sha256).first()
+    existing = existing_file(company_id, inspected.sha256)
     if existing is not None:
-        MediaFile.objects.filter(pk=existing.pk).update(last_used_at=now)
         return existing
+    return record_file(company_id, inspected, save_to_storage(company_id, path, inspected.sha256))
+
+
+def existing_file(company_id, sha256):
+    """The company's MediaFile with this content (marked used now), or None."""
+    existing = MediaFile.objects.filter(company_id=company_id, sha256=sha256).first()
+    if existing is not None:
+        MediaFile.objects.filter(pk=existing.pk).update(last_used_at=timezone.now())
+    return existing
+
+
+def save_to_storage(company_id, path, sha256):
+    """Copy the file into the media storage (streamed; no database): its name."""
     storage = media_storage()
-    name = MediaFile.name_for(company_id, inspected.sha256)
-    if not storage.exists(name):
-        with open(path, "rb") as fh:
-            saved = storage.save(name, File(fh, name=name))
-    else:
-        saved = name
+    name = MediaFile.name_for(company_id, sha256)
+    if storage.exists(name):
+        return name
+    with open(path, "rb") as fh:
+        return storage.save(name, File(fh, name=name))
+
+
+def record_file(company_id, inspected, saved):
+    """The MediaFile row of a file saved as `saved` (another process may have
+    recorded the same content meanwhile: then that row, and our copy goes)."""
     try:
         with transaction.atomic():
             return MediaFile.objects.create(
@@ -107,11 +122,11 @@ def store_file(company_id, path, inspected=None):
                 size=inspected.size,
                 mimetype=inspected.mimetype,
                 storage_name=saved,
-                last_used_at=now,
+                last_used_at=timezone.now(),
             )
-    except IntegrityError:  # stored at the same moment by another process
-        if saved != name:
-            storage.delete(saved)
+    except IntegrityError:
+        if saved != MediaFile.name_for(company_id, inspected.sha256):
+            media_storage().delete(saved)
         return MediaFile.objects.get(company_id=company_id, sha256=inspected.sha256)
 
 
@@ -194,9 +209,13 @@ def companies_with_due_media(company_ids, now=None):
 
 
 def finish_download(media_pk, path):
-    """Store the downloaded file at `path` and mark the media stored."""
+    """Store the downloaded file at `path` and mark the media stored (all in the
+    calling thread; the worker splits it: mark_stored)."""
     media = MessageMedia.objects.get(pk=media_pk)
-    stored = store_file(media.company_id, path)
+    return mark_stored(media_pk, store_file(media.company_id, path))
+
+
+def mark_stored(media_pk, stored):
     MessageMedia.objects.filter(pk=media_pk).update(
         state=State.STORED,
         file=stored,

@@ -76,6 +76,18 @@ class MediaDownloader:
             live[item.company_id].spawn(self._download(live[item.company_id], item), "media")
         return len(claimed)
 
+    async def _store(self, item, path):
+        """Hash, type and copy in a thread of their own, so that the database
+        thread (shared with recording inbound messages) only runs the queries."""
+        inspected = await asyncio.to_thread(svc.inspect_file, path)
+        stored = await db(svc.existing_file)(item.company_id, inspected.sha256)
+        if stored is None:
+            saved = await asyncio.to_thread(
+                svc.save_to_storage, item.company_id, path, inspected.sha256
+            )
+            stored = await db(svc.record_file)(item.company_id, inspected, saved)
+        await db(svc.mark_stored)(item.pk, stored)
+
     async def _download(self, ms, item):
         path = await asyncio.to_thread(svc.new_temp_path)
         finished = False
@@ -97,7 +109,7 @@ class MediaDownloader:
                 await db(svc.download_failed)(item.pk, str(exc), "failed", exc.permanent)
                 self.failed += 1
             else:
-                await db(svc.finish_download)(item.pk, path)
+                await self._store(item, path)
                 self.stored += 1
             finished = True
         except asyncio.CancelledError:
