@@ -21,7 +21,8 @@ State = MessageMedia.State
 
 @pytest.fixture
 def rig(company, settings, tmp_path):
-    fast_settings(settings, tmp_path)
+    # Leases are not what these tests are about: a TTL that a loaded machine cannot miss.
+    fast_settings(settings, tmp_path, LEASE_TTL=15.0)
     media_settings(settings, tmp_path)
     start_session(company.pk)
     return MediaRig(tmp_path)
