@@ -399,6 +399,13 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
+    # Choice sets that share a field name with another (media kinds and states).
+    "ENUM_NAME_OVERRIDES": {
+        "MediaKindEnum": "whatsapp.transport.media.MEDIA_KIND_CHOICES",
+        "MediaStateEnum": "whatsapp.models.media.MessageMedia.State",
+        "MessageKindEnum": "whatsapp.transport.kinds.MessageKind",
+        "SessionStateEnum": "whatsapp.models.sessions.SessionState",
+    },
     "PATH_CONVERTER_OVERRIDES": {
         "id": {"type": "integer", "minimum": 0, "maximum": 999_999_999_999_999_999},
     },

@@ -32,7 +32,7 @@ from whatsapp.services.media_outbound import (
     queue_outbound_media,
 )
 from whatsapp.services.outbound import IdempotencyConflict, InvalidOutbound
-from whatsapp.transport.media import MEDIA_KINDS
+from whatsapp.transport.media import MEDIA_KIND_CHOICES
 
 TAGS = ["media"]
 MULTIPART_OVERHEAD = 64 * 1024
@@ -66,7 +66,7 @@ class MessageMediaSerializer(serializers.ModelSerializer):
 
 class MediaPartSerializer(serializers.Serializer):
     url = serializers.URLField(max_length=2000)
-    kind = serializers.ChoiceField(choices=sorted(MEDIA_KINDS), required=False)
+    kind = serializers.ChoiceField(choices=MEDIA_KIND_CHOICES, required=False)
     caption = serializers.CharField(required=False, allow_blank=True, max_length=1024)
     file_name = serializers.CharField(required=False, allow_blank=True, max_length=240)
     voice_note = serializers.BooleanField(required=False, default=False)
@@ -93,7 +93,7 @@ class SendMediaSerializer(serializers.Serializer):
 class UploadSerializer(serializers.Serializer):
     to = serializers.CharField(max_length=128)
     file = serializers.FileField(allow_empty_file=True)
-    kind = serializers.ChoiceField(choices=sorted(MEDIA_KINDS), required=False)
+    kind = serializers.ChoiceField(choices=MEDIA_KIND_CHOICES, required=False)
     caption = serializers.CharField(required=False, allow_blank=True, max_length=1024)
     file_name = serializers.CharField(required=False, allow_blank=True, max_length=240)
     voice_note = serializers.BooleanField(required=False, default=False)

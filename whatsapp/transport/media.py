@@ -21,6 +21,7 @@ MEDIA_FIELDS = (
     ("stickerMessage", MessageKind.STICKER),
 )
 MEDIA_KINDS = frozenset(kind for _name, kind in MEDIA_FIELDS)
+MEDIA_KIND_CHOICES = sorted(MEDIA_KINDS)  # what a file may be sent as (the API's `kind`)
 
 MB = 1024 * 1024
 # WhatsApp's limits per kind (its Business Platform's documented sizes): what
