@@ -17,6 +17,8 @@ from pathlib import Path
 import environ
 from django.core.exceptions import ImproperlyConfigured
 
+from aiadmin.media_storage import media_storage
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 env = environ.Env()
@@ -276,6 +278,9 @@ WHITENOISE_USE_FINDERS = True
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
+    # Media of messages (docs/media.md): the filesystem under the var directory, or
+    # MEDIA_STORAGE=s3 with MEDIA_S3_* for any S3-compatible store.
+    "media": media_storage(os.environ, VAR_DIR),
 }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 LOGIN_URL = "admin:login"
@@ -397,6 +402,13 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
+    # Choice sets that share a field name with another (media kinds and states).
+    "ENUM_NAME_OVERRIDES": {
+        "MediaKindEnum": "whatsapp.transport.media.MEDIA_KIND_CHOICES",
+        "MediaStateEnum": "whatsapp.models.media.MessageMedia.State",
+        "MessageKindEnum": "whatsapp.transport.kinds.MessageKind",
+        "SessionStateEnum": "whatsapp.models.sessions.SessionState",
+    },
     "PATH_CONVERTER_OVERRIDES": {
         "id": {"type": "integer", "minimum": 0, "maximum": 999_999_999_999_999_999},
     },
@@ -544,6 +556,28 @@ WHATSAPP_WEBHOOKS = {
     # After a secret rotation the old secret keeps signing (alongside the new one)
     # this many seconds, so receivers switch without missing a request; 0 = at once.
     "SECRET_OVERLAP": env.float("WEBHOOK_SECRET_OVERLAP", default=86400.0),
+}
+# Media of messages (docs/media.md). Sizes in bytes; a kind missing here gets
+# WhatsApp's own limit (whatsapp/transport/media.py WHATSAPP_LIMITS).
+WHATSAPP_MEDIA = {
+    # Received media larger than this (per kind, JSON {"image": 5242880, ...}) is not
+    # downloaded: its state is too_large.
+    "MAX_BYTES": env.json("MEDIA_MAX_BYTES", default={}),
+    # Download attempts before a media's state is failed; backoff with full jitter.
+    "DOWNLOAD_MAX_ATTEMPTS": env.int("MEDIA_DOWNLOAD_MAX_ATTEMPTS", default=5),
+    "BACKOFF_BASE": env.float("MEDIA_BACKOFF_BASE", default=5.0),
+    "BACKOFF_CAP": env.float("MEDIA_BACKOFF_CAP", default=600.0),
+    # Downloads at once per worker process, and seconds one download may take.
+    "DOWNLOAD_CONCURRENCY": env.int("MEDIA_DOWNLOAD_CONCURRENCY", default=4),
+    "DOWNLOAD_TIMEOUT": env.float("MEDIA_DOWNLOAD_TIMEOUT", default=120.0),
+    # How often a worker looks for due downloads besides the hint of a new message.
+    "POLL_SECONDS": env.float("MEDIA_POLL_SECONDS", default=5.0),
+    # Outbound media given as a URL: fetched under the webhooks' address rules
+    # (WEBHOOK_ALLOW_PRIVATE), at most this many redirects, each checked again.
+    "FETCH_TIMEOUT": env.float("MEDIA_FETCH_TIMEOUT", default=20.0),
+    "FETCH_MAX_REDIRECTS": env.int("MEDIA_FETCH_MAX_REDIRECTS", default=3),
+    # Where temporary files of downloads and uploads go (default: the var directory).
+    "TEMP_DIR": env.str("MEDIA_TEMP_DIR", default=str(VAR_DIR / "media-tmp")),
 }
 WHATSAPP_ALERTS = {
     # A worker whose heartbeat is older than this while it still owns leases is dead.

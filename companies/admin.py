@@ -18,7 +18,9 @@ from django.contrib import admin, messages
 from django.contrib.auth import admin as auth_admin
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
+from django.db.models import Count, Sum
 from django.forms.models import BaseInlineFormSet
+from django.template.defaultfilters import filesizeformat
 from rest_framework_api_key.admin import APIKeyModelAdmin
 from rest_framework_api_key.models import APIKey
 
@@ -119,11 +121,23 @@ class MembershipInline(MembershipChoices, TenantScopedInline, admin.TabularInlin
 @admin.register(Company)
 class CompanyAdmin(TenantScopedAdmin):
     company_field = "pk"
-    list_display = ["name", "slug", "is_active", "timezone", "contact_email", "created_at"]
+    list_display = ["name", "slug", "is_active", "timezone", "contact_email", "media_storage",
+                    "created_at"]
     list_filter = ["is_active"]
     search_fields = ["name", "slug", "contact_email", "contact_phone"]
     prepopulated_fields = {"slug": ["name"]}
     inlines = [MembershipInline]
+
+    def get_queryset(self, request):
+        # Media files are stored once per company and content (docs/media.md).
+        return super().get_queryset(request).annotate(
+            media_bytes=Sum("media_files__size"), media_files_count=Count("media_files")
+        )
+
+    @admin.display(description="Media stored", ordering="media_bytes")
+    def media_storage(self, obj):
+        files = getattr(obj, "media_files_count", 0) or 0
+        return f"{filesizeformat(getattr(obj, 'media_bytes', 0) or 0)} in {files} files"
 
     def has_add_permission(self, request):
         return request.user.is_superuser

@@ -67,6 +67,11 @@ class Company(models.Model):
         help_text="How inbound messages are answered. Empty: the default handler "
         "(setting WHATSAPP_INBOUND_HANDLER).",
     )
+    media_retention_days = models.PositiveIntegerField(
+        default=90,
+        help_text="Media files (photos, voice notes, documents) are deleted this many days "
+        "after the last message that used them; 0 keeps them.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     objects = CompanyQuerySet.as_manager()

@@ -15,6 +15,8 @@ from .models import (
     AutoReplyRule,
     ConnectionEvent,
     InboundMessage,
+    MediaFile,
+    MessageMedia,
     OutboundMessage,
     ProcessingJob,
     SessionLease,
@@ -142,6 +144,24 @@ class OutboundMessageAdmin(CompanyTimesAdmin):
     list_display = ["created_at", "company", "to_phone", "status", "attempts", "sent_at"]
     list_filter = ["status"]
     search_fields = ["to_phone", "to_jid", "idempotency_key", "wa_message_id"]
+
+
+@admin.register(MessageMedia)
+class MessageMediaAdmin(SystemRecordAdmin):
+    """Media of messages with their download state (docs/media.md)."""
+
+    list_display = ["created_at", "company", "kind", "state", "declared_mimetype",
+                    "declared_size", "attempts", "error"]
+    list_filter = ["kind", "state"]
+    exclude = ["descriptor"]
+
+
+@admin.register(MediaFile)
+class MediaFileAdmin(SystemRecordAdmin):
+    """Stored files, once per company and content (storage used: the Companies list)."""
+
+    list_display = ["created_at", "company", "mimetype", "size", "sha256", "last_used_at"]
+    search_fields = ["sha256"]
 
 
 @admin.register(AutoReplyRule)

@@ -31,6 +31,8 @@ from whatsapp.models import (
     ConnectionEvent,
     Incident,
     IncidentKind,
+    MediaFile,
+    MessageMedia,
     OutboundMessage,
     ProcessingJob,
     SessionState,
@@ -67,6 +69,7 @@ class DatabaseCollector:
         yield from self.jobs()
         yield from self.webhooks()
         yield from self.operations()
+        yield from self.media()
 
     def sessions(self):
         by_state = GaugeMetricFamily(
@@ -266,6 +269,34 @@ class DatabaseCollector:
         for kind in IncidentKind.values:
             incidents.add_metric([kind], counts.get(kind, 0))
         yield incidents
+
+
+    def media(self):
+        used = GaugeMetricFamily(
+            "aiadmin_media_storage_bytes",
+            "Bytes of media files stored per company (each file once per company).",
+            labels=["company"],
+        )
+        files = GaugeMetricFamily(
+            "aiadmin_media_files", "Media files stored per company.", labels=["company"]
+        )
+        for slug, n, total in (
+            MediaFile.objects.values("company__slug")
+            .annotate(n=Count("pk"), total=Sum("size"))
+            .values_list("company__slug", "n", "total")
+        ):
+            used.add_metric([slug], total or 0)
+            files.add_metric([slug], n)
+        by_state = GaugeMetricFamily(
+            "aiadmin_media", "Media of messages by kind and state.", labels=["kind", "state"]
+        )
+        for kind, state, n in (
+            MessageMedia.objects.values("kind", "state")
+            .annotate(n=Count("pk"))
+            .values_list("kind", "state", "n")
+        ):
+            by_state.add_metric([kind, state], n)
+        yield from (used, files, by_state)
 
 
 def render_metrics(accept=""):

@@ -2,6 +2,7 @@
 
 from whatsapp.services.alerts import run_alert_checks
 from whatsapp.services.jobs import sweep_unqueued_jobs
+from whatsapp.services.media import delete_expired_media as delete_expired_media_files
 from whatsapp.services.processing import run_message_job, run_processing_job
 from whatsapp.services.webhooks import deliver_webhook as deliver_webhook_service
 from whatsapp.services.webhooks import (
@@ -40,3 +41,8 @@ def dispatch_webhooks():
 
 def check_alerts():
     return run_alert_checks().summary()
+
+
+def delete_expired_media():
+    """Hourly: delete media files past their company's retention (docs/media.md)."""
+    return f"deleted {delete_expired_media_files()} media files"

@@ -2,6 +2,8 @@
 production, for the admin tenancy tests; and how a test finds what belongs
 to a company (by walking model relations, independently of the admin code)."""
 
+import os
+
 from django.core import serializers
 from django.urls import reverse
 
@@ -13,7 +15,10 @@ from whatsapp.services import sessions as svc
 from whatsapp.services.alerts import run_alert_checks
 from whatsapp.services.inbound import record_inbound_message
 from whatsapp.services.leases import try_acquire
+from whatsapp.services.media import new_temp_path
+from whatsapp.services.media_outbound import queue_outbound_media
 from whatsapp.services.outbound import queue_outbound_message
+from whatsapp.simulator.protocol import sample_media
 from whatsapp.transport.build import message_event
 from whatsapp.transport.normalize import normalize_message
 
@@ -70,6 +75,14 @@ def build_company_world(company, worker_id):
         company=company, message_id=inbound.message_pk, chat_jid="4915112345678@s.whatsapp.net",
         outcome=Outcome.ANSWERED, model=config.model, tokens_in=10, tokens_out=5,
     )
+    # A photo to send: its stored file (MediaFile) and the message's media row.
+    photo = new_temp_path()
+    try:
+        with open(photo, "wb") as fh:
+            fh.write(sample_media("image", 2000))
+        queue_outbound_media(company.pk, "+4915112345678", photo, caption=company.slug)
+    finally:
+        os.unlink(photo)
     run_alert_checks(notify=False)
     return inbound
 

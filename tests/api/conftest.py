@@ -4,6 +4,7 @@ Everything of company A carries the marker "alpha" (name, texts, phone numbers
 are A's own), so a response to a caller of company B can be searched for leaks.
 """
 
+import os
 import uuid
 from datetime import timedelta
 
@@ -16,11 +17,13 @@ from companies.models import CompanyAPIKey
 from whatsapp.models import (
     ConnectionEvent,
     InboundMessage,
+    MessageMedia,
     OutboundMessage,
     ProcessingJob,
     SessionState,
     WhatsAppSession,
 )
+from whatsapp.services import media as media_services
 
 A_PHONE = "+4917011111111"
 B_PHONE = "+4917022222222"
@@ -97,6 +100,21 @@ def make_inbound(company, wa_id, phone, text, status=ProcessingJob.Status.SUCCEE
     return message
 
 
+def make_media(company, inbound, content):
+    """A stored media file of `inbound` (through the real storage service)."""
+    path = media_services.new_temp_path()
+    try:
+        with open(path, "wb") as fh:
+            fh.write(content)
+        stored = media_services.store_file(company.pk, path)
+    finally:
+        os.unlink(path)
+    return MessageMedia.objects.create(
+        company=company, inbound=inbound, kind="document", file=stored,
+        state=MessageMedia.State.STORED, file_name="photo.txt",
+    )
+
+
 @pytest.fixture
 def data(tenants):
     """A session, events and messages in each company."""
@@ -124,7 +142,8 @@ def data(tenants):
         assistant.save()
         AssistantRun.objects.create(company=company, outcome=Outcome.ANSWERED, tokens_in=7,
                                     model=f"{tag}-model", chat_jid=f"{tag}-chat")
-        made[tag] = {"session": session, "inbound": inbound, "outbound": outbound}
+        media = make_media(company, inbound, f"{tag} photo bytes".encode())
+        made[tag] = {"session": session, "inbound": inbound, "outbound": outbound, "media": media}
     return made
 
 

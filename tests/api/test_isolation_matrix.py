@@ -92,6 +92,9 @@ ENDPOINTS = [
         body={"to": "+49 170 7654321", "text": "hello from the matrix"},
     ),
     Endpoint("outbound status", "get", S + "outbound/{out}/", 200),
+    Endpoint("outbound media", "get", S + "outbound/{out}/media/", 200),
+    Endpoint("inbound media", "get", S + "inbound/{in}/media/", 200),
+    Endpoint("media download", "get", S + "media/{media}/download", 200),
     Endpoint("inbound list", "get", S + "inbound/", 200),
     Endpoint("inbound detail", "get", S + "inbound/{in}/", 200),
     Endpoint("processing status", "get", S + "inbound/{in}/processing", 200),
@@ -163,7 +166,10 @@ def test_every_endpoint_answers_each_caller_without_leaking(
     if endpoint.setup:
         WhatsAppSession.objects.filter(company=tenants.a).update(**endpoint.setup)
     path = endpoint.path.format(
-        a=tenants.a.pk, out=data["alpha"]["outbound"].pk, **{"in": data["alpha"]["inbound"].pk}
+        a=tenants.a.pk,
+        out=data["alpha"]["outbound"].pk,
+        media=data["alpha"]["media"].pk,
+        **{"in": data["alpha"]["inbound"].pk},
     )
     before = snapshot(tenants.a)
 
@@ -187,19 +193,34 @@ def test_the_matrix_covers_every_api_route():
     routes = {str(p.pattern) for p in whatsapp_routes + company_routes + assistant_routes}
     covered = {e.path.replace("/api/v1/", "", 1) for e in ENDPOINTS if not e.public}
     normalised = {
-        r.replace("<id:company_id>", "{a}").replace("<id:message_id>", "{in}") for r in routes
+        r.replace("<id:company_id>", "{a}")
+        .replace("<id:message_id>", "{in}")
+        .replace("<id:media_id>", "{media}")
+        for r in routes
     }
     covered = {c.replace("{out}", "{in}") for c in covered}
     assert normalised <= covered, normalised - covered
 
 
-@pytest.mark.parametrize("kind", ["outbound/{out}/", "inbound/{in}/", "inbound/{in}/processing"])
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "outbound/{out}/",
+        "inbound/{in}/",
+        "inbound/{in}/processing",
+        "inbound/{in}/media/",
+        "media/{media}/download",
+    ],
+)
 def test_a_key_cannot_reach_another_company_s_message_through_its_own_company(
     kind, callers, data, tenants
 ):
     """B's key on B's own path, with the id of one of A's messages: 404."""
     path = ("/api/v1/whatsapp/sessions/{b}/" + kind).format(
-        b=tenants.b.pk, out=data["alpha"]["outbound"].pk, **{"in": data["alpha"]["inbound"].pk}
+        b=tenants.b.pk,
+        out=data["alpha"]["outbound"].pk,
+        media=data["alpha"]["media"].pk,
+        **{"in": data["alpha"]["inbound"].pk},
     )
     response = callers["other_key"].get(path)
     assert response.status_code == 404

@@ -145,9 +145,22 @@ def test_malformed_json_is_a_400(api_a, tenants):
 
 
 def test_a_form_encoded_body_is_a_415(api_a, tenants):
-    response = api_a.post(url(tenants.a, "outbound/"), {"to": "+491707654321", "text": "hi"})
+    response = api_a.post(
+        url(tenants.a, "outbound/"),
+        "to=%2B491707654321&text=hi",
+        content_type="application/x-www-form-urlencoded",
+    )
     assert response.status_code == 415
     assert response.json()["error"]["code"] == "unsupported_media_type"
+
+
+def test_a_multipart_body_without_a_file_is_a_400_not_a_text(api_a, tenants):
+    """multipart/form-data is for file uploads (docs/media.md): a text sent that
+    way is told the file is missing, and nothing is queued."""
+    response = api_a.post(url(tenants.a, "outbound/"), {"to": "+491707654321", "text": "hi"})
+    assert response.status_code == 400
+    assert "file" in response.json()["error"]["fields"]
+    assert not OutboundMessage.objects.exists()
 
 
 @override_settings(API_MAX_BODY_BYTES=1000)

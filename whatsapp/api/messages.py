@@ -15,15 +15,18 @@ from drf_spectacular.utils import (
     extend_schema,
 )
 from rest_framework import exceptions, status
+from rest_framework.parsers import MultiPartParser
 from rest_framework.response import Response
 
 from aiadmin.api.errors import Conflict
 from aiadmin.api.pagination import IdCursorPagination
+from aiadmin.api.parsers import LimitedJSONParser
 from companies.api.tenancy import TenantAPIView
 from whatsapp.models import InboundMessage, OutboundMessage
 from whatsapp.services.jobs import retry_processing_job
 from whatsapp.services.outbound import IdempotencyConflict, InvalidOutbound, queue_outbound_message
 
+from .media import is_media_request, send_media
 from .serializers import (
     InboundFilterSerializer,
     InboundMessageSerializer,
@@ -62,6 +65,8 @@ class OutboundListView(TenantAPIView):
     serializer_class = OutboundMessageSerializer
     pagination_class = IdCursorPagination
     throttle_scope = "api"
+    # JSON (texts, media URLs, locations) and multipart file uploads (api/media.py).
+    parser_classes = [LimitedJSONParser, MultiPartParser]
 
     def get_throttles(self):
         # Sending has its own, stricter bucket ("send"); reading shares "api".
@@ -78,7 +83,13 @@ class OutboundListView(TenantAPIView):
         return self.get_paginated_response(OutboundMessageSerializer(page, many=True).data)
 
     @extend_schema(
-        summary="Send a text message (queued; the company's worker sends it)",
+        summary="Send a text, a file or a location (queued; the company's worker sends it)",
+        description="A text: JSON {to, text}. A file: multipart/form-data {to, file, kind?, "
+        "caption?, file_name?, voice_note?}, or JSON {to, media: {url, kind?, caption?, "
+        "file_name?, voice_note?}} (an https URL the server fetches). A location: JSON {to, "
+        "location: {latitude, longitude, name?, address?}}. Files are checked before "
+        "anything is queued: 413 over WhatsApp's size limit for the kind, 400 when the "
+        "content is not of the kind (checked by content). See docs/media.md.",
         tags=TAGS,
         request=SendTextSerializer,
         examples=[
@@ -111,6 +122,9 @@ class OutboundListView(TenantAPIView):
         },
     )
     def post(self, request, company_id):
+        if is_media_request(request):  # a file, a media URL or a location
+            message, created = send_media(self, request, idempotency_key(request))
+            return self._accepted(message, created)
         serializer = SendTextSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         key = idempotency_key(request)
@@ -129,6 +143,9 @@ class OutboundListView(TenantAPIView):
                 "(another recipient or text). Use a new key for a new message.",
                 code="idempotency_key_reused",
             ) from None
+        return self._accepted(message, created)
+
+    def _accepted(self, message, created):
         headers = {} if created else {"Idempotent-Replayed": "true"}
         return Response(
             OutboundMessageSerializer(message).data,

@@ -2,7 +2,7 @@ from django.urls import path
 
 import aiadmin.api.converters  # noqa: F401  (registers <id:...>)
 
-from . import messages, sessions
+from . import media, messages, sessions
 
 S = "whatsapp/sessions/<id:company_id>/"
 
@@ -26,7 +26,22 @@ urlpatterns = [
         messages.OutboundDetailView.as_view(),
         name="outbound-detail",
     ),
+    path(
+        S + "outbound/<id:message_id>/media/",
+        media.MessageMediaListView.as_view(direction="outbound"),
+        name="outbound-media",
+    ),
     path(S + "inbound/", messages.InboundListView.as_view(), name="inbound-list"),
+    path(
+        S + "inbound/<id:message_id>/media/",
+        media.MessageMediaListView.as_view(direction="inbound"),
+        name="inbound-media",
+    ),
+    path(
+        S + "media/<id:media_id>/download",
+        media.MediaDownloadView.as_view(),
+        name="media-download",
+    ),
     path(
         S + "inbound/<id:message_id>/", messages.InboundDetailView.as_view(), name="inbound-detail"
     ),

@@ -1,4 +1,5 @@
 from .alerts import Incident, IncidentKind
+from .media import MediaFile, MessageMedia
 from .messages import AutoReplyRule, InboundMessage, MessageKind, OutboundMessage, ProcessingJob
 from .recipients import RecipientLookup
 from .sessions import (
@@ -19,6 +20,8 @@ __all__ = [
     "Incident",
     "IncidentKind",
     "InboundMessage",
+    "MediaFile",
+    "MessageMedia",
     "MessageKind",
     "OutboundMessage",
     "ProcessingJob",

@@ -32,6 +32,7 @@ from whatsapp.transport.normalize import NormalizedMessage
 
 from .inbound_sql import inbound_statements
 from .jobs import broker_is_transactional, create_job, enqueue_inserted_job, enqueue_together
+from .media import record_pending_media
 from .webhooks import emit_message_received
 
 logger = logging.getLogger(__name__)
@@ -199,6 +200,8 @@ def _record(company_id, message):
                 cursor.execute(sql.has_endpoints, [company_id])
                 counted = (cursor.fetchone(),)
             has_endpoints = counted[0] is not None
+        if message.media is not None:  # downloaded later by the worker (services.media)
+            record_pending_media(company_id, message_pk, message.media)
         if has_endpoints:  # webhooks: the event commits with the message
             emit_message_received(InboundMessage.objects.get(pk=message_pk))
     return InboundOutcome(InboundOutcome.CREATED, message_pk=message_pk)

@@ -52,6 +52,7 @@ class Claimed:
     message_id: str = ""  # the id to send with ("" = WhatsApp chooses)
     to_phone: str = ""
     resolve: bool = False  # ask WhatsApp where `to_phone` lives first (services.recipients)
+    media_id: int | None = None  # a file or a location to send (services.media_outbound)
 
 
 def claim_outbound(held: Held, limit=20, now=None, with_id=False):
@@ -72,11 +73,12 @@ def claim_outbound(held: Held, limit=20, now=None, with_id=False):
         .filter(Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now))
         .order_by("created_at", "id")
         .values_list(
-            "pk", "to_jid", "text", "attempts", "wa_message_id", "to_phone", "resolve_recipient"
+            "pk", "to_jid", "text", "attempts", "wa_message_id", "to_phone",
+            "resolve_recipient", "media__id",
         )[:limit]
     )
     claimed = []
-    for pk, to_jid, text, attempts, old_id, to_phone, resolve in list(due):
+    for pk, to_jid, text, attempts, old_id, to_phone, resolve, media_id in list(due):
         # The id it keeps (an earlier attempt's) or gets; the UPDATE is
         # conditional on the row being as read, so what is returned is what
         # was stored (no query to read it back).
@@ -91,7 +93,10 @@ def claim_outbound(held: Held, limit=20, now=None, with_id=False):
         )
         if won:
             claimed.append(
-                Claimed(pk, to_jid, text, attempts + 1, wa_id, to_phone, resolve and bool(to_phone))
+                Claimed(
+                    pk, to_jid, text, attempts + 1, wa_id, to_phone, resolve and bool(to_phone),
+                    media_id,
+                )
             )
     return claimed
 

@@ -200,6 +200,10 @@ def _pool(target, address, timeout):
     return urllib3.HTTPConnectionPool(address, target.port, **common)
 
 
+# Media fetched from a URL (services.media_outbound) connects the same way.
+connection_pool = _pool
+
+
 def post_signed(url, secrets, event_id, body, timeout, resolve=socket.getaddrinfo):
     """POST `body` (bytes) to `url`, signed with `secrets` (one or a list); never
     raises for network trouble."""

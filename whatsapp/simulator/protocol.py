@@ -3,10 +3,15 @@
 Client -> simulator
   hello        {credential?, company, agent}     first frame of every connection
   ack          {id}                              an inbound message was handled
-  send         {req, to, text, id?}              send a text with the sender's message id
+  send         {req, to, text, id?, media?, location?}
+                                                 send a text with the sender's message id
                                                  (made up if absent); answered by send_ack /
                                                  send_error. A resend with an id the phone
-                                                 has is acked, not shown twice
+                                                 has is acked, not shown twice. media
+                                                 {path, kind, mimetype, file_name, caption,
+                                                 voice_note}: a file uploaded before with
+                                                 POST /upload; location {latitude,
+                                                 longitude, name, address}
   is_on_whatsapp {req, phones}                   which numbers (E.164, with +) are on WhatsApp
                                                  and at which JID; answered by on_whatsapp
   pair_phone   {req, phone}                      ask for a pairing code; answered by pair_code
@@ -22,8 +27,11 @@ Simulator -> client
   restart      {}                                close follows (whatsmeow's 515 after pairing)
   connected    {jid, push_name, keepalive, keepalive_max_fail}
   message      {id, chat, sender, sender_alt, push_name, text, timestamp, is_group,
-                kind?, reacts_to?}                kind: image, video, document, audio,
-                                                 location, reaction (default text)
+                kind?, reacts_to?, media?}        kind: image, video, document, audio,
+                                                 sticker, location, reaction (default text);
+                                                 media {path, mimetype, size, sha256,
+                                                 file_name}: GET path on the simulator's
+                                                 HTTP port serves the bytes
   receipt      {ids, kind, chat}
   send_ack     {req, id}  /  send_error {req, error, permanent}
   on_whatsapp  {req, results: [{query, jid, is_in}]}   (whatsmeow's IsOnWhatsAppResponse)
@@ -60,8 +68,37 @@ BAN_CODES = (
     "BROADCAST_LIST",
 )
 MODES = ("phone", "device", "lid", "group", "status")
-KINDS = ("text", "image", "video", "document", "audio", "location", "reaction")
+KINDS = ("text", "image", "video", "document", "audio", "sticker", "location", "reaction")
+MEDIA_KINDS = ("image", "video", "document", "audio", "sticker")
+# How the simulator serves a media file: ok, expired (410, as WhatsApp's media
+# servers answer for old media), broken (500, `fail_times` times; forever by
+# default), truncated (half the bytes: the declared length and SHA-256 do not
+# match), slow (waits `delay` seconds before answering).
+MEDIA_STATES = ("ok", "expired", "broken", "truncated", "slow")
+MEDIA_TYPES = {
+    "image": "image/jpeg",
+    "video": "video/mp4",
+    "document": "application/pdf",
+    "audio": "audio/ogg; codecs=opus",
+    "sticker": "image/webp",
+}
+_MEDIA_HEADS = {
+    "image": b"\xff\xd8\xff\xe0\x00\x10JFIF\x00\x01\x01\x00\x00\x01\x00\x01\x00\x00",
+    "video": b"\x00\x00\x00\x20ftypisom\x00\x00\x02\x00isomiso2avc1mp41",
+    "document": b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n",
+    "audio": b"OggS\x00\x02" + bytes(20) + b"\x01\x13OpusHead\x01\x01",
+    "sticker": b"RIFF\x00\x10\x00\x00WEBPVP8 ",
+}
+MAX_MEDIA_BYTES = 64 * 1024 * 1024
 PAIR_ALPHABET = "123456789ABCDEFGHJKLMNPQRSTVWXYZ"  # whatsmeow's: no 0/O/I/U
+
+
+def sample_media(kind, size):
+    """`size` bytes a file of `kind` could hold: the format's real header (so that
+    libmagic recognises it), then random bytes."""
+    head = _MEDIA_HEADS[kind]
+    size = max(int(size), len(head))
+    return head + secrets.token_bytes(size - len(head))
 
 
 class FrameError(ValueError):
@@ -153,6 +190,7 @@ def inbound_frame(
     device=0,
     kind="text",
     reacts_to="",
+    media=None,
 ):
     """The `message` frame of a text written on a simulated phone.
 
@@ -196,4 +234,5 @@ def inbound_frame(
         "is_group": mode == "group",
         **({"kind": kind} if kind != "text" else {}),
         **({"reacts_to": str(reacts_to)} if kind == "reaction" else {}),
+        **({"media": media} if media else {}),
     }

@@ -15,6 +15,13 @@
   POST /control/slow-sends         {company, seconds, count?} the next sends' acks come late
   POST /control/reset              forget everything (tests)
   GET  /                           the demo page: write as a phone, read the answers
+  GET  /media/<token>              the file of a media message (410 once expired, 500 broken)
+  POST /upload                     a client uploads a file to send (raw body) -> {path}
+
+A message of a media kind (image, video, document, audio, sticker) carries a
+file the client downloads from /media/<token>; `media` in its control request
+says how: {size, state: ok|expired|broken|truncated|slow, fail_times, delay,
+mimetype, file_name, content_hex, declared_size}.
 
 Every control request answers JSON; a bad one gets 400 (or 404 for an
 unknown company/code) with {"error": "..."} and changes nothing.
@@ -28,6 +35,7 @@ from pathlib import Path
 from aiohttp import WSMsgType, web
 
 from . import protocol as p
+from .media import MediaError
 from .records import Connection
 from .state import SimulatorState
 
@@ -41,8 +49,10 @@ STATE = web.AppKey("state", SimulatorState)
 
 
 def build_app(state: SimulatorState):
-    app = web.Application(client_max_size=8 * 1024 * 1024)
+    app = web.Application(client_max_size=p.MAX_MEDIA_BYTES + 1024 * 1024)
     app[STATE] = state
+    app.router.add_get("/media/{token}", media_file)
+    app.router.add_post("/upload", upload)
     app.router.add_get("/ws", websocket)
     app.router.add_get("/stats", stats)
     app.router.add_get("/sends", sends)
@@ -132,6 +142,19 @@ async def _dispatch(state, conn, frame):
             raise p.FrameError(f"unknown frame type {kind!r}")
     except p.FrameError as exc:
         await conn.send({"type": "error", "req": frame.get("req"), "error": str(exc)})
+
+
+async def media_file(request):
+    return await request.app[STATE].media.serve(request)
+
+
+async def upload(request):
+    """A client's upload of a file it is about to send (WhatsApp's media upload)."""
+    data = await request.read()
+    if not data:
+        return web.json_response({"error": "empty upload"}, status=400)
+    token = request.app[STATE].media.upload(data, request.headers.get("Content-Type", ""))
+    return web.json_response({"path": f"/media/{token}", "size": len(data)})
 
 
 # --- reports -----------------------------------------------------------------------
@@ -232,7 +255,7 @@ async def enter_code(state, body):
     return {"jid": cred.jid, "company": cred.company}
 
 
-def _message_frames(cred, body):
+def _message_frames(state, cred, body):
     items = body.get("messages")
     if items is None:
         count = body.get("count", 1)
@@ -248,6 +271,13 @@ def _message_frames(cred, body):
             raise BadRequest("every message needs from (the phone) and text")
         if not isinstance(item.get("text"), str):
             raise BadRequest("every message needs from (the phone) and text")
+        kind = item.get("kind", "text")
+        media = None
+        if kind in p.MEDIA_KINDS:
+            try:
+                media = state.media.add(kind, item.get("media"))
+            except MediaError as exc:
+                raise BadRequest(str(exc)) from None
         frames.append(
             p.inbound_frame(
                 cred.jid,
@@ -259,8 +289,9 @@ def _message_frames(cred, body):
                 message_id=str(item.get("id") or ""),
                 style=item.get("style", "android"),
                 device=int(item.get("device") or 0),
-                kind=item.get("kind", "text"),
+                kind=kind,
                 reacts_to=item.get("reacts_to", ""),
+                media=media,
             )
         )
     return frames
@@ -269,7 +300,7 @@ def _message_frames(cred, body):
 @control
 async def messages(state, body):
     cred = _target(state, body)
-    frames = _message_frames(cred, body)  # all validated before any is queued
+    frames = _message_frames(state, cred, body)  # all validated before any is queued
     online = cred.conn is not None
     await state.inject(cred, frames)
     dropped = bool(body.get("drop_after")) and state.drop(cred)

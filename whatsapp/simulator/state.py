@@ -20,6 +20,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 from . import protocol as p
+from .media import MediaError, MediaStore
 from .records import CREDENTIAL_COUNTERS, Credential
 
 logger = logging.getLogger(__name__)
@@ -61,6 +62,7 @@ class SimulatorState:
         # Where numbers live on WhatsApp (digits -> bare JID, or None: not on WhatsApp);
         # a number not listed is on WhatsApp at its own digits (`numbers` control).
         self.numbers = {}
+        self.media = MediaStore()  # files of media messages and of uploads
 
     # --- persistence ---------------------------------------------------------
     def _load(self):
@@ -309,12 +311,25 @@ class SimulatorState:
         the resend is acknowledged, counted as a duplicate, and not shown twice."""
         cred = conn.credential
         req = frame.get("req")
-        to, text, chosen = frame.get("to"), frame.get("text"), frame.get("id")
+        to, text, chosen = frame.get("to"), frame.get("text", ""), frame.get("id")
+        media, location = frame.get("media"), frame.get("location")
         try:
             if cred is None:
                 raise p.FrameError("not logged in")
             user, _device, server = p.parse_jid(to)
-            if not isinstance(text, str) or not text.strip():
+            if media is not None:
+                if not isinstance(media, dict):
+                    raise p.FrameError("media must be an object")
+                try:
+                    media = {**media, **self.media.describe(media.get("path"))}
+                except MediaError as exc:
+                    raise p.FrameError(str(exc)) from None
+            elif location is not None:
+                if not isinstance(location, dict) or not all(
+                    isinstance(location.get(k), (int, float)) for k in ("latitude", "longitude")
+                ):
+                    raise p.FrameError("a location needs numeric latitude and longitude")
+            elif not isinstance(text, str) or not text.strip():
                 raise p.FrameError("message is empty")
             if chosen is not None and not (isinstance(chosen, str) and 0 < len(chosen) <= 128):
                 raise p.FrameError("a message id is a string of 1 to 128 characters")
@@ -347,7 +362,9 @@ class SimulatorState:
                 "from": cred.jid,
                 "to": to,
                 "phone": phone,
-                "text": text,
+                "text": text if isinstance(text, str) else "",
+                **({"media": media} if media is not None else {}),
+                **({"location": location} if location is not None else {}),
                 "at": time.time(),
                 "duplicates": 0,
                 "reached": reached,

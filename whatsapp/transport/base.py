@@ -169,6 +169,18 @@ class Client(Protocol):
     async def is_on_whatsapp(self, phones: list) -> dict:
         """Ask WhatsApp which of `phones` (E.164) are on WhatsApp and at which JID:
         {phone: Recipient} for the numbers WhatsApp answered. Raises TransportError."""
+    async def send_media(self, jid: str, media, message_id: str = "") -> str:
+        """Upload and send a file (transport.media.OutboundMedia); returns WhatsApp's
+        message id. Raises TransportError."""
+
+    async def send_location(self, jid: str, location, message_id: str = "") -> str:
+        """Send a location pin (transport.media.Location); returns WhatsApp's id."""
+
+    async def download_media(self, descriptor: bytes, path: str, max_bytes: int) -> int:
+        """Write the file of a received message (its MediaRef.descriptor) to `path`;
+        returns its size. Raises transport.media.MediaDownloadError: reason
+        expired (WhatsApp no longer has it), too_large (over `max_bytes`) or
+        failed (retry unless permanent)."""
 
     async def pair_phone(self, phone_e164: str) -> str:
         """Request an 8-character pairing code for `phone_e164`."""

@@ -20,6 +20,7 @@ from neonize.proto.waE2E.WAWebProtobufsE2E_pb2 import ProtocolMessage
 
 from .jids import Jid, phone_or_empty
 from .kinds import MessageKind
+from .media import MEDIA_FIELDS, media_ref
 
 MAX_TEXT_CHARS = 65536  # WhatsApp's own limit for a text message
 MAX_EVENT_BYTES = 2 * 1024 * 1024
@@ -57,6 +58,11 @@ class NormalizedMessage:
     is_status: bool = False
     extra: dict = field(default_factory=dict, compare=False)
     ignored: str = ""  # why the source is not a client at all (a channel, a bot)
+
+    @property
+    def media(self):
+        """The MediaRef of an image, video, audio, document or sticker, else None."""
+        return self.extra.get("media")
 
     @property
     def is_client_message(self):
@@ -254,14 +260,7 @@ _WRAPPERS = (
     "lottieStickerMessage",
     "spoilerMessage",
 )
-_MEDIA = (
-    ("imageMessage", MessageKind.IMAGE),
-    ("videoMessage", MessageKind.VIDEO),
-    ("ptvMessage", MessageKind.VIDEO),
-    ("documentMessage", MessageKind.DOCUMENT),
-    ("audioMessage", MessageKind.AUDIO),
-    ("stickerMessage", MessageKind.STICKER),
-)
+_MEDIA = MEDIA_FIELDS
 _POLLS = (
     "pollCreationMessage",
     "pollCreationMessageV2",
@@ -324,7 +323,7 @@ def _classify(event):
         if msg.HasField(name):
             part = getattr(msg, name)
             caption = part.caption if hasattr(part, "caption") else ""
-            return kind, caption, {}
+            return kind, caption, {"media": media_ref(msg)}
     if msg.HasField("buttonsResponseMessage"):
         reply = msg.buttonsResponseMessage
         return (

@@ -30,6 +30,7 @@ without pairing.
 """
 
 import asyncio
+import hashlib
 import itertools
 import json
 import logging
@@ -44,6 +45,7 @@ from django.conf import settings
 
 from . import base
 from .build import message_event
+from .media import MediaDownloadError, parse_descriptor
 
 logger = logging.getLogger(__name__)
 
@@ -63,22 +65,8 @@ def message_content(frame):
     kind, text = frame.get("kind", "text"), str(frame.get("text", ""))
     if kind == "text":
         return wa.Message(conversation=text)
-    if kind == "image":
-        return wa.Message(imageMessage=wa.ImageMessage(caption=text, mimetype="image/jpeg"))
-    if kind == "video":
-        return wa.Message(
-            videoMessage=wa.VideoMessage(caption=text, mimetype="video/mp4", seconds=12)
-        )
-    if kind == "document":
-        return wa.Message(
-            documentMessage=wa.DocumentMessage(
-                caption=text, fileName="document.pdf", mimetype="application/pdf"
-            )
-        )
-    if kind == "audio":
-        return wa.Message(
-            audioMessage=wa.AudioMessage(PTT=True, seconds=7, mimetype="audio/ogg; codecs=opus")
-        )
+    if kind in MEDIA_PARTS:
+        return wa.Message(**{MEDIA_PARTS[kind]: _media_part(wa, kind, text, frame)})
     if kind == "location":
         return wa.Message(
             locationMessage=wa.LocationMessage(
@@ -89,6 +77,38 @@ def message_content(frame):
         key = MessageKey(remoteJID=frame["chat"], fromMe=True, ID=str(frame["reacts_to"]))
         return wa.Message(reactionMessage=wa.ReactionMessage(key=key, text=text))
     raise ValueError(f"unknown message kind {kind!r}")
+
+
+MEDIA_PARTS = {
+    "image": "imageMessage",
+    "video": "videoMessage",
+    "document": "documentMessage",
+    "audio": "audioMessage",
+    "sticker": "stickerMessage",
+}
+
+
+def _media_part(wa, kind, caption, frame):
+    """The media part of a message as a phone sends it: where the file is
+    (`directPath` on the simulator's media server), its type, length and SHA-256."""
+    media = frame.get("media") or {}
+    common = {
+        "directPath": str(media.get("path", "")),
+        "mimetype": str(media.get("mimetype", "")),
+        "fileLength": int(media.get("size") or 0),
+        "fileSHA256": bytes.fromhex(media.get("sha256", "")),
+        "mediaKey": b"simulator",
+    }
+    if kind == "image":
+        return wa.ImageMessage(caption=caption, **common)
+    if kind == "video":
+        return wa.VideoMessage(caption=caption, seconds=12, **common)
+    if kind == "document":
+        name = str(media.get("file_name") or "document.pdf")
+        return wa.DocumentMessage(caption=caption, fileName=name, **common)
+    if kind == "audio":
+        return wa.AudioMessage(PTT=True, seconds=7, **common)
+    return wa.StickerMessage(**common)
 
 
 class SimulatorTransport:
@@ -105,6 +125,12 @@ class SimulatorTransport:
         self.store_dir = Path(store_dir or settings.WHATSAPP["STORE_DIR"])
         self.agent = f"{socket.gethostname()}:{os.getpid()}"
         self._sessions = weakref.WeakKeyDictionary()  # loop -> aiohttp.ClientSession
+
+    @property
+    def http_url(self):
+        """The simulator's HTTP base (media server, uploads): the websocket's host."""
+        base = self.url[: -len("/ws")]
+        return "http" + base[2:] if base.startswith("ws") else base
 
     def store_for(self, company_id):
         return str(self.store_dir / f"company-{int(company_id)}.simulator.json")
@@ -516,6 +542,89 @@ class SimulatorClient:
             list(phones),
             [(r.get("query", ""), r.get("is_in"), r.get("jid", "")) for r in reply["results"]],
         )
+    async def send_media(self, jid, media, message_id=""):
+        """Upload the file (streamed from its path), then send it as `media.kind`."""
+        if not self._logged_in:
+            raise base.TransportError("not logged in to WhatsApp right now")
+        url = f"{self._transport.http_url}/upload"
+        try:
+            with open(media.path, "rb") as fh:
+                async with self._transport.http().post(
+                    url, data=fh, headers={"Content-Type": media.mimetype},
+                    timeout=aiohttp.ClientTimeout(total=CALL_TIMEOUT),
+                ) as response:
+                    if response.status != 200:
+                        raise base.TransportError(f"media upload failed: HTTP {response.status}")
+                    uploaded = await response.json()
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise base.TransportError(f"media upload failed: {exc!r}") from exc
+        part = {
+            "path": uploaded["path"],
+            "kind": media.kind,
+            "mimetype": media.mimetype,
+            "file_name": media.file_name,
+            "caption": media.caption,
+            "voice_note": media.voice_note,
+        }
+        return await self._send({"type": "send", "to": jid, "media": part}, message_id)
+
+    async def send_location(self, jid, location, message_id=""):
+        if not self._logged_in:
+            raise base.TransportError("not logged in to WhatsApp right now")
+        place = {
+            "latitude": location.latitude,
+            "longitude": location.longitude,
+            "name": location.name,
+            "address": location.address,
+        }
+        return await self._send({"type": "send", "to": jid, "location": place}, message_id)
+
+    async def _send(self, frame, message_id):
+        if message_id:
+            frame["id"] = message_id
+        reply = await self._call(frame, "send")
+        if reply.get("type") != "send_ack":
+            raise base.TransportError(
+                f"send failed: {reply.get('error', reply)}", permanent=bool(reply.get("permanent"))
+            )
+        if not reply.get("id"):
+            raise base.TransportError("WhatsApp returned no message id")
+        return reply["id"]
+
+    async def download_media(self, descriptor, path, max_bytes):
+        """Write the file of a received message to `path`, streamed (1 MiB at a
+        time); checked against the declared length and SHA-256, as whatsmeow does.
+        Raises MediaDownloadError (expired: 404/410; too_large; failed)."""
+        _name, part, _msg = parse_descriptor(descriptor)
+        url = self._transport.http_url + part.directPath
+        declared = int(part.fileLength or 0)
+        digest = hashlib.sha256()
+        size = 0
+        try:
+            async with self._transport.http().get(url) as response:
+                if response.status in (404, 410):
+                    raise MediaDownloadError(
+                        f"media server answered {response.status}: the media expired",
+                        reason="expired",
+                    )
+                if response.status != 200:
+                    raise MediaDownloadError(f"media server answered HTTP {response.status}")
+                with open(path, "wb") as fh:
+                    async for chunk in response.content.iter_chunked(1024 * 1024):
+                        size += len(chunk)
+                        if size > max_bytes:
+                            raise MediaDownloadError(
+                                f"larger than the limit of {max_bytes} bytes", reason="too_large"
+                            )
+                        digest.update(chunk)
+                        fh.write(chunk)
+        except (aiohttp.ClientError, OSError) as exc:
+            raise MediaDownloadError(f"download failed: {exc!r}") from exc
+        if declared and size != declared:
+            raise MediaDownloadError(f"truncated: got {size} of {declared} bytes")
+        if part.fileSHA256 and digest.digest() != part.fileSHA256:
+            raise MediaDownloadError("the file does not match its SHA-256")
+        return size
 
     async def pair_phone(self, phone_e164):
         digits = "".join(ch for ch in str(phone_e164) if ch.isdigit())

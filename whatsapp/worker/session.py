@@ -21,6 +21,7 @@ from whatsapp.services.leases import holds_lease
 from whatsapp.transport import base
 from whatsapp.transport.normalize import MalformedEvent, normalize_message
 
+from .media import send_media_of
 from .recipients import recipient_jid
 
 logger = logging.getLogger(__name__)
@@ -393,7 +394,9 @@ class ManagedSession:
         except MalformedEvent as exc:
             await db(svc.record_error)(self.held, f"malformed message event: {exc}")
             return
-        await self.sup.inbound.record(self.company_id, message)
+        outcome = await self.sup.inbound.record(self.company_id, message)
+        if outcome.created and message.media is not None:
+            self.sup.media.nudge()  # downloaded after the store and its ack
 
     async def _record_receipts(self):
         while self.receipts:
@@ -493,7 +496,10 @@ class ManagedSession:
                         continue
                     try:
                         to_jid = await recipient_jid(self.company_id, client, item)
-                        wa_id = await client.send_text(to_jid, item.text, item.message_id)
+                        if item.media_id is not None:  # a file or a location
+                            wa_id = await send_media_of(client, item, to_jid)
+                        else:
+                            wa_id = await client.send_text(to_jid, item.text, item.message_id)
                     except base.TransportError as exc:
                         await db(sending.mark_outbound_failed)(item.pk, str(exc), exc.permanent)
                     except Exception as exc:

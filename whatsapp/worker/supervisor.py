@@ -36,6 +36,7 @@ from whatsapp.transport.base import get_transport
 
 from .commands import describe
 from .inbound import InboundBatcher
+from .media import MediaDownloader
 from .session import ManagedSession
 
 logger = logging.getLogger(__name__)
@@ -65,6 +66,7 @@ class SessionSupervisor:
         self.rebalance = conf.get("REBALANCE", True)
         self.rebalance_batch = conf.get("REBALANCE_BATCH", 5)
         self.inbound = InboundBatcher(conf.get("INBOUND_BATCH", 100))  # group commit
+        self.media = MediaDownloader(self)  # media of received messages
         self.peer_interval = conf.get("PEER_CHECK_INTERVAL", 0.5)
         # Only where a dead peer can be told apart (Linux /proc); 0 turns it off.
         self.watch_peers = self.peer_interval > 0 and bool(local_processes.host_key())
@@ -107,6 +109,7 @@ class SessionSupervisor:
         self.spawn(self._lease_loop(), "lease-loop")
         self.spawn(self._reconcile_loop(), "reconcile-loop")
         self.spawn(self._fence_loop(), "fence-loop")
+        self.spawn(self.media.run(), "media-loop")
         if self.watch_peers:
             self.spawn(self._peer_loop(), "peer-loop")
         logger.info(

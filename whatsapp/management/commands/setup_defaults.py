@@ -11,6 +11,7 @@ SCHEDULES = [
     ("whatsapp: sweep unqueued jobs", "whatsapp.tasks.sweep_jobs", 1),
     ("whatsapp: dispatch due webhook deliveries", "whatsapp.tasks.dispatch_webhooks", 1),
     ("whatsapp: check connection alerts", "whatsapp.tasks.check_alerts", 1),
+    ("whatsapp: delete media past retention", "whatsapp.tasks.delete_expired_media", 60),
 ]
 
 
