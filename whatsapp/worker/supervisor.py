@@ -372,7 +372,7 @@ class SessionSupervisor:
 
     async def release(self, ms, reason):
         """Give a session up (lock held, client already stopped)."""
-        ms.closed = True
+        ms.mark_closed()
         if self.sessions.get(ms.company_id) is ms:
             del self.sessions[ms.company_id]
         await db(leases.release_lease)(self.worker_id, ms.session_id, reason)
