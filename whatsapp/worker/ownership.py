@@ -192,7 +192,7 @@ class LeaseOwnership:
     async def reconcile_once(self):
         """Share the load, acquire free leases, and make every owned session's
         client match its row."""
-        self._round += 1
+        self.rounds += 1
         if self.watch_peers:
             self._peers = await db(leases.local_peers)(self.worker_id)
         target = self.max_sessions

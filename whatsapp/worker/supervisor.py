@@ -74,7 +74,7 @@ class SessionSupervisor(LeaseOwnership, CommandHandling):
         self._tasks = set()
         self._wake = None
         self._lease_deadline = None
-        self._round = 0
+        self.rounds = 0  # reconcile rounds begun (tests wait for rounds, not seconds)
         self._dropping = {}  # company_id -> task stopping a lost session's client
         self._expiry_wake = None  # timer: wake when a dead worker's lease runs out
         self.loop_lag = 0.0  # worst event-loop lateness (s) since the last heartbeat
