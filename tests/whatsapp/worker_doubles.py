@@ -192,7 +192,7 @@ async def until(condition, what, timeout=10.0):
         await asyncio.sleep(0.01)
 
 
-async def reconcile_rounds(sup, count, timeout=15.0):
+async def reconcile_rounds(sup, count, timeout=60.0):
     """Wait until `sup` has run `count` whole reconcile rounds from now: the
     window of a check that something does NOT happen (a reconnect loop, a
     second send), counted in the rounds that could have done it rather than
