@@ -8,12 +8,11 @@ Every child is started and stopped by its own PID, never by name
 
 import math
 import os
-import time
 
 import _setup  # noqa: F401  (the repository root on sys.path)
 
 # One way to start and stop a child, shared with the end-to-end tests.
-from tests.process_harness import Child, free_port
+from tests.process_harness import Child, free_port, wait_for
 
 __all__ = ["Child", "child_env", "free_port", "percentile", "wait_until"]
 
@@ -44,12 +43,9 @@ def percentile(values, q):
 
 
 def wait_until(predicate, timeout, interval=0.1):
-    """Poll `predicate()` until it returns something truthy; None on timeout."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            return None
-        time.sleep(interval)
+    """Poll `predicate()` until it returns something truthy; None on timeout
+    (the harness's wait_for, which raises instead)."""
+    try:
+        return wait_for(predicate, timeout, "a condition", interval)
+    except AssertionError:
+        return None
