@@ -2,17 +2,19 @@
 
 Children inherit the environment `_setup.configure` prepared (database,
 broker, var dir, cluster name) and run with DEBUG off, as in production.
-Every child is started and stopped by its own PID, never by name.
+Every child is started and stopped by its own PID, never by name
+(tests/process_harness.py).
 """
 
 import math
 import os
-import signal
-import subprocess
-import sys
-import time
 
-from _setup import ROOT
+import _setup  # noqa: F401  (the repository root on sys.path)
+
+# One way to start and stop a child, shared with the end-to-end tests.
+from tests.process_harness import Child, free_port, wait_for
+
+__all__ = ["Child", "child_env", "free_port", "percentile", "wait_until"]
 
 
 def child_env(**extra):
@@ -31,52 +33,6 @@ def child_env(**extra):
     return env
 
 
-class Child:
-    """One `python <script> <args>` subprocess (manage.py by default), logging to a file."""
-
-    def __init__(self, name, args, env, log_dir, script="manage.py"):
-        self.name = name
-        self.log_path = os.path.join(log_dir, f"{name}.log")
-        self._log = open(self.log_path, "wb")  # noqa: SIM115 (closed in stop())
-        self.proc = subprocess.Popen(
-            [sys.executable, str(script), *args],
-            cwd=ROOT,
-            env=env,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
-        self.pid = self.proc.pid
-
-    def alive(self):
-        return self.proc.poll() is None
-
-    def signal(self, signum):
-        if self.alive():
-            self.proc.send_signal(signum)
-
-    def wait(self, timeout):
-        try:
-            return self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            return None
-
-    def stop(self, timeout=20):
-        """SIGTERM, then SIGKILL if it does not exit within `timeout` seconds."""
-        if self.alive():
-            self.proc.send_signal(signal.SIGTERM)
-            if self.wait(timeout) is None:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-        self._log.close()
-
-    def tail(self, chars=3000):
-        try:
-            with open(self.log_path, errors="replace") as fh:
-                return fh.read()[-chars:]
-        except OSError:
-            return ""
-
-
 def percentile(values, q):
     """Nearest-rank percentile of `values` (q in 0..100)."""
     ordered = sorted(values)
@@ -87,12 +43,9 @@ def percentile(values, q):
 
 
 def wait_until(predicate, timeout, interval=0.1):
-    """Poll `predicate()` until it returns something truthy; None on timeout."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            return None
-        time.sleep(interval)
+    """Poll `predicate()` until it returns something truthy; None on timeout
+    (the harness's wait_for, which raises instead)."""
+    try:
+        return wait_for(predicate, timeout, "a condition", interval)
+    except AssertionError:
+        return None

@@ -10,17 +10,10 @@ simulator transport keeps it). A worker then resumes each session straight to
 import json
 import os
 import secrets
-import socket
 import time
 import urllib.request
 
-from _procs import Child, child_env
-
-
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from _procs import Child, child_env, free_port
 
 
 class Simulator:

@@ -11,13 +11,13 @@ all started with the test database and the test's isolation environment.
     app.stop_all(); sim.stop()
 
 Everything a process prints goes to `<tmp_path>/<name>.log`; `logs()` returns
-their tails for a failure message.
+their tails for a failure message. Starting and stopping a process is
+tests/process_harness.py's, shared with the benchmarks.
 """
 
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -28,35 +28,19 @@ from pathlib import Path
 
 from django.db import connection
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.process_harness import ROOT, Child, free_port, wait_for
 
-
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_for(predicate, timeout, what, interval=0.1):
-    """Poll `predicate` until it returns something true; AssertionError after `timeout`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(interval)
-
-
-def _stop(proc, timeout=15):
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-    try:
-        return proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        return proc.wait(timeout=5)
+__all__ = [
+    "ROOT",
+    "AppProcesses",
+    "ControlError",
+    "Simulator",
+    "db_env",
+    "free_port",
+    "pair_companies",
+    "wait_connected",
+    "wait_for",
+]
 
 
 class ControlError(RuntimeError):
@@ -75,14 +59,12 @@ class Simulator:
         self.state_file = state_file
         self.keepalive = keepalive
         self.extra_args = list(extra_args)
-        self.proc = None
+        self.child = None
         self.base = f"http://127.0.0.1:{self.port}"
         self.url = f"ws://127.0.0.1:{self.port}"
 
     def start(self, timeout=30):
         args = [
-            sys.executable,
-            "manage.py",
             "whatsapp_simulator",
             "--port",
             str(self.port),
@@ -92,20 +74,18 @@ class Simulator:
         ]
         if self.state_file:
             args += ["--state", str(self.state_file)]
-        log = open(self.tmp / f"simulator-{self.port}.log", "ab")  # noqa: SIM115
-        self.proc = subprocess.Popen(
+        self.child = Child(
+            f"simulator-{self.port}",
             args,
-            cwd=ROOT,
-            env=dict(os.environ, PYTHONUNBUFFERED="1"),
-            stdout=log,
-            stderr=subprocess.STDOUT,
+            dict(os.environ, PYTHONUNBUFFERED="1"),
+            self.tmp,
+            append=True,  # a restart on the same port adds to the log
         )
-        log.close()
 
         def up():
-            if self.proc.poll() is not None:
+            if not self.child.alive():
                 raise AssertionError(
-                    f"the simulator exited with {self.proc.returncode}:\n{self.log()}"
+                    f"the simulator exited with {self.child.proc.returncode}:\n{self.log()}"
                 )
             try:
                 return self.get("stats")
@@ -116,12 +96,11 @@ class Simulator:
         return self
 
     def stop(self):
-        if self.proc is not None:
-            _stop(self.proc)
+        if self.child is not None:
+            self.child.stop(timeout=15)
 
     def log(self):
-        path = self.tmp / f"simulator-{self.port}.log"
-        return path.read_text()[-4000:] if path.exists() else ""
+        return self.child.tail(4000) if self.child is not None else ""
 
     # --- the control API ---------------------------------------------------------
     def _request(self, method, path, body=None, timeout=30):
@@ -193,7 +172,8 @@ class AppProcesses:
 
     def __init__(self, tmp_path, simulator=None, **env_overrides):
         self.tmp = Path(tmp_path)
-        self.procs = {}  # name -> Popen
+        self.children = {}  # name -> process_harness.Child
+        self.procs = {}  # name -> its Popen
         self.ids = {}  # worker name -> worker id
         extra = {}
         if simulator is not None:
@@ -208,26 +188,16 @@ class AppProcesses:
                 timeout=120,
             )
 
-    def _spawn(self, name, args):
-        log = open(self.tmp / f"{name}.log", "ab")  # noqa: SIM115
-        self.procs[name] = subprocess.Popen(
-            args,
-            cwd=ROOT,
-            env=self.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        log.close()
-        return self.procs[name]
+    def _spawn(self, name, args, script="manage.py"):
+        child = Child(name, args, self.env, self.tmp, script, own_group=True, append=True)
+        self.children[name] = child
+        self.procs[name] = child.proc
+        return child.proc
 
     def start_workers(self, *names):
         for name in names:
             worker_id = f"{name}.{os.getpid()}"
-            self._spawn(
-                name,
-                [sys.executable, "manage.py", "runworker", "whatsapp", "--worker-id", worker_id],
-            )
+            self._spawn(name, ["runworker", "whatsapp", "--worker-id", worker_id])
             self.ids[name] = worker_id
 
     def start_qcluster(self, name="qcluster"):
@@ -242,22 +212,14 @@ class AppProcesses:
             stdout=subprocess.DEVNULL,
         )
         # Both clusters (client messages, maintenance), as the Procfile runs them.
-        return self._spawn(name, [sys.executable, "manage.py", "runcluster"])
+        return self._spawn(name, ["runcluster"])
 
     def start_daphne(self, name="web", port=None):
         port = port or free_port()
         self._spawn(
             name,
-            [
-                sys.executable,
-                "-m",
-                "daphne",
-                "-b",
-                "127.0.0.1",
-                "-p",
-                str(port),
-                "aiadmin.asgi:application",
-            ],
+            ["-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "aiadmin.asgi:application"],
+            script=None,
         )
         return port
 
@@ -265,29 +227,32 @@ class AppProcesses:
         return [n for n, p in self.procs.items() if p.poll() is None]
 
     def signal(self, name, signum, timeout=20):
+        """Send `signum` and wait for the exit code (TimeoutExpired if it runs on)."""
         proc = self.procs[name]
         proc.send_signal(signum)
         return proc.wait(timeout=timeout)
 
+    def timed_signal(self, name, signum, timeout=20):
+        """`signal`, and how many seconds the process took to exit."""
+        started = time.monotonic()
+        code = self.signal(name, signum, timeout)
+        return code, time.monotonic() - started
+
     def stop(self, name, timeout=15):
         """SIGTERM the process, wait for it, then kill whatever it left in its group."""
-        proc = self.procs[name]
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-        try:
-            code = proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            code = proc.wait(timeout=5)
-        try:  # children it left behind (qcluster forks its workers)
-            os.killpg(proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        return code
+        return self.children[name].stop(timeout)
 
-    def stop_all(self):
-        for name in list(self.procs):
-            self.stop(name)
+    def stop_all(self, at_once=False):
+        """Stop every process, one after the other, or `at_once`: SIGTERM to all
+        first, so they shut down (and hand over) at the same time."""
+        if not at_once:
+            for name in list(self.children):
+                self.stop(name)
+            return
+        for child in self.children.values():
+            child.signal(signal.SIGTERM)
+        for child in self.children.values():
+            child.finish(15)
 
     def logs(self, tail=3000):
         return "\n".join(

@@ -83,9 +83,7 @@ def test_a_rogue_second_client_ends_with_one_stable_owner_and_no_reconnect_loop(
     time.sleep(1.0)  # let the post-pairing reconnect settle
 
     # A second worker under an id that is in use refuses to run.
-    dup = app._spawn(
-        "dup", [sys.executable, "manage.py", "runworker", "whatsapp", "--worker-id", app.ids["w1"]]
-    )
+    dup = app._spawn("dup", ["runworker", "whatsapp", "--worker-id", app.ids["w1"]])
     assert dup.wait(timeout=TTL + 30) != 0
     assert "is in use by pid" in (tmp_path / "dup.log").read_text()
     assert sim.stats()["totals"].get("conflicts", 0) == 0

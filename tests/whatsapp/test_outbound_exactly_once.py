@@ -37,7 +37,9 @@ from .worker_doubles import (  # noqa: F401  (company_fixture is the `company` f
     ScriptedTransport,
     company_fixture,
     fast_settings,
+    reconcile_rounds,
     run,
+    until,
     wait_until,
 )
 
@@ -53,15 +55,6 @@ def queue(company, text):
 
 def outbound(pk):
     return OutboundMessage.objects.get(pk=pk)
-
-
-async def until(flag, what, timeout=10.0):
-    """Wait for an in-memory condition of the worker (no database)."""
-    deadline = time.monotonic() + timeout
-    while not flag():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
 
 
 # --- the id on the row ---------------------------------------------------------------
@@ -99,9 +92,7 @@ def test_a_hand_over_budget_out_of_range_stops_the_start_with_a_clear_error(sett
 
 # --- hand-overs with the scripted transport ------------------------------------------
 def connected(company):
-    return lambda: (
-        WhatsAppSession.objects.get(company=company).state == SessionState.CONNECTED
-    )
+    return lambda: WhatsAppSession.objects.get(company=company).state == SessionState.CONNECTED
 
 
 async def send_and_hold(sup, transport, company, text):
@@ -211,7 +202,7 @@ def test_a_send_in_flight_when_rebalancing_hands_its_session_over_finishes_and_r
         await wait_until(
             lambda: len(second_transport.live_of(handed)) == 1, what="taken over by the second"
         )
-        await asyncio.sleep(0.5)
+        await reconcile_rounds(second, 3)
         await second.shutdown("test over")
         await first.shutdown("test over")
         seen["message"] = message[0].pk
@@ -242,7 +233,7 @@ def _cut_off_send(company, settings, tmp_path, first_transport):
         await second.start()
         await wait_until(connected(company), what="the second worker connected")
         await wait_until(lambda: outbound(message.pk).status != Status.QUEUED, what="settled")
-        await asyncio.sleep(0.6)  # further rounds: nothing more happens to it
+        await reconcile_rounds(second, 3)  # nothing more happens to it
         await second.shutdown("test over")
         seen["message"] = message.pk
 
@@ -282,9 +273,7 @@ def rig(company, settings, tmp_path):
 
 
 @pytest.mark.django_db(transaction=True, databases="__all__")
-def test_a_send_cut_off_is_resent_with_its_id_and_the_phone_shows_it_once(
-    rig, company, settings
-):
+def test_a_send_cut_off_is_resent_with_its_id_and_the_phone_shows_it_once(rig, company, settings):
     """As after a SIGKILL: the message reached the phone, its ack never reached
     the worker. The next owner sends it again with the same id."""
     settings.WHATSAPP = {**settings.WHATSAPP, "SEND_HANDOVER_BUDGET": 0}

@@ -211,7 +211,7 @@ def test_malformed_or_unknown_commands_are_rejected_clearly_and_the_worker_goes_
     worker, company, caplog
 ):
     sup, transport = worker
-    caplog.set_level(logging.ERROR, logger="whatsapp.worker.supervisor")
+    caplog.set_level(logging.ERROR, logger="whatsapp.worker.command_handling")
     rejections = []
 
     async def scenario():

@@ -200,7 +200,7 @@ def test_a_worker_takes_a_dead_neighbours_sessions_long_before_their_leases_expi
 
     async def scenario():
         await sup.start()
-        await wait_until(lambda: sup._round >= 2, what="a round that lists the neighbour")
+        await wait_until(lambda: sup.rounds >= 2, what="a round that lists the neighbour")
         assert not sup.sessions  # the neighbour's leases are live: nothing taken
         child.kill()
         await wait_until(

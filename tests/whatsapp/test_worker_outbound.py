@@ -20,6 +20,7 @@ from .worker_doubles import (  # noqa: F401  (company_fixture is the `company` f
     ScriptedTransport,
     company_fixture,
     fast_settings,
+    reconcile_rounds,
     run,
     wait_until,
 )
@@ -107,9 +108,7 @@ class TestSendingService:
         assert statuses[waiting.pk] == Status.QUEUED
         assert sending.recover_interrupted_sends_of([company.pk, other.pk]) == {}
 
-    def test_rows_a_dead_owner_left_in_sending_without_our_id_are_failed_not_resent(
-        self, company
-    ):
+    def test_rows_a_dead_owner_left_in_sending_without_our_id_are_failed_not_resent(self, company):
         held = held_for(company)
         message = queue(company, "hello")
         sending.claim_outbound(held)  # neonize: WhatsApp chooses the id
@@ -151,7 +150,7 @@ def test_a_message_queued_while_no_worker_runs_is_sent_once_when_one_starts(
         await wait_until(
             lambda: OutboundMessage.objects.get(pk=first.pk).status == Status.SENT, what="sent"
         )
-        await _sleep(0.8)  # several reconcile rounds: nothing is sent twice
+        await reconcile_rounds(sup, 4)  # nothing is sent twice
         await sup.shutdown("test over")
 
     run(scenario)
@@ -224,7 +223,7 @@ def test_nothing_is_sent_while_the_session_is_not_connected(company, settings, t
             ),
             what="awaiting pairing",
         )
-        await _sleep(0.8)
+        await reconcile_rounds(sup, 4)
         await sup.shutdown("test over")
 
     run(scenario)
@@ -236,9 +235,3 @@ async def _queue(company, text):
     from channels.db import database_sync_to_async
 
     return await database_sync_to_async(queue)(company, text)
-
-
-async def _sleep(seconds):
-    import asyncio
-
-    await asyncio.sleep(seconds)

@@ -20,8 +20,6 @@ proved, from the database the workers write:
 
 import os
 import signal
-import subprocess
-import sys
 import time
 from collections import defaultdict
 from datetime import timedelta
@@ -32,6 +30,7 @@ from django.db import connection
 from django.utils import timezone
 
 from companies.models import Company
+from tests.e2e_processes import AppProcesses
 from whatsapp.models import (
     ConnectionEvent,
     DesiredState,
@@ -46,7 +45,6 @@ pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True, databases
 # race on a loaded 2-core machine; short enough to keep SIGKILL takeovers quick.
 TTL = 5.0
 INTERVAL = 1.0
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def needs_postgres():
@@ -54,103 +52,24 @@ def needs_postgres():
         pytest.skip("PostgreSQL + Redis production path: runs in the PostgreSQL pass")
 
 
-class Workers:
-    """Worker processes started with the test database and the test's isolation env."""
-
-    def __init__(self, tmp_path):
-        self.tmp = tmp_path
-        self.procs = {}  # name -> Popen
-        self.ids = {}  # name -> worker id
-        self.env = self._env()
-
-    def _env(self):
-        env = dict(os.environ)
-        db = connection.settings_dict
-        if connection.vendor == "postgresql":
-            user = db["USER"] or "postgres"
-            auth = f"{user}:{db['PASSWORD']}@" if db["PASSWORD"] else f"{user}@"
-            env["DATABASE_URL"] = (
-                f"postgres://{auth}{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
-            )
-        else:
-            env["DATABASE_URL"] = f"sqlite:///{db['NAME']}"
-            var = self.tmp / "var"
-            var.mkdir(exist_ok=True)
-            env["AIADMIN_VAR_DIR"] = str(var)  # its own SQLite channel layer file
-        env.update(
-            {
-                "DJANGO_SETTINGS_MODULE": "tests.settings",
-                "WHATSAPP_TRANSPORT": "neonize",
-                "WHATSAPP_STORE_DIR": str(self.tmp / "store"),
-                "WHATSAPP_STORE_URL": "",
-                "WHATSAPP_LEASE_TTL": str(TTL),
-                "WHATSAPP_RECONCILE_INTERVAL": str(INTERVAL),
-                "WHATSAPP_BACKOFF_BASE": "1",
-                "WHATSAPP_BACKOFF_CAP": "6",
-                "WHATSAPP_REBALANCE_BATCH": "50",
-                "WHATSAPP_SHUTDOWN_GRACE": "8",
-                "PYTHONUNBUFFERED": "1",
-            }
-        )
-        if connection.vendor != "postgresql":
-            subprocess.run(
-                [sys.executable, "manage.py", "migrate", "--database", "channels", "-v0"],
-                cwd=ROOT,
-                env=env,
-                check=True,
-                timeout=120,
-            )
-        return env
-
-    def start(self, *names):
-        for name in names:
-            log = open(self.tmp / f"{name}.log", "wb")  # noqa: SIM115 (closed by the process end)
-            self.procs[name] = subprocess.Popen(
-                [
-                    sys.executable,
-                    "manage.py",
-                    "runworker",
-                    "whatsapp",
-                    "--worker-id",
-                    f"{name}.{os.getpid()}",
-                ],
-                cwd=ROOT,
-                env=self.env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-            self.ids[name] = f"{name}.{os.getpid()}"
-
-    def alive(self):
-        return [n for n, p in self.procs.items() if p.poll() is None]
-
-    def signal(self, name, signum):
-        proc = self.procs[name]
-        proc.send_signal(signum)
-        started = time.monotonic()
-        code = proc.wait(timeout=20)
-        return code, time.monotonic() - started
-
-    def stop_all(self):
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in self.procs.values():
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=5)
-
-    def logs(self):
-        return "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in self.tmp.glob("*.log"))
+# Worker processes with the neonize transport (offline: they never reach
+# WhatsApp) and compressed lease timings.
+WORKER_ENV = {
+    "WHATSAPP_TRANSPORT": "neonize",
+    "WHATSAPP_LEASE_TTL": TTL,
+    "WHATSAPP_RECONCILE_INTERVAL": INTERVAL,
+    "WHATSAPP_BACKOFF_BASE": 1,
+    "WHATSAPP_BACKOFF_CAP": 6,
+    "WHATSAPP_REBALANCE_BATCH": 50,
+    "WHATSAPP_SHUTDOWN_GRACE": 8,
+}
 
 
 @pytest.fixture
 def workers(tmp_path):
-    group = Workers(tmp_path)
+    group = AppProcesses(tmp_path, **WORKER_ENV)
     yield group
-    group.stop_all()
+    group.stop_all(at_once=True)
 
 
 def make_companies(count):
@@ -258,7 +177,7 @@ def assert_no_overlap(intervals):
 def run_contention(workers, n_workers, n_companies):
     companies = make_companies(n_companies)
     names = [f"w{i}" for i in range(1, n_workers + 1)]
-    workers.start(*names)  # all at the same moment
+    workers.start_workers(*names)  # all at the same moment
     sampler = Sampler()
     ids = [workers.ids[n] for n in names]
     share = -(-n_companies // n_workers)
@@ -334,7 +253,7 @@ def terminate_and_check_handover(workers, sampler, leaver, n_companies):
     leaver_id = workers.ids[leaver]
     leaving = {c for c, o in sampler.owners().items() if o == leaver_id}
     assert leaving, f"{leaver} owned nothing"
-    code, took_to_exit = workers.signal(leaver, signal.SIGTERM)
+    code, took_to_exit = workers.timed_signal(leaver, signal.SIGTERM)
     assert code == 0, workers.logs()
     assert took_to_exit < 8, f"exit took {took_to_exit:.1f}s"
     t0 = time.monotonic()
@@ -400,7 +319,7 @@ def test_three_workers_share_50_companies_survive_sigkill_and_hand_over_on_sigte
         what="w3 owns everything",
     )
     wait_for_clients(sampler, workers.ids["w3"], 50)
-    workers.stop_all()
+    workers.stop_all(at_once=True)
     assert not sampler.errors, sampler.errors[:5]
     assert sampler.samples > 50
     spans = assert_no_overlap(client_intervals({workers.ids["w1"]: killed_at}))
@@ -428,14 +347,14 @@ def test_two_workers_started_together_never_both_own_a_company(workers):
     time.sleep(2 * INTERVAL)
     assert len(before) == 1 and worker_backends(workers.ids["w1"]) == before
     terminate_and_check_handover(workers, sampler, "w1", 50)
-    workers.start("w3")
+    workers.start_workers("w3")
     sampler.wait_for(
         lambda o: len(o) == 50 and set(o.values()) == {workers.ids["w2"], workers.ids["w3"]},
         timeout=30,
         what="w3 takes its share (and w2 keeps its own)",
     )
     killed_at = kill_and_check_takeover(workers, sampler, "w2", 50)
-    workers.stop_all()
+    workers.stop_all(at_once=True)
     assert not sampler.errors, sampler.errors[:5]
     assert_no_overlap(client_intervals({workers.ids["w2"]: killed_at}))
 
@@ -447,7 +366,7 @@ def test_two_workers_share_companies_survive_sigkill_and_stop_cleanly(workers):
     killed_at = kill_and_check_takeover(workers, sampler, "w1", 12)
     # w2 runs real clients for all 12 companies, its own and w1's, before it stops.
     wait_for_clients(sampler, workers.ids["w2"], 12)
-    code, took = workers.signal("w2", signal.SIGTERM)
+    code, took = workers.timed_signal("w2", signal.SIGTERM)
     assert code == 0 and took < 8, workers.logs()
     assert not SessionLease.objects.exclude(owner="").exists()
     assert not sampler.errors, sampler.errors[:5]
@@ -462,7 +381,7 @@ def test_sigint_stops_a_worker_as_cleanly_as_sigterm(workers):
     """Ctrl-C in a terminal (SIGINT): clients stopped, leases released at once,
     exit code 0 within seconds. Runs in both passes."""
     companies = make_companies(3)
-    workers.start("w1")
+    workers.start_workers("w1")
     sampler = Sampler()
     worker_id = workers.ids["w1"]
     sampler.wait_for(
@@ -470,7 +389,7 @@ def test_sigint_stops_a_worker_as_cleanly_as_sigterm(workers):
         timeout=40,
         what="the worker owns all three companies",
     )
-    code, took = workers.signal("w1", signal.SIGINT)
+    code, took = workers.timed_signal("w1", signal.SIGINT)
     assert code == 0, workers.logs()
     assert took < 8, f"exit took {took:.1f}s"
     assert not SessionLease.objects.exclude(owner="").exists()
@@ -507,7 +426,7 @@ def test_a_worker_recycles_itself_in_place_before_leaked_store_handles_pile_up(w
             "WHATSAPP_BACKOFF_CAP": "0.4",
         }
     )
-    workers.start("w1")
+    workers.start_workers("w1")
     proc = workers.procs["w1"]
     sampler = Sampler()
     starts = ConnectionEvent.objects.filter(kind="starting", reason__startswith="client ")
@@ -533,6 +452,6 @@ def test_a_worker_recycles_itself_in_place_before_leaked_store_handles_pile_up(w
     assert peak <= budget + 2, f"{peak} store handles open with a budget of {budget}"
     assert proc.poll() is None  # the same process (pid) all along
     assert not sampler.errors, sampler.errors[:5]
-    code, took = workers.signal("w1", signal.SIGTERM)
+    code, took = workers.timed_signal("w1", signal.SIGTERM)
     assert code == 0 and took < 8, workers.logs()
     assert not SessionLease.objects.exclude(owner="").exists()

@@ -8,7 +8,6 @@ WhatsApp is produced here by the simulator: a QR scan, a pairing code, the
 with messages in flight, a reply and its delivery receipt.
 """
 
-import asyncio
 from pathlib import Path
 
 import pytest
@@ -34,6 +33,7 @@ from whatsapp.worker.supervisor import SessionSupervisor
 from .worker_doubles import (  # noqa: F401  (company_fixture is the `company` fixture)
     company_fixture,
     fast_settings,
+    reconcile_rounds,
     run,
     wait_until,
 )
@@ -151,7 +151,7 @@ def test_a_pairing_code_requested_by_an_operator_pairs_the_session(rig, company)
 def test_a_rival_connection_parks_the_worker_as_replaced_without_a_reconnect_loop(rig, company):
     async def scenario():
         async with rig:
-            await rig.supervisor()
+            sup = await rig.supervisor()
             await rig.pair(company)
             rival_events = []
 
@@ -162,7 +162,7 @@ def test_a_rival_connection_parks_the_worker_as_replaced_without_a_reconnect_loo
             rival = other.new_client(base.ClientSpec(company_id=company.pk), sink)
             await rival.start()  # e.g. the old Node system, with the same credentials
             await wait_until(state_is(company, SessionState.REPLACED), what="replaced")
-            await asyncio.sleep(1.5)  # several reconcile rounds
+            await reconcile_rounds(sup, 7)
             await rival.stop()
             await other.aclose()
             return rival_events
@@ -179,13 +179,13 @@ def test_a_logout_on_the_phone_marks_the_session_logged_out_and_forgets_the_devi
 ):
     async def scenario():
         async with rig:
-            await rig.supervisor()
+            sup = await rig.supervisor()
             await rig.pair(company)
             store = Path(rig.transport().store_for(company.pk))
             assert store.exists()
             await rig.sim.phone_logout(rig.cred(company))
             await wait_until(state_is(company, SessionState.LOGGED_OUT), what="logged out")
-            await asyncio.sleep(0.5)
+            await reconcile_rounds(sup, 3)
             return store
 
     store = run(scenario)
@@ -214,11 +214,11 @@ def test_start_after_an_operator_logout_pairs_again_with_a_fresh_qr_code(rig, co
 def test_a_temporary_ban_parks_the_session_until_it_expires(rig, company):
     async def scenario():
         async with rig:
-            await rig.supervisor()
+            sup = await rig.supervisor()
             await rig.pair(company)
             await rig.sim.ban(rig.cred(company), 120)
             await wait_until(state_is(company, SessionState.BANNED), what="banned")
-            await asyncio.sleep(1.0)
+            await reconcile_rounds(sup, 5)
 
     run(scenario)
     session = row(company)

@@ -28,6 +28,7 @@ from .worker_doubles import (  # noqa: F401  (company_fixture is the `company` f
     ScriptedTransport,
     company_fixture,
     fast_settings,
+    reconcile_rounds,
     run,
     wait_until,
 )
@@ -69,7 +70,7 @@ def test_stream_replaced_parks_the_session_and_never_reconnects_in_a_loop(starte
         await connected(sup, company)
         await transport.clients[0].emit(base.StreamReplaced())
         await wait_until(lambda: row(company).state == SessionState.REPLACED, what="replaced")
-        await _sleep(1.5)  # > 7 reconcile rounds
+        await reconcile_rounds(sup, 7)
         assert len(transport.clients) == 1
         await sup.shutdown("test over")
 
@@ -128,7 +129,7 @@ def test_logged_out_forgets_the_device_and_waits_for_a_new_pairing(started):
         assert (await database_sync_to_async(row)(company)).jid
         await transport.clients[0].emit(base.LoggedOut(reason="LOGGED_OUT"))
         await wait_until(lambda: row(company).state == SessionState.LOGGED_OUT, what="logged out")
-        await _sleep(1.0)
+        await reconcile_rounds(sup, 5)
         assert len(transport.clients) == 1  # no reconnect: pairing is required
         await sup.shutdown("test over")
 
@@ -149,7 +150,7 @@ def test_a_temporary_ban_parks_until_its_expiry_then_reconnects(started):
             base.TemporaryBan(code="SEND_TO_TOO_MANY_PEOPLE", expires_in_seconds=3600)
         )
         await wait_until(lambda: row(company).state == SessionState.BANNED, what="banned")
-        await _sleep(1.0)
+        await reconcile_rounds(sup, 5)
         assert len(transport.clients) == 1
         banned = await database_sync_to_async(row)(company)
         assert timedelta(minutes=59) < banned.ban_expires_at - timezone.now() <= timedelta(hours=1)

@@ -191,6 +191,24 @@ async def wait_until(predicate, timeout=10.0, interval=0.02, what="condition"):
         await asyncio.sleep(interval)
 
 
+async def until(condition, what, timeout=10.0):
+    """Wait for an in-memory condition of the worker (no database)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
+async def reconcile_rounds(sup, count, timeout=60.0):
+    """Wait until `sup` has run `count` whole reconcile rounds from now: the
+    window of a check that something does NOT happen (a reconnect loop, a
+    second send), counted in the rounds that could have done it rather than
+    in seconds a loaded machine may spend elsewhere."""
+    target = sup.rounds + count + 1  # the round under way now does not count
+    await until(lambda: sup.rounds >= target, f"{count} reconcile rounds", timeout)
+
+
 FAST = {
     "LEASE_TTL": 3.0,
     "RECONCILE_INTERVAL": 0.2,

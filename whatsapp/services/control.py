@@ -19,7 +19,7 @@ from whatsapp.models import (
 )
 
 from . import live
-from .commands import notify_owner
+from .worker_hints import notify_owner
 
 
 class SessionCommandError(ValueError):

@@ -35,7 +35,6 @@ from whatsapp.transport.media import (
     OutboundMedia,
 )
 
-from .commands import notify_owner
 from .media import CHUNK, inspect_file, media_storage, new_temp_path, store_file
 from .outbound import IdempotencyConflict, InvalidOutbound
 from .webhook_http import (
@@ -44,6 +43,7 @@ from .webhook_http import (
     is_refused_address,
     resolve_webhook_target,
 )
+from .worker_hints import notify_owner
 
 MAX_CAPTION = 1024  # WhatsApp's caption limit
 MAX_FILE_NAME = 240

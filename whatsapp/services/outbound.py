@@ -15,8 +15,8 @@ from companies.phones import default_region as configured_region
 from whatsapp.models import OutboundMessage
 from whatsapp.transport.jids import recipient_jid
 
-from .commands import notify_owner
 from .recipients import fresh_lookup
+from .worker_hints import notify_owner
 
 
 class InvalidOutbound(ValueError):

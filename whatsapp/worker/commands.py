@@ -7,7 +7,7 @@ clear reason and never crashes the worker.
 
 from dataclasses import dataclass, field
 
-from whatsapp.services.commands import COMMAND_TYPES
+from whatsapp.services.worker_hints import COMMAND_TYPES
 
 # Worker-internal messages (not sent by the web side).
 INTERNAL_TYPES = {"worker.boot", "worker.wake"}

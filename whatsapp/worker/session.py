@@ -1,9 +1,12 @@
-"""One company's live client inside a worker: its state machine and its sends.
+"""One company's live client inside a worker: the I/O around its lifecycle.
 
 A ManagedSession exists only while this worker holds the company's lease.
 It owns at most one client at a time and always stops the old client before
-it creates a new one (close before create). Everything it learns goes onto
-the session row through whatsapp.services.sessions, fenced by the lease.
+it creates a new one (close before create). What it knows of its client is
+one `Lifecycle` (lifecycle.py); every change goes through `lifecycle.step`,
+which names the actions this module then carries out. Everything it learns
+goes onto the session row through whatsapp.services.sessions, fenced by the
+lease.
 """
 
 import asyncio
@@ -21,6 +24,7 @@ from whatsapp.services.leases import holds_lease
 from whatsapp.transport import base
 from whatsapp.transport.normalize import MalformedEvent, normalize_message
 
+from .lifecycle import Action, Event, Lifecycle, Phase, step
 from .media import send_media_of
 from .recipients import recipient_jid
 
@@ -41,26 +45,18 @@ class ManagedSession:
         self.company_id = held.company_id
         self.session_id = held.session_id
         self.lock = asyncio.Lock()
+        self.state = Lifecycle()  # changed only by self._step
+        # The I/O handles of the current client (set while state.has_client).
         self.client = None
         self.token = None  # identifies the current client's events
-        self.clients_created = 0
-        # A start announced ("client N connecting" written) whose client does not
-        # exist yet: if the start is cancelled (shutdown, lease lost), closing
-        # records its end, so every announced client has one.
-        self.announced = None
-        self.connected = False
-        self.awaiting_pairing = False
-        self.was_connected = False  # a Connected after a drop is a reconnect
-        self.outcome = None
-        self.connecting = False
-        self.pairing = False
-        self.qr_recorded = False
+        self.clients_created = 0  # an announced start is client number clients_created + 1
+        # Set when the current connect attempt has its outcome (connected, a
+        # QR code, or the client stopped); the attempt waits for it.
+        self.attempt = None
         self.last_event = time.monotonic()
         self.last_touch = 0.0
         self.retry_handle = None
-        self.tasks = set()
-        self.closed = False
-        self.stopping = False  # closing: a send in flight may finish, no new one starts
+        self.tasks = set()  # named "connect", "pair", "drain", "receipts", "nudge"
         # A send hint that came while a drain was running: that drain claims
         # again before it ends, so a row queued during its last claim is not
         # left to the next reconcile round (seconds later).
@@ -71,7 +67,35 @@ class ManagedSession:
         self.adopted_at = time.monotonic()
 
     def __repr__(self):
-        return f"<ManagedSession company={self.company_id} epoch={self.held.epoch}>"
+        return (
+            f"<ManagedSession company={self.company_id} epoch={self.held.epoch} "
+            f"{self.state.phase}/{self.state.ending}>"
+        )
+
+    # --- the lifecycle (read by the supervisor and tests) ------------------------
+    def _step(self, event):
+        self.state, actions = step(self.state, event)
+        return actions
+
+    @property
+    def connected(self):
+        return self.state.connected
+
+    @property
+    def stopping(self):
+        """Closing has begun: a send in flight may finish, no new one starts."""
+        return self.state.closing
+
+    @property
+    def closed(self):
+        return self.state.closed
+
+    def mark_closed(self):
+        self._step(Event.CLOSE)
+
+    def _settle_attempt(self):
+        if self.attempt is not None:
+            self.attempt.set()
 
     # --- helpers -----------------------------------------------------------
     def spawn(self, coro, name):
@@ -88,29 +112,31 @@ class ManagedSession:
         """Stop the current client (lock held). Records the end of its life
         (unless the caller records it, as a hand-over does for all sessions at
         once). Returns the number of the client stopped, or None."""
-        client, number = self.client, self.clients_created
-        if client is None:
-            number, self.announced = self.announced, None
-            if number is not None and record:
+        client = self.client
+        number = self.clients_created + (self.state.phase is Phase.ANNOUNCED)
+        self.client = self.token = None  # from now on its events are late ones
+        actions = self._step(Event.CLIENT_STOPPED)
+        if not actions:
+            return None
+        for action in actions:
+            if action is Action.STOP_CLIENT:
+                try:
+                    await asyncio.wait_for(client.stop(), self.sup.stop_timeout)
+                except Exception as exc:
+                    logger.warning("company %s: stopping client failed: %r", self.company_id, exc)
+                self.sup.client_ended()
+            elif action is Action.RECORD_STOPPED and record:
+                await db(svc.record_event)(
+                    self.held, Kind.STOPPED, f"client {number} stopped: {reason}"
+                )
+            elif action is Action.RECORD_NEVER_STARTED and record:
                 await db(svc.record_event)(
                     self.held,
                     Kind.STOPPED,
                     f"client {number} stopped: {reason} (before it started)",
                 )
-            return number
-        self.client = self.token = None
-        self.connected = self.awaiting_pairing = False
-        try:
-            await asyncio.wait_for(client.stop(), self.sup.stop_timeout)
-        except Exception as exc:
-            logger.warning("company %s: stopping client failed: %r", self.company_id, exc)
-        self.sup.client_ended()
-        if record:
-            await db(svc.record_event)(
-                self.held, Kind.STOPPED, f"client {number} stopped: {reason}"
-            )
-        if self.outcome is not None:
-            self.outcome.set()
+            elif action is Action.SETTLE_ATTEMPT:
+                self._settle_attempt()
         return number
 
     async def _failed(self, error, permanent=False):
@@ -132,7 +158,7 @@ class ManagedSession:
     # --- reconcile: make the live client match the row ----------------------
     async def reconcile(self, row):
         async with self.lock:
-            if self.closed:
+            if self.state.closed:
                 return
             await self._reconcile(row)
 
@@ -170,16 +196,23 @@ class ManagedSession:
                     await db(svc.mark_stopped)(self.held, self._why_not(row, now))
                 await self.sup.release(self, self._why_not(row, now))
             return
-        if self.client is None:
-            if row.connect_due(now) and not self.connecting:
-                self.connecting = True
-                self.spawn(self._connect(), "connect")
+        if not self.state.has_client:
+            if row.connect_due(now):
+                self._start_connecting()
             return
-        if row.pairing_requested_at and self.awaiting_pairing and not self.pairing:
-            self.pairing = True
+        if (
+            row.pairing_requested_at
+            and self.state.phase is Phase.AWAITING_PAIRING
+            and not self.busy("pair")
+        ):
             self.spawn(self._pair(row.pairing_phone, row.pairing_requested_at), "pair")
-        if self.connected:
+        if self.state.connected:
             await self._watchdog()
+
+    def _start_connecting(self):
+        """One connect attempt at a time."""
+        if not self.busy("connect"):
+            self.spawn(self._connect(), "connect")
 
     @staticmethod
     def _why_not(row, now):
@@ -203,30 +236,25 @@ class ManagedSession:
             self.held, Kind.SILENT, f"no events for {silence:.0f}s and not logged in: restarting"
         )
         await self._stop_client("watchdog: no events, not logged in")
-        if not self.connecting:
-            self.connecting = True
-            self.spawn(self._connect(), "connect")
+        self._start_connecting()
 
     # --- connecting ------------------------------------------------------------
     async def _connect(self):
-        try:
-            async with self.sup.connect_slots:  # bounded concurrent connect attempts
-                outcome = await self._start_client()
-                if outcome is None:
-                    return
-                try:
-                    await asyncio.wait_for(outcome.wait(), self.sup.connect_timeout)
-                except TimeoutError:
-                    async with self.lock:
-                        if self.outcome is outcome and self.client is not None:
-                            await self._stop_client("connect timed out")
-                            await self._failed(f"no connection after {self.sup.connect_timeout:g}s")
-        finally:
-            self.connecting = False
+        async with self.sup.connect_slots:  # bounded concurrent connect attempts
+            attempt = await self._start_client()
+            if attempt is None:
+                return
+            try:
+                await asyncio.wait_for(attempt.wait(), self.sup.connect_timeout)
+            except TimeoutError:
+                async with self.lock:
+                    if self.attempt is attempt and self.state.has_client:
+                        await self._stop_client("connect timed out")
+                        await self._failed(f"no connection after {self.sup.connect_timeout:g}s")
 
     async def _start_client(self):
         async with self.lock:
-            if self.client is not None or self.closed or self.sup.closing:
+            if not self.state.may_start or self.sup.closing:
                 return None
             if not self.sup.leases_fresh():  # renewals failing: do not start anything
                 return None
@@ -237,12 +265,15 @@ class ManagedSession:
             if row is None or not row.should_connect():
                 return None
             number = self.clients_created + 1
-            self.announced = number
+            # Announced before it is written: a start cancelled meanwhile
+            # (shutdown, lease lost) records its end when closing, so every
+            # announced client has one.
+            self._step(Event.ANNOUNCE)
             if not await db(svc.mark_starting)(self.held, f"client {number} connecting"):
-                self.announced = None
+                await self._stop_client("lease gone", record=False)
                 await self.sup.lease_lost(self, "lease gone before connecting")
                 return None
-            self.outcome = outcome = asyncio.Event()
+            self.attempt = attempt = asyncio.Event()
             token = object()
             spec = base.ClientSpec(company_id=self.company_id, jid=row.jid)
             async with self.sup.start_lock:  # neonize's Go side: one start at a time
@@ -254,15 +285,14 @@ class ManagedSession:
                     await db(svc.record_event)(
                         self.held, Kind.STOPPED, f"client {number} not created: {exc}"
                     )
-                    self.announced = None
+                    await self._stop_client("not created", record=False)
                     await self._failed(
                         f"could not create client: {exc}", getattr(exc, "permanent", False)
                     )
                     return None
                 self.clients_created = number
                 self.client, self.token = client, token
-                self.announced = None
-                self.qr_recorded = False
+                self._step(Event.CREATED)
                 self.last_event = time.monotonic()
                 try:
                     await client.start()
@@ -270,11 +300,11 @@ class ManagedSession:
                     await self._stop_client(f"start failed: {exc}")
                     await self._failed(str(exc), getattr(exc, "permanent", False))
                     return None
-            return outcome
+            return attempt
 
     # --- events from the client ------------------------------------------------
     async def on_event(self, token, event):
-        if token is not self.token or self.closed:
+        if token is not self.token or self.state.closed:
             return  # a stopped client's late event
         self.last_event = time.monotonic()
         try:
@@ -315,11 +345,11 @@ class ManagedSession:
             await db(svc.mark_paired)(self.held, event.jid, event.push_name)
         elif isinstance(event, base.Disconnected):
             async with self.lock:
-                if token is self.token and self.connected:
-                    self.connected = False
-                    await db(svc.mark_reconnecting)(
-                        self.held, event.reason or "connection dropped; whatsmeow reconnects"
-                    )
+                if token is self.token:
+                    for _action in self._step(Event.DISCONNECTED):  # RECORD_RECONNECTING
+                        await db(svc.mark_reconnecting)(
+                            self.held, event.reason or "connection dropped; whatsmeow reconnects"
+                        )
         elif isinstance(event, (base.KeepAliveTimeout, base.KeepAliveRestored, base.StreamError)):
             await self._note(event)
         else:
@@ -338,22 +368,25 @@ class ManagedSession:
             await db(svc.record_error)(self.held, f"stream error {event.code}")
 
     async def _connected(self, event):
-        reconnected = self.was_connected and not self.connected
-        self.connected = self.was_connected = True
-        self.awaiting_pairing = False
-        await db(svc.mark_connected)(self.held, event.jid, event.push_name, reconnected)
-        if self.outcome is not None:
-            self.outcome.set()
-        self.sup.wants_drain(self)
+        for action in self._step(Event.CONNECTED):
+            if action in (Action.RECORD_CONNECTED, Action.RECORD_RECONNECTED):
+                reconnected = action is Action.RECORD_RECONNECTED
+                await db(svc.mark_connected)(self.held, event.jid, event.push_name, reconnected)
+            elif action is Action.SETTLE_ATTEMPT:
+                self._settle_attempt()
+            elif action is Action.DRAIN:
+                self.sup.wants_drain(self)
 
     async def _qr(self, event):
-        self.awaiting_pairing = True
-        code = event.codes[0] if event.codes else ""
-        await db(svc.mark_awaiting_pairing)(self.held, code, record=not self.qr_recorded)
-        self.qr_recorded = True
-        if self.outcome is not None:
-            self.outcome.set()
-        self.sup.nudge_company(self.company_id)  # a pending phone pairing can go now
+        for action in self._step(Event.QR):
+            if action in (Action.RECORD_QR, Action.REFRESH_QR):
+                code = event.codes[0] if event.codes else ""
+                record = action is Action.RECORD_QR
+                await db(svc.mark_awaiting_pairing)(self.held, code, record=record)
+            elif action is Action.SETTLE_ATTEMPT:
+                self._settle_attempt()
+            elif action is Action.NUDGE:
+                self.sup.nudge_company(self.company_id)  # a pending phone pairing can go now
 
     async def _terminal(self, event):
         """Events after which this client is finished."""
@@ -446,19 +479,16 @@ class ManagedSession:
         await db(svc.clear_request)(self.held, "logout_requested_at", row.logout_requested_at)
 
     async def _pair(self, phone, requested_at):
+        client = self.client
+        if client is None or not phone:
+            await db(svc.fail_pairing_request)(self.held, "no phone number or no client")
+            return
         try:
-            client = self.client
-            if client is None or not phone:
-                await db(svc.fail_pairing_request)(self.held, "no phone number or no client")
-                return
-            try:
-                code = await client.pair_phone(phone)
-            except base.TransportError as exc:
-                await db(svc.fail_pairing_request)(self.held, str(exc))
-                return
-            await db(svc.store_pairing_code)(self.held, code)
-        finally:
-            self.pairing = False
+            code = await client.pair_phone(phone)
+        except base.TransportError as exc:
+            await db(svc.fail_pairing_request)(self.held, str(exc))
+            return
+        await db(svc.store_pairing_code)(self.held, code)
 
     # --- outbound -------------------------------------------------------------
     async def drain(self):
@@ -513,9 +543,7 @@ class ManagedSession:
                 await asyncio.shield(db(sending.mark_outbound_sent)(*done))
 
     def _may_send(self):
-        return (
-            not self.closed and not self.stopping and self.connected and self.client is not None
-        )
+        return self.state.may_send and self.client is not None
 
     # --- end of ownership ----------------------------------------------------
     async def close(self, reason, record=True, send_budget=None):
@@ -529,7 +557,7 @@ class ManagedSession:
         `sending` for the next owner (sent again with its id)."""
         if self.retry_handle is not None:
             self.retry_handle.cancel()
-        self.stopping = True
+        self._step(Event.HAND_OVER)
         budget = self.sup.send_budget if send_budget is None else send_budget
         current = asyncio.current_task()
         sends = [
@@ -550,5 +578,5 @@ class ManagedSession:
             if task is not current:
                 task.cancel()
         async with self.lock:
-            self.closed = True
+            self._step(Event.CLOSE)
             return await self._stop_client(reason, record)
