@@ -225,6 +225,8 @@ Q_CLUSTER = {
     # Tasks a cluster holds off the broker (its local queue): few, so a
     # killed cluster loses few (the sweeper finds them) and a stop is quick.
     "queue_limit": 2 * _q_workers,
+    # ORM broker: tasks taken per dequeue, in one statement (whatsapp/job_broker.py).
+    "bulk": _q_workers,
     "recycle": env.int("Q_RECYCLE", default=2000),
     "catch_up": False,
     # ORM broker: an idle cluster looks for new tasks every `poll` seconds
@@ -433,6 +435,10 @@ WHATSAPP = {
     # PostgreSQL: a worker process keeps its database connection this many seconds
     # (its database calls share one thread); 0 = a new connection per call.
     "WORKER_CONN_MAX_AGE": env.int("WHATSAPP_WORKER_CONN_MAX_AGE", default=60),
+    # `runcluster`: each cluster process (worker, pusher, monitor) keeps its
+    # database connection this many seconds (SQLite and PostgreSQL) instead of
+    # opening one per task; 0 = a new connection per task (docs/processing.md).
+    "JOB_CONN_MAX_AGE": env.int("WHATSAPP_JOB_CONN_MAX_AGE", default=60),
     "SEND_MAX_ATTEMPTS": env.int("WHATSAPP_SEND_MAX_ATTEMPTS", default=5),
     # A hand-over (rebalancing, SIGTERM, a lost lease) lets a send in flight finish
     # this many seconds before it stops the client (at most half the shutdown budget).

@@ -31,6 +31,7 @@ import time
 
 from django.conf import settings
 from django.core.management.base import BaseCommand
+from django.db import connections
 
 logger = logging.getLogger(__name__)
 
@@ -87,6 +88,19 @@ def arm_children():
     multiprocessing.util.register_after_fork(_after_fork, _after_fork)
 
 
+def _keep_database_connections():
+    """Every cluster process keeps its database connection for
+    WHATSAPP["JOB_CONN_MAX_AGE"] seconds (health checks on) instead of opening
+    one per task: django-q2 calls close_old_connections() before each task and
+    each ORM dequeue, which with the default CONN_MAX_AGE 0 meant a new
+    connection (on PostgreSQL a new server process) per task. django-q2 closes
+    every connection before it forks, so no connection is shared by two
+    processes. Call before the first query."""
+    db = connections.settings["default"]
+    db["CONN_MAX_AGE"] = settings.WHATSAPP["JOB_CONN_MAX_AGE"]
+    db["CONN_HEALTH_CHECKS"] = True
+
+
 class Command(BaseCommand):
     help = "Run the job clusters (client messages and maintenance); no orphan on a kill."
 
@@ -97,6 +111,7 @@ class Command(BaseCommand):
         from django_q.conf import Conf
 
         queue = options["queue"]
+        _keep_database_connections()
         maintenance = settings.Q_MAINTENANCE_CLUSTER
         if queue == "maintenance" and Conf.CLUSTER_NAME != maintenance:
             # django-q2 reads the cluster name from the environment when it is
