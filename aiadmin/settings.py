@@ -432,7 +432,7 @@ WHATSAPP = {
     "BACKOFF_CAP": env.float("WHATSAPP_BACKOFF_CAP", default=300.0),
     "REPLACED_BACKOFF": env.float("WHATSAPP_REPLACED_BACKOFF", default=600.0),
     "MAX_SESSIONS_PER_WORKER": env.int("WHATSAPP_MAX_SESSIONS_PER_WORKER", default=1000),
-    # PostgreSQL: a worker process keeps its database connection this many seconds
+    # A worker process keeps its database connection this many seconds
     # (its database calls share one thread); 0 = a new connection per call.
     "WORKER_CONN_MAX_AGE": env.int("WHATSAPP_WORKER_CONN_MAX_AGE", default=60),
     # `runcluster`: each cluster process (worker, pusher, monitor) keeps its
