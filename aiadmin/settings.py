@@ -458,10 +458,16 @@ WHATSAPP = {
     # Seconds a running attempt holds its job (0: Q_CLUSTER timeout + 15, so a
     # live attempt, which django-q2 kills at the timeout, never loses it).
     "JOB_LEASE": env.float("WHATSAPP_JOB_LEASE", default=0.0),
-    # Redis broker: a queued job whose task has been off the Redis list this
-    # long without being claimed was taken by a cluster that died; the
-    # sweeper pushes it again (docs/processing.md).
-    "LOST_TASK_AFTER": env.float("WHATSAPP_LOST_TASK_AFTER", default=60.0),
+    # A queued job whose task a cluster took this long ago (off the Redis list,
+    # or locked in the ORM broker's table) and is still unclaimed was taken by a
+    # cluster that died: it is put on the queue again (docs/processing.md).
+    "LOST_TASK_AFTER": env.float("WHATSAPP_LOST_TASK_AFTER", default=10.0),
+    # `runcluster` looks for stranded jobs (dead attempts, lost tasks, jobs never
+    # pushed) every this many seconds; 0 = only the minute sweeper.
+    "JOB_WATCH_INTERVAL": env.float("WHATSAPP_JOB_WATCH_INTERVAL", default=2.0),
+    # Redis broker: a job stored but never pushed (its process died between the
+    # commit and the push) is pushed by the job watch this many seconds later.
+    "UNPUSHED_AFTER": env.float("WHATSAPP_UNPUSHED_AFTER", default=5.0),
     # Session worker (issue 3): a connect attempt that neither connects nor
     # shows a QR within this many seconds is failed and retried with backoff.
     "CONNECT_TIMEOUT": env.float("WHATSAPP_CONNECT_TIMEOUT", default=75.0),
