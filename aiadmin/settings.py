@@ -228,6 +228,8 @@ Q_CLUSTER = {
     # Tasks a cluster holds off the broker (its local queue): few, so a
     # killed cluster loses few (the sweeper finds them) and a stop is quick.
     "queue_limit": 2 * _q_workers,
+    # ORM broker: tasks taken per dequeue, in one statement (whatsapp/job_broker.py).
+    "bulk": _q_workers,
     "recycle": env.int("Q_RECYCLE", default=2000),
     "catch_up": False,
     # ORM broker: an idle cluster looks for new tasks every `poll` seconds
@@ -449,9 +451,13 @@ WHATSAPP = {
     "BACKOFF_CAP": env.float("WHATSAPP_BACKOFF_CAP", default=300.0),
     "REPLACED_BACKOFF": env.float("WHATSAPP_REPLACED_BACKOFF", default=600.0),
     "MAX_SESSIONS_PER_WORKER": env.int("WHATSAPP_MAX_SESSIONS_PER_WORKER", default=1000),
-    # PostgreSQL: a worker process keeps its database connection this many seconds
+    # A worker process keeps its database connection this many seconds
     # (its database calls share one thread); 0 = a new connection per call.
     "WORKER_CONN_MAX_AGE": env.int("WHATSAPP_WORKER_CONN_MAX_AGE", default=60),
+    # `runcluster`: each cluster process (worker, pusher, monitor) keeps its
+    # database connection this many seconds (SQLite and PostgreSQL) instead of
+    # opening one per task; 0 = a new connection per task (docs/processing.md).
+    "JOB_CONN_MAX_AGE": env.int("WHATSAPP_JOB_CONN_MAX_AGE", default=60),
     "SEND_MAX_ATTEMPTS": env.int("WHATSAPP_SEND_MAX_ATTEMPTS", default=5),
     # Recipients given as phone numbers are looked up on WhatsApp before the first
     # send (is it on WhatsApp, under which JID); the answer is kept this many
@@ -476,10 +482,16 @@ WHATSAPP = {
     # Seconds a running attempt holds its job (0: Q_CLUSTER timeout + 15, so a
     # live attempt, which django-q2 kills at the timeout, never loses it).
     "JOB_LEASE": env.float("WHATSAPP_JOB_LEASE", default=0.0),
-    # Redis broker: a queued job whose task has been off the Redis list this
-    # long without being claimed was taken by a cluster that died; the
-    # sweeper pushes it again (docs/processing.md).
-    "LOST_TASK_AFTER": env.float("WHATSAPP_LOST_TASK_AFTER", default=60.0),
+    # A queued job whose task a cluster took this long ago (off the Redis list,
+    # or locked in the ORM broker's table) and is still unclaimed was taken by a
+    # cluster that died: it is put on the queue again (docs/processing.md).
+    "LOST_TASK_AFTER": env.float("WHATSAPP_LOST_TASK_AFTER", default=10.0),
+    # `runcluster` looks for stranded jobs (dead attempts, lost tasks, jobs never
+    # pushed) every this many seconds; 0 = only the minute sweeper.
+    "JOB_WATCH_INTERVAL": env.float("WHATSAPP_JOB_WATCH_INTERVAL", default=2.0),
+    # Redis broker: a job stored but never pushed (its process died between the
+    # commit and the push) is pushed by the job watch this many seconds later.
+    "UNPUSHED_AFTER": env.float("WHATSAPP_UNPUSHED_AFTER", default=5.0),
     # Session worker (issue 3): a connect attempt that neither connects nor
     # shows a QR within this many seconds is failed and retried with backoff.
     "CONNECT_TIMEOUT": env.float("WHATSAPP_CONNECT_TIMEOUT", default=75.0),

@@ -39,6 +39,11 @@ def main():
     p.add_argument("--companies", type=int, default=4, help="companies (paired devices)")
     p.add_argument("--q-workers", type=int, default=None, help="job cluster workers")
     p.add_argument("--timeout", type=float, default=600.0, help="give up waiting after")
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="print the CPU seconds each process (and its children) used in each phase",
+    )
     args = p.parse_args()
     if args.q_workers:
         os.environ["Q_WORKERS"] = str(args.q_workers)
@@ -63,6 +68,7 @@ def main():
     sim = worker = cluster = None
     sent = {}  # push name -> time the phones sent it (wall clock)
     serial = iter(range(10**9))
+    cpu_use = []  # (phase, {process: CPU seconds})
 
     def send(count):
         """`count` messages spread over the companies, one POST per company."""
@@ -127,8 +133,12 @@ def main():
         send(args.n)
         t_stored = wait(lambda: InboundMessage.objects.count() >= args.n, "the burst stored")
         inbound_rate = args.n / (t_stored - t0)
+        cpu_before = cpu_of(sim.child, worker)
         cluster = Child("runcluster", ["runcluster"], child_env(), log_dir)
         wait(lambda: answered() >= args.n, "every reply of the burst acked")
+        cpu_use.append(
+            (f"burst of {args.n} drained", cpu_delta(cpu_before, sim.child, worker, cluster))
+        )
         # From the first reply to the last: the cluster's start-up is not counted.
         burst = sorted(acked().values())
         drain_rate = (len(burst) - 1) / (burst[-1] - burst[0])
@@ -139,6 +149,7 @@ def main():
         steady = []
         for rate in [float(r) for r in args.rates.split(",") if r]:
             first = next(serial)  # a gap in the numbering marks the load's start
+            cpu_before = cpu_of(sim.child, worker, cluster)
             base = answered()
             tick = 0.1
             total = int(rate * args.seconds)
@@ -156,6 +167,7 @@ def main():
                 if delay > 0:
                     time.sleep(delay)
             t_end = wait(lambda b=base, t=total: answered() >= b + t, f"the {rate:g}/s replies")
+            cpu_use.append((f"{rate:g}/s", cpu_delta(cpu_before, sim.child, worker, cluster)))
             replies = acked()
             names = [f"m{i}" for i in range(first + 1, first + 1 + total)]
             latencies = [(replies[n] - sent[n]) * 1000 for n in names if n in replies]
@@ -192,6 +204,43 @@ def main():
             f"{rate:8.0f}/s "
             + " | ".join(f"{percentile(v, 50):7.1f} / {percentile(v, 99):7.1f}" for v in stages)
         )
+    if args.profile:
+        print("CPU seconds per process (with its children) in each phase:")
+        for phase, use in cpu_use:
+            wall = use.pop("wall")
+            print(
+                f"  {phase} ({wall:.1f} s wall): "
+                + ", ".join(f"{name} {secs:.1f}" for name, secs in use.items())
+            )
+
+
+def cpu_of(*children):
+    """name -> CPU seconds used so far by each child and its descendants (and this process)."""
+    import psutil
+
+    out = {"_t": time.time(), "bench (this process)": sum(psutil.Process().cpu_times()[:2])}
+    for child in children:
+        try:
+            proc = psutil.Process(child.pid)
+            total = sum(proc.cpu_times()[:2])
+            for sub in proc.children(recursive=True):
+                try:
+                    total += sum(sub.cpu_times()[:2])
+                except psutil.Error:
+                    pass
+        except psutil.Error:
+            continue
+        out[child.name] = total
+    return out
+
+
+def cpu_delta(before, *children):
+    """CPU seconds used since `before` (children started since count from 0); the
+    wall time is added as "wall"."""
+    now = cpu_of(*children)
+    out = {name: now[name] - before.get(name, 0.0) for name in now if name != "_t"}
+    out["wall"] = now["_t"] - before["_t"]
+    return out
 
 
 def stage_times(names, sent, replies):

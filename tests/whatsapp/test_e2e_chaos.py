@@ -20,9 +20,11 @@ from the database and from what the simulator received:
   them). Nothing ends "outcome unknown" with a transport that takes our id.
 """
 
+import json
 import signal
+import threading
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 
 import pytest
 from django.utils import timezone
@@ -229,3 +231,186 @@ def summary(sim, stream, queued, takeovers):
         f"  outbound {dict(statuses)} ({len(queued)} queued during kills); simulator received "
         f"{sum(received.values())} sends, {totals.get('duplicate_sends', 0)} resends kept once"
     )
+
+
+# --- the whole path under every fault at once (issue 15) ---------------------------
+CHAOS_HANDLER = {"chaos_record": {"path": "tests.whatsapp.chaos_handler.record", "label": "c"}}
+COMPANIES = 6  # one worker owns them all; a second one makes it hand over 2 (rebalance)
+RATE = 6.0  # messages/s, from the phones, all along
+
+
+class Flow(threading.Thread):
+    """Phones writing at RATE messages/s from a thread until stopped; each
+    message names itself (push name), round robin over the companies."""
+
+    def __init__(self, sim, company_ids):
+        super().__init__(daemon=True)
+        self.sim = sim
+        self.company_ids = company_ids
+        self.sent = []  # (company id, push name)
+        self.errors = []
+        self.halt = threading.Event()
+
+    def run(self):
+        i = 0
+        while not self.halt.wait(1 / RATE):
+            company_id = self.company_ids[i % len(self.company_ids)]
+            name = f"f{i:04d}"
+            try:
+                self.sim.post(
+                    "messages",
+                    company=company_id,
+                    **{"from": PHONES[i % len(PHONES)]},
+                    push_name=name,
+                    text=f"flow {i}",
+                )
+            except Exception as exc:  # the simulator is never killed: a test failure
+                self.errors.append(repr(exc))
+                return
+            self.sent.append((company_id, name))
+            i += 1
+
+    def stop(self):
+        self.halt.set()
+        self.join(timeout=30)
+
+
+def running_job():
+    return ProcessingJob.objects.filter(status=ProcessingJob.Status.RUNNING).first()
+
+
+def test_kills_and_a_rebalance_under_load_answer_every_message_exactly_once(
+    tenants, tmp_path, settings
+):
+    """While phones write: a second worker makes the first hand sessions over
+    (rebalance), the job cluster is SIGKILLed mid-job and restarted, then the
+    worker owning most sessions is SIGKILLed and restarted. Then: every message
+    stored once; its handler run once, or again only as a retry told that the
+    previous attempt died; answered exactly once at the phone (counted by the
+    simulator, per inbound message id); no job left unfinished."""
+    settings.WHATSAPP_INBOUND_HANDLERS = {**settings.WHATSAPP_INBOUND_HANDLERS, **CHAOS_HANDLER}
+    calls = tmp_path / "calls.txt"
+    sim = Simulator(tmp_path).start()
+    app = AppProcesses(
+        tmp_path,
+        sim,
+        WHATSAPP_LEASE_TTL=TTL,
+        WHATSAPP_RECONCILE_INTERVAL=INTERVAL,
+        WHATSAPP_BACKOFF_BASE=1,
+        WHATSAPP_BACKOFF_CAP=4,
+        WHATSAPP_SHUTDOWN_GRACE=8,
+        WHATSAPP_LOST_TASK_AFTER=4,
+        WHATSAPP_EXTRA_INBOUND_HANDLERS=json.dumps(CHAOS_HANDLER),
+        AIADMIN_CHAOS_CALLS=calls,
+        AIADMIN_CHAOS_HANDLER_SECONDS=0.05,
+        Q_WORKERS=3,
+    )
+    companies = [tenants.a, tenants.b] + [
+        Company.objects.create(name=f"Chaos {i}", slug=f"chaos-{i}")
+        for i in range(COMPANIES - 2)
+    ]
+    ids = [c.pk for c in companies]
+    for company in companies:
+        company.inbound_handler = "chaos_record"
+        company.save(update_fields=["inbound_handler"])
+        start_session(company.pk, actor="e2e test")
+    flow = Flow(sim, ids)
+    timeline = []
+    try:
+        app.start_workers("w1")
+        app.start_qcluster("jobs")
+        pair_companies(sim, ids, app)
+        flow.start()
+        started = time.monotonic()
+
+        def note(what):
+            timeline.append(f"{time.monotonic() - started:5.1f}s {what}")
+
+        # 1. Rebalance: w2 starts, w1 hands some of its sessions over while messages flow.
+        time.sleep(2)
+        app.start_workers("w2")
+        note("w2 started")
+        wait_for(
+            lambda: app.ids["w2"] in owners(ids).values(), 30, "w2 to take over some sessions"
+        )
+        note(f"rebalanced: {Counter(owners(ids).values())}")
+        # 2. SIGKILL of the job cluster while a job runs; a new one starts.
+        wait_for(running_job, 30, "a job to run")
+        app.procs["jobs"].send_signal(signal.SIGKILL)
+        app.procs["jobs"].wait(timeout=10)
+        note("job cluster SIGKILLed")
+        time.sleep(1)
+        app.start_qcluster("jobs")
+        note("job cluster restarted")
+        # 3. SIGKILL of the worker owning most sessions; it comes back.
+        time.sleep(3)
+        by_owner = Counter(owners(ids).values())
+        name = max(("w1", "w2"), key=lambda n: by_owner.get(app.ids[n], 0))
+        app.procs[name].send_signal(signal.SIGKILL)
+        app.procs[name].wait(timeout=10)
+        note(f"{name} SIGKILLed (owned {by_owner.get(app.ids[name], 0)})")
+        time.sleep(1)
+        app.start_workers(name)
+        note(f"{name} restarted")
+        time.sleep(3)
+        flow.stop()
+        note(f"flow stopped after {len(flow.sent)} messages")
+        assert not flow.errors, flow.errors
+        total = len(flow.sent)
+        wait_for(
+            lambda: (
+                ProcessingJob.objects.filter(status=ProcessingJob.Status.SUCCEEDED).count()
+                >= total
+                and not OutboundMessage.objects.filter(status__in=["queued", "sending"]).exists()
+            ),
+            90,
+            "every message processed and every reply settled",
+            interval=0.5,
+        )
+        note("all answered")
+        time.sleep(1.5)  # a late duplicate would show up now
+        at_phones = [s["text"] for s in sim.sends()]
+    except AssertionError as exc:
+        flow.stop()
+        states = Counter(ProcessingJob.objects.values_list("status", flat=True))
+        sends = Counter(OutboundMessage.objects.values_list("status", flat=True))
+        raise AssertionError(
+            f"{exc}\n{timeline}\njobs {dict(states)}, outbound {dict(sends)}\n{app.logs()}"
+        ) from None
+    finally:
+        flow.stop()
+        app.stop_all()
+        sim.stop()
+    print("\n".join(timeline))
+
+    # Stored once.
+    total = len(flow.sent)
+    assert total >= 60, timeline
+    names = list(InboundMessage.objects.values_list("push_name", flat=True))
+    assert sorted(names) == sorted(name for _, name in flow.sent)
+    # Processed once, or again only knowing that the previous attempt died.
+    jobs = dict(ProcessingJob.objects.values_list("message__wa_message_id", "attempts"))
+    assert len(jobs) == total
+    assert set(ProcessingJob.objects.values_list("status", flat=True)) == {"succeeded"}
+    runs = defaultdict(list)
+    for line in calls.read_text().splitlines():
+        wa_id, number, previous = line.split()
+        runs[wa_id].append((int(number), previous))
+    assert set(runs) == set(jobs)
+    for wa_id, seen in runs.items():
+        numbers = [n for n, _ in seen]
+        assert len(set(numbers)) == len(numbers), (wa_id, seen)  # no attempt run twice
+        assert max(numbers) == jobs[wa_id], (wa_id, seen)
+        for number, previous in seen:
+            assert previous == ("-" if number == 1 else "died"), (wa_id, seen)
+    retried = sorted(wa_id for wa_id, n in jobs.items() if n > 1)
+    # Answered exactly once, at the phone: the simulator's sends per inbound message id.
+    received = Counter(text for text in at_phones if text.startswith("re "))
+    assert received == Counter({f"re {wa_id}": 1 for wa_id in jobs}), {
+        t: n for t, n in received.items() if n != 1
+    }
+    statuses = Counter(OutboundMessage.objects.values_list("status", flat=True))
+    assert set(statuses) <= {"sent", "delivered", "read"}, statuses
+    assert sum(statuses.values()) == total
+    assert ConnectionEvent.objects.filter(reason="rebalancing").exists()
+    print(f"{total} messages, {len(retried)} retried knowingly, outbound {dict(statuses)}")

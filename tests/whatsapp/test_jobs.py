@@ -674,3 +674,85 @@ def test_a_job_lease_shorter_than_the_task_timeout_is_refused_at_startup(setting
     assert "whatsapp.E007" in [e.id for e in check_whatsapp_settings(None)]
     settings.WHATSAPP = {**settings.WHATSAPP, "JOB_LEASE": 0}
     assert "whatsapp.E007" not in [e.id for e in check_whatsapp_settings(None)]
+
+
+# --- the job watch (runcluster, every few seconds) ----------------------------------
+def test_orm_a_task_a_dead_cluster_took_is_released_once_it_is_provably_lost(company, session):
+    """ORM broker: a taken task stays locked for `retry` (90 s) after its
+    cluster died; the job watch lifts the lock after LOST_TASK_AFTER."""
+    orm_pass()
+    use_handler(company, "attempt_aware_handler")
+    receive(company)
+    job = job_of()
+    broker = get_broker()
+    assert broker.dequeue()  # the cluster's pusher took it... and died
+    assert broker.dequeue() is None  # locked: no cluster sees it any more
+    assert jobs_module.watch_stranded_jobs() == 0  # maybe in a live cluster's hands
+    assert jobs_module.watch_stranded_jobs(now=timezone.now() + lost_after()) == 1
+    (row,) = broker.dequeue()  # any cluster takes it again now
+    assert SignedPackage.loads(row[1])["args"] == (job.message_id,)
+    job.refresh_from_db()
+    assert (job.status, job.enqueue_count) == (ProcessingJob.Status.QUEUED, 2)
+    assert run_processing_job(job.pk) == ProcessingJob.Status.SUCCEEDED
+    assert attempts_seen == [("3EB0JOB1", 1, "")]  # it never ran before: a first attempt
+
+
+def test_orm_a_taken_task_whose_job_ran_or_a_waiting_backlog_is_left_alone(company, session):
+    orm_pass()
+    use_handler(company, "recording_handler")
+    for i in range(6):
+        receive(company, f"3EB0BL{i:02d}")
+    broker = get_broker()
+    taken = broker.dequeue()  # up to Q_CLUSTER["bulk"] tasks at once
+    assert 2 <= len(taken) < 6
+    ran, *lost = [SignedPackage.loads(payload)["args"][0] for _pk, payload in taken]
+    assert run_processing_job(ProcessingJob.objects.get(message_id=ran).pk) == (
+        ProcessingJob.Status.SUCCEEDED
+    )  # ran; its acknowledgement is still to come (the cluster died first)
+    far = timezone.now() + lost_after()
+    assert jobs_module.watch_stranded_jobs(now=far) == len(lost)
+    assert jobs_module.watch_stranded_jobs(now=far) == 0
+    counts = dict(ProcessingJob.objects.values_list("message_id", "enqueue_count"))
+    assert {m for m, n in counts.items() if n == 2} == set(lost)
+    # The lost ones are takeable again with the waiting ones; the one that ran is not.
+    again = []
+    while batch := broker.dequeue():
+        again += [SignedPackage.loads(payload)["args"][0] for _pk, payload in batch]
+    assert sorted(again) == sorted(set(counts) - {ran})
+
+
+def test_redis_a_job_never_pushed_is_pushed_by_the_watch_within_seconds(
+    company, session, monkeypatch
+):
+    """The process died between the commit and the push (simulated by Redis
+    refusing it): the watch pushes it UNPUSHED_AFTER seconds later, once."""
+    redis_pass()
+    with monkeypatch.context() as m:
+        m.setattr(Redis, "enqueue", redis_down)
+        assert receive(company).created
+    assert jobs_module.watch_stranded_jobs() == 0  # its own push may still be on its way
+    soon = timezone.now() + timedelta(seconds=settings.WHATSAPP["UNPUSHED_AFTER"] + 1)
+    assert jobs_module.watch_stranded_jobs(now=soon) == 1
+    assert jobs_module.watch_stranded_jobs(now=soon) == 0
+    assert inbound_tasks() == [(TASK, (job_of().message_id,))]
+
+
+def test_redis_the_watch_reads_only_the_head_of_a_long_healthy_backlog(
+    company, session, monkeypatch
+):
+    redis_pass()
+    for i in range(30):
+        receive(company, f"3EB0BL{i:02d}")
+    before = inbound_tasks()
+    ranges = []
+    real_lrange = redis.Redis.lrange
+    monkeypatch.setattr(
+        redis.Redis, "lrange", lambda *a, **k: ranges.append(a) or real_lrange(*a, **k)
+    )
+    far = timezone.now() + timedelta(hours=2)
+    for _ in range(3):
+        assert jobs_module.watch_stranded_jobs(now=far) == 0
+        far += lost_after()
+    assert ranges == []
+    monkeypatch.undo()
+    assert inbound_tasks() == before

@@ -306,6 +306,36 @@ def sweep_unqueued_jobs(older_than=None, now=None):
     return count
 
 
+def watch_stranded_jobs(now=None):
+    """The quick round against stranded jobs: `runcluster` runs it every
+    WHATSAPP["JOB_WATCH_INTERVAL"] seconds (the minute sweeper stays, for
+    installs that run a bare qcluster). Every rule is one a healthy backlog
+    never meets, so running it often costs a few small queries and never
+    pushes a waiting job twice:
+
+    * running jobs whose attempt provably died (lease expired, or its process
+      on this machine gone): seen within one round;
+    * pending jobs never pushed (Redis broker: the process died between the
+      commit and the push), UNPUSHED_AFTER seconds after they were stored;
+    * queued jobs whose task a dead cluster took (requeue_lost_tasks).
+
+    Returns how many jobs were put on the queue again."""
+    now = now or timezone.now()
+    count = release_dead_attempts(now)
+    unpushed = ProcessingJob.objects.filter(
+        status=Status.PENDING,
+        attempts=0,
+        enqueue_count=0,
+        created_at__lt=now - timedelta(seconds=settings.WHATSAPP["UNPUSHED_AFTER"]),
+    )
+    for job_id in list(unpushed.values_list("pk", flat=True)[:1000]):
+        count += _claim_and_enqueue(job_id, [Status.PENDING]) is not None
+    count += requeue_lost_tasks(now, older_than=0)
+    if count:
+        logger.warning("job watch: %d stranded processing job(s) put on the queue again", count)
+    return count
+
+
 def release_dead_attempts(now):
     """Put back on the queue each running job whose attempt provably died:
     its lease expired, or it was claimed by a process on this machine that
@@ -368,23 +398,30 @@ def requeue_lost_tasks(now=None, older_than=None):
 
     The ORM broker needs none of this: a taken task stays in its table,
     locked, until acknowledged, and comes back after `retry` seconds."""
-    if broker_is_transactional() or Conf.SYNC:
+    if Conf.SYNC:
         return 0
     now = now or timezone.now()
+    if broker_is_transactional():
+        return _unlock_lost_orm_tasks(now)
     older_than = older_than if older_than is not None else settings.WHATSAPP["SWEEP_AFTER"]
     broker = _broker()
     absent_key = f"{broker.list_key}:aiadmin:absent"
-    candidates = dict(
-        ProcessingJob.objects.filter(
-            status=Status.QUEUED, enqueued_at__lt=now - timedelta(seconds=older_than)
-        ).values_list("pk", "task_id")[:5000]
-    )
     redis = broker.connection
-    if not candidates:
+    # The list is FIFO (django-q2 RPUSHes and BLPOPs): a job pushed before the
+    # task now at its head has been popped. Only those are looked at, so a long
+    # healthy backlog costs one LINDEX, not a read of the whole list.
+    cutoff = now - timedelta(seconds=older_than)
+    head = _head_pushed_at(redis.lindex(broker.list_key, 0))
+    if head is not None:
+        cutoff = min(cutoff, head - timedelta(seconds=HEAD_SLACK))
+    off_list = dict(
+        ProcessingJob.objects.filter(status=Status.QUEUED, enqueued_at__lt=cutoff)
+        .order_by("enqueued_at")
+        .values_list("pk", "task_id")[:1000]
+    )
+    if not off_list:
         redis.delete(absent_key)
         return 0
-    on_list = _task_ids_on_list(broker)
-    off_list = {pk: task_id for pk, task_id in candidates.items() if task_id not in on_list}
     seen = {
         int(pk): value.decode().partition("|") for pk, value in redis.hgetall(absent_key).items()
     }
@@ -423,18 +460,66 @@ def requeue_lost_tasks(now=None, older_than=None):
     return count
 
 
-def _task_ids_on_list(broker, chunk=1000):
-    """The task ids on django-q2's Redis list (decoded with its SignedPackage)."""
-    redis = broker.connection
-    ids = set()
-    start = 0
-    while True:
-        payloads = redis.lrange(broker.list_key, start, start + chunk - 1)
-        for payload in payloads:
-            try:
-                ids.add(SignedPackage.loads(payload)["id"])
-            except Exception:  # not ours to judge: django-q2 fails it when popped
-                continue
-        if len(payloads) < chunk:
-            return ids
-        start += chunk
+# Seconds of clock difference allowed between two processes (the one that
+# stamped a job's enqueued_at or a task's lock, and the one judging it).
+HEAD_SLACK = 2.0
+
+
+def _head_pushed_at(payload):
+    """When the task `payload` (the head of the Redis list) was built, or None."""
+    if payload is None:
+        return None
+    try:
+        started = SignedPackage.loads(payload).get("started")
+    except Exception:  # not ours to judge: django-q2 fails it when popped
+        return None
+    return started if hasattr(started, "tzinfo") else None
+
+
+def _unlock_lost_orm_tasks(now):
+    """ORM broker: a task a cluster took stays in its table, locked until
+    taken-time + `retry` (90 s), then comes back by itself. A queued job whose
+    task was taken more than LOST_TASK_AFTER seconds ago and is still
+    unclaimed was taken by a cluster that died (or sits long in a live one's
+    local queue): its lock is lifted so that any cluster takes it now. A wrong
+    guess runs one extra task that finds nothing to claim. Only taken rows
+    are read (a waiting backlog is unlocked, never looked at)."""
+    from django_q.models import OrmQ
+
+    lost_after = timedelta(seconds=settings.WHATSAPP["LOST_TASK_AFTER"])
+    taken_long_ago = now - lost_after + timedelta(seconds=Conf.RETRY)
+    # A waiting row's lock is its enqueue time (up to now, give or take the
+    # clocks of the enqueuing hosts); a taken one's is taken-time + retry.
+    surely_taken = max(now, timezone.now()) + timedelta(seconds=HEAD_SLACK)
+    rows = OrmQ.objects.filter(
+        key=_broker().list_key or settings.Q_CLUSTER["name"],
+        lock__gt=surely_taken,
+        lock__lt=taken_long_ago,
+    ).values_list("pk", "payload", "lock")[:1000]
+    tasks = {}
+    for pk, payload, lock in rows:
+        try:
+            tasks[SignedPackage.loads(payload)["id"]] = (pk, lock)
+        except Exception:  # not ours to judge: django-q2 fails it when popped
+            continue
+    if not tasks:
+        return 0
+    count = 0
+    for job_id, task_id in ProcessingJob.objects.filter(
+        status=Status.QUEUED, task_id__in=list(tasks)
+    ).values_list("pk", "task_id"):
+        row, lock = tasks[task_id]
+        with transaction.atomic():
+            if not OrmQ.objects.filter(pk=row, lock=lock).update(lock=timezone.now()):
+                continue  # acknowledged or taken again meanwhile
+            ProcessingJob.objects.filter(pk=job_id, status=Status.QUEUED).update(
+                enqueued_at=now, enqueue_count=F("enqueue_count") + 1
+            )
+        count += 1
+    if count:
+        logger.warning(
+            "%d queued processing job(s) whose task a cluster took and lost were released "
+            "to the queue again",
+            count,
+        )
+    return count

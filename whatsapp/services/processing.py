@@ -17,6 +17,7 @@ produces the same reply never queues a second one.
 
 import inspect
 import logging
+import os
 import traceback
 from dataclasses import dataclass
 from datetime import timedelta
@@ -91,10 +92,18 @@ def job_lease_seconds():
     return settings.WHATSAPP["JOB_LEASE"] or settings.Q_CLUSTER["timeout"] + 15
 
 
+_claimant = (0, "")
+
+
 def claimant():
-    """This process, as recorded on the job it claims (`claimed_by`)."""
-    me = local_processes.this_process()
-    return f"{me.host_key}|{me.pid}|{me.start}"
+    """This process, as recorded on the job it claims (`claimed_by`). Read from
+    /proc once per process (a forked child reads its own)."""
+    global _claimant
+    pid = os.getpid()
+    if _claimant[0] != pid:
+        me = local_processes.this_process()
+        _claimant = (pid, f"{me.host_key}|{me.pid}|{me.start}")
+    return _claimant[1]
 
 
 def claimant_identity(claimed_by):
@@ -243,14 +252,7 @@ def _run(claimed):
                     break
             # The reply commits only with this attempt's success (fenced by
             # the attempt number): an attempt that lost its lease adds nothing.
-            if not mine.update(
-                status=ProcessingJob.Status.SUCCEEDED,
-                handler=path,
-                result=note,
-                error="",
-                lease_expires_at=None,
-                finished_at=timezone.now(),
-            ):
+            if not _succeed(job_id, attempt.number, path, note):
                 raise _Superseded
         return ProcessingJob.Status.SUCCEEDED
     except _Superseded:
@@ -285,6 +287,34 @@ def _run(claimed):
         if timed_out:
             raise  # django-q2 replaces the worker
         return status
+
+
+_SUCCEED_SQL = None
+
+
+def _succeed(job_id, attempt_number, path, note):
+    """Mark this attempt's job succeeded, if it still holds it: 1, else 0 (one
+    statement, its SQL built once: this runs once per message)."""
+    global _SUCCEED_SQL
+    if _SUCCEED_SQL is None:
+        table = connection.ops.quote_name(ProcessingJob._meta.db_table)
+        _SUCCEED_SQL = (
+            f"UPDATE {table} SET status = %s, handler = %s, result = %s, error = '', "
+            "lease_expires_at = NULL, finished_at = %s "
+            "WHERE id = %s AND status = %s AND attempts = %s"
+        )
+    params = [
+        ProcessingJob.Status.SUCCEEDED,
+        path,
+        note,
+        connection.ops.adapt_datetimefield_value(timezone.now()),
+        job_id,
+        ProcessingJob.Status.RUNNING,
+        attempt_number,
+    ]
+    with connection.cursor() as cursor:
+        cursor.execute(_SUCCEED_SQL, params)
+        return cursor.rowcount
 
 
 def run_message_job(message_id):

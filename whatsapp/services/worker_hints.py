@@ -9,9 +9,10 @@ import logging
 
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
+from django.db import connection
 from django.utils import timezone
 
-from whatsapp.models import SessionLease, WorkerProcess
+from whatsapp.models import SessionLease, WhatsAppSession, WorkerProcess
 
 logger = logging.getLogger(__name__)
 
@@ -19,22 +20,30 @@ COMMAND_TYPES = {"session.start", "session.stop", "session.restart", "session.lo
                  "session.pair_phone", "message.send"}
 
 
+_OWNER_SQL = None
+
+
 def owner_channel(company_id, now=None):
-    """The channel of the worker holding `company_id`'s lease, or None."""
-    now = now or timezone.now()
-    lease = (
-        SessionLease.objects.filter(session__company_id=company_id, expires_at__gt=now)
-        .exclude(owner="")
-        .values_list("owner", flat=True)
-        .first()
-    )
-    if not lease:
-        return None
-    return (
-        WorkerProcess.objects.filter(worker_id=lease, stopped_at__isnull=True)
-        .values_list("channel_name", flat=True)
-        .first()
-    )
+    """The channel of the worker holding `company_id`'s lease, or None. One
+    statement, its SQL built once: the job stage asks this for every reply."""
+    global _OWNER_SQL
+    if _OWNER_SQL is None:
+        q = connection.ops.quote_name
+        lease = q(SessionLease._meta.db_table)
+        session = q(WhatsAppSession._meta.db_table)
+        worker = q(WorkerProcess._meta.db_table)
+        _OWNER_SQL = (
+            f"SELECT w.channel_name FROM {lease} l "
+            f"JOIN {session} s ON s.id = l.session_id "
+            f"JOIN {worker} w ON w.worker_id = l.owner "
+            "WHERE s.company_id = %s AND l.expires_at > %s AND l.owner <> '' "
+            "AND w.stopped_at IS NULL LIMIT 1"
+        )
+    now = connection.ops.adapt_datetimefield_value(now or timezone.now())
+    with connection.cursor() as cursor:
+        cursor.execute(_OWNER_SQL, [company_id, now])
+        row = cursor.fetchone()
+    return row[0] if row else None
 
 
 def any_worker_channel(now=None):

@@ -31,6 +31,7 @@ import time
 
 from django.conf import settings
 from django.core.management.base import BaseCommand
+from django.db import connections
 
 logger = logging.getLogger(__name__)
 
@@ -87,6 +88,39 @@ def arm_children():
     multiprocessing.util.register_after_fork(_after_fork, _after_fork)
 
 
+def _keep_database_connections():
+    """Every cluster process keeps its database connection for
+    WHATSAPP["JOB_CONN_MAX_AGE"] seconds (health checks on) instead of opening
+    one per task: django-q2 calls close_old_connections() before each task and
+    each ORM dequeue, which with the default CONN_MAX_AGE 0 meant a new
+    connection (on PostgreSQL a new server process) per task. django-q2 closes
+    every connection before it forks, so no connection is shared by two
+    processes. Call before the first query."""
+    db = connections.settings["default"]
+    db["CONN_MAX_AGE"] = settings.WHATSAPP["JOB_CONN_MAX_AGE"]
+    db["CONN_HEALTH_CHECKS"] = True
+
+
+def _watch_jobs(stopping, interval):
+    """Every `interval` seconds, put stranded jobs back on the queue (a dead
+    attempt, a task a dead cluster took, a job never pushed), so that a kill
+    costs a client seconds, not the minute sweeper's round plus django-q2's
+    `retry` (services.jobs.watch_stranded_jobs). The first round runs at once:
+    a cluster restarted after a crash takes over what the dead one left."""
+    from django.db import close_old_connections
+
+    from whatsapp.services.jobs import watch_stranded_jobs
+
+    while not stopping.is_set():
+        try:
+            watch_stranded_jobs()
+        except Exception:  # the database or the broker is down: next round
+            logger.exception("job watch round failed")
+        finally:
+            close_old_connections()
+        stopping.wait(interval)
+
+
 class Command(BaseCommand):
     help = "Run the job clusters (client messages and maintenance); no orphan on a kill."
 
@@ -97,6 +131,7 @@ class Command(BaseCommand):
         from django_q.conf import Conf
 
         queue = options["queue"]
+        _keep_database_connections()
         maintenance = settings.Q_MAINTENANCE_CLUSTER
         if queue == "maintenance" and Conf.CLUSTER_NAME != maintenance:
             # django-q2 reads the cluster name from the environment when it is
@@ -121,6 +156,12 @@ class Command(BaseCommand):
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
         cluster.start()
+        interval = settings.WHATSAPP["JOB_WATCH_INTERVAL"]
+        if queue != "maintenance" and interval > 0:
+            # Started after the sentinel is forked: its connection is this thread's alone.
+            threading.Thread(
+                target=_watch_jobs, args=(stopping, interval), name="job-watch", daemon=True
+            ).start()
         while cluster.sentinel.is_alive():
             if side is not None and side.poll() is not None and not stopping.is_set():
                 logger.error(

@@ -110,15 +110,17 @@ class SessionWorker(Worker):
 
 def _worker_database_connection(worker_id):
     """All database calls of the worker run on one thread (channels'
-    database_sync_to_async): on PostgreSQL keep that thread's connection for
+    database_sync_to_async): keep that thread's connection for
     WHATSAPP["WORKER_CONN_MAX_AGE"] seconds (default 60, health checks on)
     instead of opening one per call, which made connecting 200 sessions 2-3x
     slower (docs/benchmarks.md). The connection carries the worker id as its
     application_name, so pg_stat_activity shows which worker it is."""
     db = connections.settings["default"]
-    if not db["ENGINE"].endswith("postgresql"):
-        return
     db["CONN_MAX_AGE"] = settings.WHATSAPP.get("WORKER_CONN_MAX_AGE", 60)
+    if not db["ENGINE"].endswith("postgresql"):
+        # SQLite too: reopening the file (and its PRAGMAs) before every call
+        # took ~15% of the database thread under load (py-spy, docs/benchmarks.md).
+        return
     db["OPTIONS"] = {
         **db.get("OPTIONS", {}),
         "application_name": f"aiadmin-worker {worker_id}"[:63],
