@@ -11,6 +11,8 @@ from django.utils import timezone
 
 from whatsapp.transport.kinds import MessageKind
 
+from .conversations import Author
+
 
 class InboundMessage(models.Model):
     company = models.ForeignKey(
@@ -29,6 +31,18 @@ class InboundMessage(models.Model):
     received_at = models.DateTimeField(default=timezone.now, db_index=True)
     # Further deliveries of the same message, blocked by the unique constraint.
     redeliveries = models.PositiveIntegerField(default=0)
+    chat = models.ForeignKey(
+        "whatsapp.Chat", null=True, blank=True, on_delete=models.SET_NULL, related_name="inbound"
+    )
+    contact = models.ForeignKey(
+        "whatsapp.Contact",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="inbound",
+    )
+    # Retention cleared the text (the row, and so the counts, stay).
+    body_deleted_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-received_at", "-id"]
@@ -37,7 +51,10 @@ class InboundMessage(models.Model):
                 fields=["company", "wa_message_id"], name="uniq_inbound_message_per_company"
             ),
         ]
-        indexes = [models.Index(fields=["company", "received_at"])]
+        indexes = [
+            models.Index(fields=["company", "received_at"]),
+            models.Index(fields=["chat", "received_at", "id"]),
+        ]
 
     def __str__(self):
         return f"{self.wa_message_id} from {self.sender_phone or self.sender_jid}"
@@ -138,6 +155,20 @@ class OutboundMessage(models.Model):
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
     sent_at = models.DateTimeField(null=True, blank=True)
     updated_at = models.DateTimeField(auto_now=True)
+    chat = models.ForeignKey(
+        "whatsapp.Chat", null=True, blank=True, on_delete=models.SET_NULL, related_name="outbound"
+    )
+    contact = models.ForeignKey(
+        "whatsapp.Contact",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="outbound",
+    )
+    author = models.CharField(
+        max_length=16, choices=Author.choices, default=Author.API, db_default=Author.API
+    )
+    body_deleted_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at", "-id"]
@@ -146,7 +177,10 @@ class OutboundMessage(models.Model):
                 fields=["company", "idempotency_key"], name="uniq_outbound_idempotency_key"
             ),
         ]
-        indexes = [models.Index(fields=["company", "status", "next_attempt_at"])]
+        indexes = [
+            models.Index(fields=["company", "status", "next_attempt_at"]),
+            models.Index(fields=["chat", "created_at", "id"]),
+        ]
 
     def __str__(self):
         return f"to {self.to_phone or self.to_jid} [{self.status}]"
