@@ -13,6 +13,10 @@ from whatsapp.transport.kinds import MessageKind
 
 from .conversations import Author
 
+HANDLED_BY_PERSON = "handled by a person (the bot is paused in this chat)"
+OPTED_OUT = "not answered: the client opted out"
+OPT_OUT_CONFIRMED = "the client opted out (stop word); confirmation queued"
+
 
 class InboundMessage(models.Model):
     company = models.ForeignKey(
@@ -65,6 +69,22 @@ class InboundMessage(models.Model):
         a contact... An empty text or an unknown message kind has none (nothing
         to answer, not even for a rule that answers anything)."""
         return bool(self.text.strip()) or self.kind not in {MessageKind.TEXT, MessageKind.OTHER}
+
+    def job_verdict(self):
+        """The note its processing job records instead of running the handler
+        -- a person has the chat, or the client opted out -- or "" (run it)."""
+        contact = self.contact if self.contact_id else None
+        if contact is not None and contact.is_opted_out:
+            if self.company.is_stop_word(self.text):
+                return OPT_OUT_CONFIRMED
+            return OPTED_OUT
+        if self.chat_id is None:
+            return ""
+        if contact is not None and self.company.is_start_word(self.text):
+            return ""
+        if self.chat.bot_is_paused(self.received_at):
+            return HANDLED_BY_PERSON
+        return ""
 
     @property
     def reply_jid(self):

@@ -10,9 +10,9 @@
   (never a job) and pauses the bot in that chat; the company's resume keyword
   resumes it instead.
 * `send_as_operator`, `pause_chat`, `resume_chat`: the admin and the API.
-* `job_verdict`: what a processing job records instead of running the
-  handler (the bot is paused, the client opted out). The job still exists
-  and finishes: exactly one per message.
+* What a processing job records instead of running the handler (the bot is
+  paused, the client opted out) is `InboundMessage.job_verdict()`: the job
+  still exists and finishes, exactly one per message.
 * `forget_contact`, `delete_expired_message_bodies`: privacy.
 """
 
@@ -44,10 +44,6 @@ from .webhooks import emit_event
 
 logger = logging.getLogger(__name__)
 
-HANDLED_BY_PERSON = "handled by a person (the bot is paused in this chat)"
-OPTED_OUT = "not answered: the client opted out"
-OPT_OUT_CONFIRMED = "the client opted out (stop word); confirmation queued"
-OPTED_IN = "the client opted in again (start word)"
 
 
 def _iso(moment):
@@ -117,21 +113,6 @@ def _opt_out_or_in(company, contact, message, message_pk, when):
     elif contact.is_opted_out and company.is_start_word(message.text):
         Contact.objects.filter(pk=contact.pk).update(opted_out_at=None, opted_out_how="")
         contact.opted_out_at = None
-
-
-def job_verdict(message):
-    """The note a processing job records instead of running the handler, or ""."""
-    if message.chat_id is None:
-        return ""
-    chat = Chat.objects.select_related("contact").get(pk=message.chat_id)
-    contact = message.contact if message.contact_id else None
-    if contact is not None and contact.is_opted_out:
-        return OPT_OUT_CONFIRMED if message.company.is_stop_word(message.text) else OPTED_OUT
-    if contact is not None and message.company.is_start_word(message.text):
-        return ""
-    if chat.bot_is_paused(message.received_at):
-        return HANDLED_BY_PERSON
-    return ""
 
 
 # --- a person writes ------------------------------------------------------------------

@@ -35,7 +35,6 @@ from companies.inbound_handlers import (
 from whatsapp.models import Author, InboundMessage, ProcessingJob
 
 from . import local_processes
-from .conversations import job_verdict
 from .outbound import IdempotencyConflict, OptedOut, queue_outbound_message
 
 logger = logging.getLogger(__name__)
@@ -207,12 +206,14 @@ def _run(claimed):
     if claimed is None:
         return "skipped"
     job_id, message_id, attempt = claimed
-    message = InboundMessage.objects.select_related("company", "contact").get(pk=message_id)
+    message = InboundMessage.objects.select_related("company", "contact", "chat__contact").get(
+        pk=message_id
+    )
     mine = ProcessingJob.objects.filter(
         pk=job_id, status=ProcessingJob.Status.RUNNING, attempts=attempt.number
     )
     path = handler_path_for(message.company)
-    verdict = job_verdict(message)
+    verdict = message.job_verdict()
     if verdict:  # a person has the chat, or the client opted out: no handler
         if not mine.update(
             status=ProcessingJob.Status.SUCCEEDED,
