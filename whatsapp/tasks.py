@@ -1,6 +1,7 @@
 """django-q2 entry points. They take primitive ids and call one service."""
 
 from whatsapp.services.alerts import run_alert_checks
+from whatsapp.services.conversations import delete_expired_message_bodies
 from whatsapp.services.jobs import sweep_unqueued_jobs
 from whatsapp.services.processing import run_message_job, run_processing_job
 from whatsapp.services.webhooks import deliver_webhook as deliver_webhook_service
@@ -40,3 +41,7 @@ def dispatch_webhooks():
 
 def check_alerts():
     return run_alert_checks().summary()
+
+
+def delete_expired_messages():
+    return f"cleared {delete_expired_message_bodies()} message texts past retention"

@@ -13,7 +13,9 @@ from rest_framework.test import APIClient
 
 from companies.models import CompanyAPIKey
 from whatsapp.models import (
+    Chat,
     ConnectionEvent,
+    Contact,
     InboundMessage,
     OutboundMessage,
     ProcessingJob,
@@ -117,7 +119,24 @@ def data(tenants):
             text=f"{tag} outbound text",
             idempotency_key=f"{tag}-key",
         )
-        made[tag] = {"session": session, "inbound": inbound, "outbound": outbound}
+        contact = Contact.objects.create(
+            company=company,
+            phone=phone,
+            phone_jid=f"{phone.lstrip('+')}@s.whatsapp.net",
+            push_name=f"{tag} client",
+        )
+        chat = Chat.objects.create(
+            company=company, chat_jid=contact.phone_jid, contact=contact, title=f"{tag} chat"
+        )
+        InboundMessage.objects.filter(pk=inbound.pk).update(chat=chat, contact=contact)
+        OutboundMessage.objects.filter(pk=outbound.pk).update(chat=chat, contact=contact)
+        made[tag] = {
+            "session": session,
+            "inbound": inbound,
+            "outbound": outbound,
+            "chat": chat,
+            "contact": contact,
+        }
     return made
 
 

@@ -12,7 +12,7 @@ import pytest
 from django.forms.models import model_to_dict
 
 from companies.models import Company
-from whatsapp.models import ConnectionEvent, OutboundMessage, WhatsAppSession
+from whatsapp.models import Chat, ConnectionEvent, Contact, OutboundMessage, WhatsAppSession
 
 from .conftest import leaks
 
@@ -96,6 +96,22 @@ ENDPOINTS = [
     Endpoint("processing status", "get", S + "inbound/{in}/processing", 200),
     # The matrix's job has not failed: a manager is told so (409), a member may not retry.
     Endpoint("processing retry", "post", S + "inbound/{in}/processing/retry", 409, member=403),
+    Endpoint("chats list", "get", S + "chats/", 200),
+    Endpoint("chat detail", "get", S + "chats/{chat}/", 200),
+    Endpoint("chat thread", "get", S + "chats/{chat}/messages/", 200),
+    Endpoint(
+        "chat send as operator",
+        "post",
+        S + "chats/{chat}/messages/",
+        202,
+        body={"text": "hello from the matrix"},
+    ),
+    Endpoint("chat pause", "post", S + "chats/{chat}/pause", 200, body={"minutes": 10}),
+    Endpoint("chat resume", "post", S + "chats/{chat}/resume", 200),
+    Endpoint("contacts list", "get", S + "contacts/", 200),
+    Endpoint("contacts search", "get", S + "contacts/?search=alpha", 200),
+    Endpoint("contact detail", "get", S + "contacts/{contact}/", 200),
+    Endpoint("contact forget", "delete", S + "contacts/{contact}/", 200, member=403),
 ]
 
 CALLERS = [
@@ -140,6 +156,8 @@ def snapshot(company):
         "session": model_to_dict(session) if session else None,
         "events": ConnectionEvent.objects.filter(session__company=company).count(),
         "outbound": OutboundMessage.objects.filter(company=company).count(),
+        "contacts": list(Contact.objects.filter(company=company).values()),
+        "chats": list(Chat.objects.filter(company=company).values()),
     }
 
 
@@ -151,7 +169,11 @@ def test_every_endpoint_answers_each_caller_without_leaking(
     if endpoint.setup:
         WhatsAppSession.objects.filter(company=tenants.a).update(**endpoint.setup)
     path = endpoint.path.format(
-        a=tenants.a.pk, out=data["alpha"]["outbound"].pk, **{"in": data["alpha"]["inbound"].pk}
+        a=tenants.a.pk,
+        out=data["alpha"]["outbound"].pk,
+        chat=data["alpha"]["chat"].pk,
+        contact=data["alpha"]["contact"].pk,
+        **{"in": data["alpha"]["inbound"].pk},
     )
     before = snapshot(tenants.a)
 
@@ -174,19 +196,37 @@ def test_the_matrix_covers_every_api_route():
     routes = {str(p.pattern) for p in whatsapp_routes + company_routes}
     covered = {e.path.replace("/api/v1/", "", 1) for e in ENDPOINTS if not e.public}
     normalised = {
-        r.replace("<id:company_id>", "{a}").replace("<id:message_id>", "{in}") for r in routes
+        r.replace("<id:company_id>", "{a}")
+        .replace("<id:message_id>", "{in}")
+        .replace("<id:chat_id>", "{chat}")
+        .replace("<id:contact_id>", "{contact}")
+        for r in routes
     }
     covered = {c.replace("{out}", "{in}") for c in covered}
     assert normalised <= covered, normalised - covered
 
 
-@pytest.mark.parametrize("kind", ["outbound/{out}/", "inbound/{in}/", "inbound/{in}/processing"])
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "outbound/{out}/",
+        "inbound/{in}/",
+        "inbound/{in}/processing",
+        "chats/{chat}/",
+        "chats/{chat}/messages/",
+        "contacts/{contact}/",
+    ],
+)
 def test_a_key_cannot_reach_another_company_s_message_through_its_own_company(
     kind, callers, data, tenants
 ):
-    """B's key on B's own path, with the id of one of A's messages: 404."""
+    """B's key on B's own path, with the id of one of A's messages, chats or contacts: 404."""
     path = ("/api/v1/whatsapp/sessions/{b}/" + kind).format(
-        b=tenants.b.pk, out=data["alpha"]["outbound"].pk, **{"in": data["alpha"]["inbound"].pk}
+        b=tenants.b.pk,
+        out=data["alpha"]["outbound"].pk,
+        chat=data["alpha"]["chat"].pk,
+        contact=data["alpha"]["contact"].pk,
+        **{"in": data["alpha"]["inbound"].pk},
     )
     response = callers["other_key"].get(path)
     assert response.status_code == 404

@@ -116,7 +116,7 @@ class Chat(models.Model):
         return self.contact.bot_paused_until if self.contact_id and self.contact else None
 
     def bot_state(self, now=None):
-        """"paused" or "active": what the admin and the API show."""
+        """ "paused" or "active": what the admin and the API show."""
         return "paused" if self.bot_is_paused(now) else "active"
 
 

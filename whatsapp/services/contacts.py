@@ -139,9 +139,7 @@ def merge_chats(keep, other):
     """Move `other`'s messages into `keep` and delete it (one thread per person)."""
     InboundMessage.objects.filter(chat=other).update(chat=keep)
     OutboundMessage.objects.filter(chat=other).update(chat=keep)
-    latest = max(
-        [t for t in (keep.last_message_at, other.last_message_at) if t], default=None
-    )
+    latest = max([t for t in (keep.last_message_at, other.last_message_at) if t], default=None)
     fields = {"unread": F("unread") + other.unread, "last_message_at": latest}
     if other.last_message_at and other.last_message_at == latest:
         fields["last_message_preview"] = other.last_message_preview

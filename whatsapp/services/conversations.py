@@ -20,6 +20,7 @@ import logging
 from datetime import timedelta
 
 from django.db import IntegrityError, transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from companies.models import Company
@@ -31,7 +32,6 @@ from whatsapp.models import (
     OutboundMessage,
     WebhookEvent,
 )
-from whatsapp.transport.normalize import NormalizedMessage
 
 from .contacts import (
     find_or_create_chat,
@@ -43,7 +43,6 @@ from .outbound import OptedOut, queue_outbound_message
 from .webhooks import emit_event
 
 logger = logging.getLogger(__name__)
-
 
 
 def _iso(moment):
@@ -66,7 +65,7 @@ def chat_data(chat, now=None):
 
 
 # --- inbound --------------------------------------------------------------------------
-def link_inbound(company, message: NormalizedMessage, message_pk, when):
+def link_inbound(company, message, message_pk, when):
     """Give new inbound message `message_pk` its contact and chat (caller's transaction)."""
     contact = find_or_create_contact(
         company.pk,
@@ -116,7 +115,7 @@ def _opt_out_or_in(company, contact, message, message_pk, when):
 
 
 # --- a person writes ------------------------------------------------------------------
-def record_person_reply(company_id, message: NormalizedMessage, when):
+def record_person_reply(company_id, message, when):
     """Store a message typed on the business's phone / another linked device.
 
     Returns "stored", "duplicate" (already stored), or "ours" (an echo of a
@@ -131,7 +130,10 @@ def record_person_reply(company_id, message: NormalizedMessage, when):
         phone_jid, lid, phone = identity_of_jid(message.chat_jid)
         contact = find_or_create_contact(company_id, phone_jid, lid, phone)
     chat = find_or_create_chat(
-        company_id, message.chat_jid, contact, is_group=message.is_group,
+        company_id,
+        message.chat_jid,
+        contact,
+        is_group=message.is_group,
         title=contact.push_name if contact else "",
     )
     try:
@@ -209,9 +211,7 @@ def pause_chat(chat, by, minutes=None, now=None, company=None):
     was_paused = chat.bot_is_paused(now)
     chat.bot_paused_until = now + timedelta(minutes=minutes)
     chat.paused_by = by
-    Chat.objects.filter(pk=chat.pk).update(
-        bot_paused_until=chat.bot_paused_until, paused_by=by
-    )
+    Chat.objects.filter(pk=chat.pk).update(bot_paused_until=chat.bot_paused_until, paused_by=by)
     if not was_paused:
         emit_event(chat.company_id, WebhookEvent.CHAT_PAUSED, chat_data(chat, now))
     return chat
@@ -234,13 +234,15 @@ def resume_chat(chat, by, now=None):
 
 # --- privacy --------------------------------------------------------------------------
 def forget_contact(contact):
-    """Delete a contact with its messages (and their jobs), chats and data."""
+    """Delete a contact with its messages (and their jobs), 1:1 chats and data.
+    Returns how many inbound and outbound messages and chats were deleted."""
     with transaction.atomic():
         chats = list(contact.chats.filter(is_group=False).values_list("pk", flat=True))
-        inbound = InboundMessage.objects.filter(contact=contact).delete()[0]
-        outbound = OutboundMessage.objects.filter(contact=contact).delete()[0]
-        InboundMessage.objects.filter(chat_id__in=chats).delete()
-        OutboundMessage.objects.filter(chat_id__in=chats).delete()
+        mine = Q(contact=contact) | Q(chat_id__in=chats)
+        inbound = InboundMessage.objects.filter(mine).delete()[1].get(InboundMessage._meta.label, 0)
+        outbound = (
+            OutboundMessage.objects.filter(mine).delete()[1].get(OutboundMessage._meta.label, 0)
+        )
         Chat.objects.filter(pk__in=chats).delete()
         contact.delete()
     return {"inbound": inbound, "outbound": outbound, "chats": len(chats)}

@@ -11,6 +11,8 @@ SCHEDULES = [
     ("whatsapp: sweep unqueued jobs", "whatsapp.tasks.sweep_jobs", 1),
     ("whatsapp: dispatch due webhook deliveries", "whatsapp.tasks.dispatch_webhooks", 1),
     ("whatsapp: check connection alerts", "whatsapp.tasks.check_alerts", 1),
+    # Companies' message retention (docs/conversations.md): texts past N days.
+    ("whatsapp: delete expired message texts", "whatsapp.tasks.delete_expired_messages", 60),
 ]
 
 

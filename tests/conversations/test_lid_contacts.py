@@ -1,0 +1,60 @@
+"""Contacts: one per person and company, by phone JID and/or LID; a LID-only
+sender whose phone is learned later (SenderAlt) joins the contact of that
+phone, with one thread."""
+
+from whatsapp.models import Chat, Contact, InboundMessage
+
+from .helpers import LID_JID, PHONE, PHONE_JID, client_writes, setup_company
+
+
+def test_a_phone_sender_gets_one_contact_and_one_chat(company):
+    setup_company(company)
+    client_writes(company, "M1", "hi", name="Anna")
+    client_writes(company, "M2", "again", name="Anna B.")
+    contact = Contact.objects.get()
+    assert (contact.phone, contact.phone_jid, contact.lid) == (f"+{PHONE}", PHONE_JID, "")
+    assert contact.push_names == ["Anna", "Anna B."] and contact.push_name == "Anna B."
+    chat = Chat.objects.get()
+    assert (chat.contact, chat.unread, chat.is_group) == (contact, 2, False)
+    assert set(InboundMessage.objects.values_list("chat", "contact")) == {(chat.pk, contact.pk)}
+
+
+def test_a_lid_only_sender_joins_its_phone_contact_when_the_phone_is_learned(company):
+    setup_company(company)
+    lid_only = client_writes(company, "L1", "hi from a hidden number", chat=LID_JID)
+    assert lid_only.sender_phone == ""
+    hidden = Contact.objects.get()
+    assert (hidden.lid, hidden.phone_jid, hidden.phone) == (LID_JID, "", "")
+    assert lid_only.reply.to_jid == LID_JID  # answered at the LID
+
+    # The same person from their phone (another device, a new chat JID), no mapping yet.
+    from_phone = client_writes(company, "P1", "it's me", chat=PHONE_JID)
+    assert Contact.objects.count() == 2
+
+    # A message carrying both (a LID sender with SenderAlt): the two are one person.
+    client_writes(company, "L2", "me again", chat=LID_JID, alt=PHONE_JID)
+    contact = Contact.objects.get()
+    assert (contact.lid, contact.phone_jid, contact.phone) == (LID_JID, PHONE_JID, f"+{PHONE}")
+    chat = Chat.objects.get()  # the two 1:1 threads became one
+    assert chat.contact == contact
+    assert set(InboundMessage.objects.values_list("chat", "contact")) == {(chat.pk, contact.pk)}
+    assert {m.pk for m in chat.outbound.all()} == {lid_only.reply.pk, from_phone.reply.pk} | {
+        InboundMessage.objects.get(wa_message_id="L2").reply.pk
+    }
+
+
+def test_a_known_lid_then_a_phone_with_its_lid_in_sender_alt_is_one_contact(company):
+    setup_company(company)
+    client_writes(company, "L1", "hi", chat=LID_JID)
+    client_writes(company, "P1", "hi", chat=PHONE_JID, alt=LID_JID)
+    assert Contact.objects.count() == 1
+    assert Chat.objects.count() == 1
+
+
+def test_group_messages_have_a_group_chat_and_participant_contacts(company):
+    setup_company(company)
+    group = "120363025246125486@g.us"
+    client_writes(company, "G1", "hello all", chat=group, sender=LID_JID, alt=PHONE_JID)
+    chat = Chat.objects.get()
+    assert chat.is_group and chat.contact is None and chat.chat_jid == group
+    assert InboundMessage.objects.get().contact.phone_jid == PHONE_JID
