@@ -2,9 +2,21 @@
 sender whose phone is learned later (SenderAlt) joins the contact of that
 phone, with one thread."""
 
-from whatsapp.models import Chat, Contact, InboundMessage
+import pytest
 
-from .helpers import LID_JID, PHONE, PHONE_JID, client_writes, setup_company
+from whatsapp.models import Chat, Contact, InboundMessage
+from whatsapp.simulator.protocol import lid_of
+
+from .helpers import (
+    LID_JID,
+    PHONE,
+    PHONE_JID,
+    client_writes,
+    setup_company,
+    sim_writes,
+    wait_job,
+    wait_replies,
+)
 
 
 def test_a_phone_sender_gets_one_contact_and_one_chat(company):
@@ -58,3 +70,25 @@ def test_group_messages_have_a_group_chat_and_participant_contacts(company):
     chat = Chat.objects.get()
     assert chat.is_group and chat.contact is None and chat.chat_jid == group
     assert InboundMessage.objects.get().contact.phone_jid == PHONE_JID
+
+
+@pytest.mark.e2e
+@pytest.mark.django_db(transaction=True, databases="__all__")
+def test_on_the_simulator_a_lid_only_sender_is_joined_to_its_phone_later(live):
+    sim, app, company = live
+    hidden = sim_writes(sim, company, "hi, hidden number here", mode="lid_only")
+    wait_job(hidden, app)
+    message = InboundMessage.objects.get(wa_message_id=hidden)
+    assert message.sender_phone == "" and message.contact.phone == ""
+    assert message.contact.lid == f"{lid_of(PHONE)}@lid"
+    assert len(wait_replies(sim, company, 1)) == 1  # the reply at the LID reached the phone
+
+    revealed = sim_writes(sim, company, "me again", mode="lid")  # with SenderAlt
+    wait_job(revealed, app)
+    contact = Contact.objects.get()
+    assert (contact.phone, contact.phone_jid) == (f"+{PHONE}", PHONE_JID)
+    from_phone = sim_writes(sim, company, "and from my number", mode="phone")
+    wait_job(from_phone, app)
+    assert Contact.objects.count() == 1 and Chat.objects.count() == 1
+    assert set(InboundMessage.objects.values_list("contact", flat=True)) == {contact.pk}
+    assert len(wait_replies(sim, company, 3)) == 3

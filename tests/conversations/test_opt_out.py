@@ -2,13 +2,15 @@
 opts the contact out, confirmed once; handlers and the API send them nothing
 (409) until they write a start word."""
 
+import time
+
 import pytest
 
 from whatsapp.models import Contact, OutboundMessage
 from whatsapp.models.messages import OPT_OUT_CONFIRMED, OPTED_OUT
 from whatsapp.services.outbound import OptedOut, queue_outbound_message
 
-from .helpers import PHONE, client_writes, setup_company
+from .helpers import PHONE, client_writes, setup_company, sim_writes, wait_job, wait_replies
 
 
 @pytest.mark.parametrize("word", ["STOP", "stop.", "Baja", "ARRÊT", "abmelden"])
@@ -57,3 +59,23 @@ def test_a_stop_word_inside_a_sentence_does_not_opt_out(company):
     setup_company(company)
     client_writes(company, "M1", "please don't stop the music")
     assert not Contact.objects.get().is_opted_out
+
+
+@pytest.mark.e2e
+@pytest.mark.django_db(transaction=True, databases="__all__")
+def test_on_the_simulator_an_opted_out_client_gets_one_confirmation_and_nothing_else(live):
+    sim, app, company = live
+    stop = sim_writes(sim, company, "STOP")
+    assert wait_job(stop, app).result == OPT_OUT_CONFIRMED
+    (confirmation,) = wait_replies(sim, company, 1)
+    assert confirmation["text"] == company.opt_out_confirmation
+    with pytest.raises(OptedOut):
+        queue_outbound_message(company.pk, f"+{PHONE}", "our weekly offer")
+    hello = sim_writes(sim, company, "hello?")
+    assert wait_job(hello, app).result == OPTED_OUT
+    time.sleep(1.5)
+    assert len(sim.sends(company=company.pk, phone=PHONE)) == 1
+
+    start = sim_writes(sim, company, "START")
+    wait_job(start, app)
+    assert [s["text"] for s in wait_replies(sim, company, 2)][1] == "Hello Anna"

@@ -4,12 +4,14 @@ keeps the rows (counts)."""
 
 from datetime import timedelta
 
+import pytest
 from django.utils import timezone
 
+from tests.e2e_processes import wait_for
 from whatsapp.models import Chat, Contact, InboundMessage, OutboundMessage, ProcessingJob
 from whatsapp.services.conversations import delete_expired_message_bodies, forget_contact
 
-from .helpers import client_writes, phone_writes, setup_company
+from .helpers import client_writes, phone_writes, setup_company, sim_writes, wait_job, wait_replies
 
 OTHER = "4917099887766@s.whatsapp.net"
 
@@ -78,3 +80,26 @@ def test_retention_runs_as_a_scheduled_maintenance_task(company):
     client_writes(company, "OLD", "old text")
     InboundMessage.objects.update(received_at=timezone.now() - timedelta(days=2))
     assert delete_expired_messages() == "cleared 1 message texts past retention"
+
+
+@pytest.mark.e2e
+@pytest.mark.django_db(transaction=True, databases="__all__")
+def test_on_the_simulator_forget_deletes_the_conversation(live):
+    sim, app, company = live
+    first = sim_writes(sim, company, "my name is Anna, my address is ...")
+    wait_job(first, app)
+    wait_replies(sim, company, 1)
+    wait_for(
+        lambda: OutboundMessage.objects.filter(status__in=["sent", "delivered"]).exists(),
+        30,
+        "the reply sent",
+    )
+    contact = Contact.objects.get()
+    assert forget_contact(contact) == {"inbound": 1, "outbound": 1, "chats": 1}
+    assert not InboundMessage.objects.exists() and not OutboundMessage.objects.exists()
+    assert not Chat.objects.exists() and not Contact.objects.exists()
+    assert not ProcessingJob.objects.exists()
+    # The same person writing again starts from scratch.
+    second = sim_writes(sim, company, "hello again")
+    wait_job(second, app)
+    assert Contact.objects.count() == 1  # a new contact, from scratch

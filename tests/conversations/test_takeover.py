@@ -3,16 +3,28 @@ bot in that chat; client messages then keep their one job, which records
 "handled by a person", and the chat shows it needs a person; a button, the
 API, the company's keyword or the timeout resume it."""
 
+import time
 from datetime import timedelta
 
+import pytest
 from django.utils import timezone
 
+from tests.e2e_processes import wait_for
 from whatsapp.models import Chat, OutboundMessage, ProcessingJob, WebhookDelivery, WebhookEndpoint
 from whatsapp.models.messages import HANDLED_BY_PERSON
 from whatsapp.services.conversations import resume_chat, send_as_operator
 from whatsapp.services.inbound import InboundOutcome
 
-from .helpers import PHONE_JID, client_writes, phone_writes, setup_company
+from .helpers import (
+    PHONE,
+    PHONE_JID,
+    client_writes,
+    phone_writes,
+    setup_company,
+    sim_writes,
+    wait_job,
+    wait_replies,
+)
 
 
 def test_a_reply_typed_on_the_phone_pauses_the_bot_in_that_chat_only(company):
@@ -91,3 +103,33 @@ def test_an_echo_of_our_own_send_and_a_redelivered_phone_message_store_nothing(c
     assert phone_writes(company, "P1", "typed").status == InboundOutcome.DUPLICATE
     assert OutboundMessage.objects.filter(author="phone").count() == 1
     assert not Chat.objects.get(chat_jid=PHONE_JID).needs_human
+
+
+@pytest.mark.e2e
+@pytest.mark.django_db(transaction=True, databases="__all__")
+def test_on_the_simulator_a_reply_typed_on_the_phone_pauses_the_bot_until_resumed(live):
+    sim, app, company = live
+    first = sim_writes(sim, company, "hi, are you open?")
+    wait_job(first, app)
+    assert [s["text"] for s in wait_replies(sim, company, 1)] == ["Hello Anna"]
+
+    typed = sim_writes(sim, company, "Hi Anna, Maria here - yes until 6", mode="own")
+    wait_for(
+        lambda: OutboundMessage.objects.filter(wa_message_id=typed, author="phone").exists(),
+        30,
+        "the phone's reply stored as a person's",
+    )
+    assert ProcessingJob.objects.count() == 1  # never a job
+
+    second = sim_writes(sim, company, "great, see you")
+    assert wait_job(second, app).result == HANDLED_BY_PERSON
+    time.sleep(1.5)  # a reply would show up by now
+    assert len(sim.sends(company=company.pk, phone=PHONE)) == 1
+    chat = Chat.objects.get(chat_jid=PHONE_JID)
+    assert chat.needs_human and chat.bot_is_paused() and chat.paused_by == "phone"
+
+    resume_chat(chat, "operator")  # the admin's button and the API call this
+    third = sim_writes(sim, company, "one more question")
+    wait_job(third, app)
+    assert [s["text"] for s in wait_replies(sim, company, 2)] == ["Hello Anna"] * 2
+    assert ProcessingJob.objects.count() == 3  # exactly one job per client message
