@@ -22,7 +22,8 @@ from rest_framework.response import Response
 from aiadmin.api.errors import Conflict
 from aiadmin.api.pagination import IdCursorPagination
 from companies.api.tenancy import TenantAPIView
-from whatsapp.models import Author, Chat, Contact, InboundMessage, OutboundMessage
+from whatsapp.models import Author, Chat, Contact, InboundMessage
+from whatsapp.models.threads import PAGE_SIZE, thread_key, thread_page
 from whatsapp.services.conversations import (
     forget_contact,
     pause_chat,
@@ -50,7 +51,7 @@ ERRORS = {
     401: OpenApiResponse(description="No, or an invalid, API key / login."),
     404: OpenApiResponse(description="No such company, chat or contact (or not yours)."),
 }
-PAGE_SIZE, MAX_PAGE_SIZE = 50, 200
+MAX_PAGE_SIZE = 200
 
 
 def opted_out_conflict(exc):
@@ -120,45 +121,6 @@ def thread_item(message):
     }
 
 
-def _key(message):
-    if isinstance(message, InboundMessage):
-        return (message.received_at, 0, message.pk)
-    return (message.created_at, 1, message.pk)
-
-
-def _beyond(field, cursor, side, newer):
-    """Rows of one side strictly after (newer) or before the cursor's position."""
-    at, cursor_side, pk = cursor
-    strictly = Q(**{f"{field}__gt" if newer else f"{field}__lt": at})
-    if side == cursor_side:
-        return strictly | Q(**{field: at, "pk__gt" if newer else "pk__lt": pk})
-    if (side > cursor_side) == newer:
-        return strictly | Q(**{field: at})
-    return strictly
-
-
-def thread_page(chat, before=None, after=None, size=PAGE_SIZE):
-    """(messages oldest first, has older, has newer) of one page of the thread."""
-    inbound = InboundMessage.objects.filter(chat=chat).select_related("job")
-    outbound = OutboundMessage.objects.filter(chat=chat)
-    newer = after is not None
-    cursor = after if newer else before
-    if cursor is not None:
-        inbound = inbound.filter(_beyond("received_at", cursor, 0, newer))
-        outbound = outbound.filter(_beyond("created_at", cursor, 1, newer))
-    sign = "" if newer else "-"
-    rows = list(inbound.order_by(f"{sign}received_at", f"{sign}id")[: size + 1]) + list(
-        outbound.order_by(f"{sign}created_at", f"{sign}id")[: size + 1]
-    )
-    rows.sort(key=_key, reverse=not newer)
-    more = len(rows) > size
-    rows = rows[:size]
-    if newer:
-        return rows, True, more
-    rows.reverse()
-    return rows, more, before is not None
-
-
 class ChatMessagesView(TenantAPIView):
     queryset = Chat.objects.select_related("contact")
     serializer_class = ThreadMessageSerializer
@@ -211,7 +173,7 @@ class ChatMessagesView(TenantAPIView):
 
         def link(name, message):
             url = request.build_absolute_uri(request.path)
-            return f"{url}?{name}={encode_cursor(*_key(message))}&page_size={size}"
+            return f"{url}?{name}={encode_cursor(*thread_key(message))}&page_size={size}"
 
         return Response(
             {

@@ -1,5 +1,5 @@
 from .alerts import Incident, IncidentKind
-from .conversations import Author, Chat, Contact
+from .conversations import PERSON_AUTHORS, Author, Chat, Contact
 from .messages import AutoReplyRule, InboundMessage, MessageKind, OutboundMessage, ProcessingJob
 from .sessions import (
     ConnectionEvent,
@@ -13,6 +13,7 @@ from .webhooks import WebhookAttempt, WebhookDelivery, WebhookEndpoint, WebhookE
 from .workers import WorkerProcess
 
 __all__ = [
+    "PERSON_AUTHORS",
     "AutoReplyRule",
     "Author",
     "Chat",

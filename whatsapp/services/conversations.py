@@ -25,6 +25,7 @@ from django.utils import timezone
 
 from companies.models import Company
 from whatsapp.models import (
+    PERSON_AUTHORS,
     Author,
     Chat,
     Contact,
@@ -211,7 +212,10 @@ def pause_chat(chat, by, minutes=None, now=None, company=None):
     was_paused = chat.bot_is_paused(now)
     chat.bot_paused_until = now + timedelta(minutes=minutes)
     chat.paused_by = by
-    Chat.objects.filter(pk=chat.pk).update(bot_paused_until=chat.bot_paused_until, paused_by=by)
+    fields = {"bot_paused_until": chat.bot_paused_until, "paused_by": by}
+    if by in PERSON_AUTHORS:  # a person wrote: what was waiting for one is answered
+        fields["needs_human"] = chat.needs_human = False
+    Chat.objects.filter(pk=chat.pk).update(**fields)
     if not was_paused:
         emit_event(chat.company_id, WebhookEvent.CHAT_PAUSED, chat_data(chat, now))
     return chat

@@ -34,6 +34,7 @@ from whatsapp.transport.normalize import NormalizedMessage
 from .conversations import link_inbound, record_person_reply
 from .inbound_sql import inbound_statements
 from .jobs import broker_is_transactional, create_job, enqueue_inserted_job, enqueue_together
+from .live import chats_changed
 from .webhooks import emit_message_received
 
 logger = logging.getLogger(__name__)
@@ -71,7 +72,9 @@ def record_inbound_message(company_id, message: NormalizedMessage) -> InboundOut
         raise checked
     with transaction.atomic():
         _lock_sessions([checked[0]])
-        return _record(*checked, _companies([checked[0]]))
+        outcome = _record(*checked, _companies([checked[0]]))
+        _hint_chats([(checked[0], outcome)])
+        return outcome
 
 
 def record_inbound_messages(items):
@@ -91,10 +94,16 @@ def record_inbound_messages(items):
             ids = [c[0] for c in checked if not isinstance(c, Exception)]
             _lock_sessions(ids)
             companies = _companies(ids)
-            return [
+            results = [
                 c if isinstance(c, Exception) else _record_or_refusal(*c, companies)
                 for c in checked
             ]
+            _hint_chats(
+                (c[0], r)
+                for c, r in zip(checked, results, strict=True)
+                if not isinstance(c, Exception)
+            )
+            return results
     except Exception:  # the database, or its driver, refused something
         logger.warning(
             "a batch of %d inbound messages failed; recording them one by one",
@@ -109,7 +118,9 @@ def record_inbound_messages(items):
         try:
             with transaction.atomic():
                 _lock_sessions([c[0]])
-                results.append(_record(*c, _companies([c[0]])))
+                outcome = _record(*c, _companies([c[0]]))
+                _hint_chats([(c[0], outcome)])
+                results.append(outcome)
         except Exception as exc:
             results.append(exc)
     return results
@@ -132,6 +143,16 @@ def _checked(company_id, message):
         return int(company_id), message
     except (TypeError, ValueError):
         return UnknownCompany(f"company {company_id!r} does not exist")
+
+
+def _hint_chats(outcomes):
+    """The admin's chat pages: one live hint per company with a new message."""
+    chats_changed(
+        company_id
+        for company_id, outcome in outcomes
+        if isinstance(outcome, InboundOutcome)
+        and outcome.status in (InboundOutcome.CREATED, InboundOutcome.BY_PERSON)
+    )
 
 
 def _companies(company_ids):

@@ -18,6 +18,7 @@ logger = logging.getLogger(__name__)
 
 ALL_COMPANIES_GROUP = "whatsapp-admin.all"
 EVENT_TYPE = "session.changed"
+CHAT_EVENT_TYPE = "chat.changed"
 
 
 def company_group(company_id):
@@ -47,6 +48,27 @@ def publish_now(company_id, state=None):
     except Exception:  # layer down or full: the pages' polling covers it
         logger.warning("could not publish %s for company %s", EVENT_TYPE, company_id, exc_info=True)
         return False
+
+
+def chats_changed(company_ids):
+    """Tell staff browsers, on commit, that chats of these companies have news
+    (a message, a reply, a tick): the chat pages re-read their thread. One hint
+    per company per transaction (a group commit of 50 messages sends one)."""
+    ids = sorted({int(c) for c in company_ids})
+    if ids:
+        transaction.on_commit(lambda: _publish_chats(ids))
+
+
+def _publish_chats(company_ids):
+    try:
+        layer = get_channel_layer()
+        if layer is None:
+            return
+        for company_id in company_ids:
+            message = {"type": CHAT_EVENT_TYPE, "company_id": company_id}
+            async_to_sync(_send_to_groups)(layer, groups_for(company_id), message)
+    except Exception:  # layer down or full: the chat page polls
+        logger.warning("could not publish %s for %s", CHAT_EVENT_TYPE, company_ids, exc_info=True)
 
 
 def publish_many(changes):

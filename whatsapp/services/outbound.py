@@ -17,6 +17,7 @@ from whatsapp.transport.jids import recipient_jid
 
 from .commands import notify_owner
 from .contacts import chat_for_recipient, note_chat_message
+from .live import chats_changed
 
 
 class InvalidOutbound(ValueError):
@@ -107,6 +108,7 @@ def queue_outbound_message(
             note_chat_message(
                 chat.pk, text, message.created_at, unread_reset=author != Author.HANDLER
             )
+            chats_changed([company_id])
         transaction.on_commit(
             lambda: notify_owner(company_id, "message.send", outbound_id=message.pk)
         )
