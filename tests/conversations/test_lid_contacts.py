@@ -92,3 +92,25 @@ def test_on_the_simulator_a_lid_only_sender_is_joined_to_its_phone_later(live):
     assert Contact.objects.count() == 1 and Chat.objects.count() == 1
     assert set(InboundMessage.objects.values_list("contact", flat=True)) == {contact.pk}
     assert len(wait_replies(sim, company, 3)) == 3
+
+
+def test_a_phone_from_the_device_store_fills_sender_alt_of_a_lid_only_message(company):
+    """neonize's get_pn_from_lid answers a phone JID proto: the client puts it into
+    SenderAlt before the message is recorded, so the contact gets its phone."""
+    from whatsapp.services.inbound import record_inbound_message
+    from whatsapp.transport.build import jid_proto, message_event
+    from whatsapp.transport.neonize_client import needs_phone, with_sender_alt
+    from whatsapp.transport.normalize import normalize_message
+
+    setup_company(company)
+    event = message_event("L1", LID_JID, "hi", push_name="Anna")
+    assert needs_phone(event)
+    assert not with_sender_alt(event, jid_proto(""))  # the store does not know it
+    assert not with_sender_alt(event, jid_proto("999@lid"))  # not a phone JID
+    assert needs_phone(event)
+    assert with_sender_alt(event, jid_proto(PHONE_JID))
+    assert not needs_phone(event)
+    record_inbound_message(company.pk, normalize_message(event))
+    contact = Contact.objects.get()
+    assert (contact.lid, contact.phone_jid, contact.phone) == (LID_JID, PHONE_JID, f"+{PHONE}")
+    assert not needs_phone(message_event("P1", PHONE_JID, "hi"))
