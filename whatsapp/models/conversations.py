@@ -65,6 +65,14 @@ class Contact(models.Model):
                 fields=["company", "lid"], condition=~Q(lid=""), name="uniq_contact_lid"
             ),
         ]
+        # The lookups of the inbound path (`phone_jid = x OR lid = y`): a partial
+        # unique index is not used for them on SQLite (it cannot prove x <> '').
+        indexes = [
+            models.Index(fields=["company", "phone_jid"], name="contact_phone_jid_idx"),
+            models.Index(fields=["company", "lid"], name="contact_lid_idx"),
+        ]
+
+    is_new = False  # set on a row the current call created (services.contacts)
 
     def __str__(self):
         return self.push_name or self.phone or self.lid or self.phone_jid
@@ -102,6 +110,8 @@ class Chat(models.Model):
             models.UniqueConstraint(fields=["company", "chat_jid"], name="uniq_chat_per_company"),
         ]
         indexes = [models.Index(fields=["company", "last_message_at"])]
+
+    is_new = False  # set on a row the current call created (services.contacts)
 
     def __str__(self):
         return self.title or self.chat_jid

@@ -47,7 +47,7 @@ def _matching(company_id, phone_jid, lid):
         q |= Q(lid=lid)
     if not q:
         return []
-    return list(Contact.objects.filter(q, company_id=company_id).order_by("pk"))
+    return list(Contact.objects.filter(q, company_id=company_id).order_by("pk")[:3])
 
 
 def find_or_create_contact(company_id, phone_jid="", lid="", phone="", push_name="", when=None):
@@ -59,7 +59,7 @@ def find_or_create_contact(company_id, phone_jid="", lid="", phone="", push_name
             return None
         try:
             with transaction.atomic():
-                return Contact.objects.create(
+                contact = Contact.objects.create(
                     company_id=company_id,
                     phone_jid=phone_jid,
                     lid=lid,
@@ -68,6 +68,8 @@ def find_or_create_contact(company_id, phone_jid="", lid="", phone="", push_name
                     push_names=[push_name] if push_name else [],
                     **({"first_seen_at": when, "last_seen_at": when} if when else {}),
                 )
+                contact.is_new = True
+                return contact
         except IntegrityError:  # created meanwhile (another transaction)
             rows = _matching(company_id, phone_jid, lid)
     contact = rows[0]
@@ -152,21 +154,31 @@ def merge_chats(keep, other):
     Chat.objects.filter(pk=keep.pk).update(**fields)
 
 
-def find_or_create_chat(company_id, chat_jid, contact=None, is_group=False, title=""):
-    """The chat of `chat_jid`, or the contact's 1:1 chat under another JID, or a new one."""
-    chat = Chat.objects.filter(company_id=company_id, chat_jid=chat_jid).first()
-    if chat is None and contact is not None and not is_group:
-        chat = Chat.objects.filter(company_id=company_id, contact=contact, is_group=False).first()
+def find_or_create_chat(
+    company_id, chat_jid, contact=None, is_group=False, title="", **new_fields
+):
+    """The chat of `chat_jid`, or the contact's 1:1 chat under another JID, or a
+    new one (with `new_fields`; its `is_new` is then true)."""
+    chat = Chat.objects.filter(company_id=company_id, chat_jid=chat_jid).order_by().first()
+    if chat is None and contact is not None and not is_group and not contact.is_new:
+        chat = (
+            Chat.objects.filter(company_id=company_id, contact=contact, is_group=False)
+            .order_by("pk")
+            .first()
+        )
     if chat is None:
         try:
             with transaction.atomic():
-                return Chat.objects.create(
+                chat = Chat.objects.create(
                     company_id=company_id,
                     chat_jid=chat_jid,
                     contact=contact,
                     is_group=is_group,
                     title=title,
+                    **new_fields,
                 )
+                chat.is_new = True
+                return chat
         except IntegrityError:
             return Chat.objects.get(company_id=company_id, chat_jid=chat_jid)
     if contact is not None and not is_group and chat.contact_id != contact.pk:

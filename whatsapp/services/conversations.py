@@ -19,7 +19,7 @@
 import logging
 from datetime import timedelta
 
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
@@ -33,6 +33,7 @@ from whatsapp.models import (
     OutboundMessage,
     WebhookEvent,
 )
+from whatsapp.models.conversations import preview
 
 from .contacts import (
     find_or_create_chat,
@@ -68,6 +69,8 @@ def chat_data(chat, now=None):
 # --- inbound --------------------------------------------------------------------------
 def link_inbound(company, message, message_pk, when):
     """Give new inbound message `message_pk` its contact and chat (caller's transaction)."""
+    if _link_known(company, message, message_pk, when):
+        return
     contact = find_or_create_contact(
         company.pk,
         phone_jid=message.sender_phone_jid,
@@ -82,9 +85,13 @@ def link_inbound(company, message, message_pk, when):
         None if message.is_group else contact,
         is_group=message.is_group,
         title="" if message.is_group else message.push_name,
+        last_message_at=when,
+        last_message_preview=preview(message.text),
+        unread=1,
     )
     InboundMessage.objects.filter(pk=message_pk).update(chat=chat, contact=contact)
-    note_chat_message(chat.pk, message.text, when, client=True)
+    if not chat.is_new:
+        note_chat_message(chat.pk, message.text, when, client=True)
     if not message.is_group and contact is not None:
         _opt_out_or_in(company, contact, message, message_pk, when)
     if chat.bot_is_paused(when) and not chat.needs_human:
@@ -92,6 +99,79 @@ def link_inbound(company, message, message_pk, when):
         chat.needs_human = True
         emit_event(company.pk, WebhookEvent.CHAT_NEEDS_HUMAN, chat_data(chat, when))
     return chat, contact
+
+
+def _link_known(company, message, message_pk, when):
+    """The common case in four plain statements (the inbound hot path): a known
+    contact writing into their known 1:1 chat, nothing new to learn, no stop or
+    start word. Returns False (having changed nothing that matters) otherwise,
+    and the general path runs."""
+    if message.is_group or company.is_stop_word(message.text):
+        return False
+    if company.is_start_word(message.text):
+        return False
+    sql = _link_sql()
+    at = connection.ops.adapt_datetimefield_value(when)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            sql["contact"],
+            [at, company.pk, message.sender_phone_jid or None, message.sender_lid or None, at],
+        )
+        rows = cursor.fetchall()
+        if len(rows) != 1:
+            return False
+        contact_id, phone_jid, lid, push_name, opted_out, contact_paused = rows[0]
+        name = message.push_name if message.push_name != "Client" else push_name
+        if (
+            (message.sender_phone_jid and phone_jid != message.sender_phone_jid)
+            or (message.sender_lid and lid != message.sender_lid)
+            or name != push_name
+            or opted_out
+        ):
+            return False
+        cursor.execute(
+            sql["chat"],
+            [at, preview(message.text), company.pk, message.chat_jid, contact_id, at],
+        )
+        chat_row = cursor.fetchone()
+        if chat_row is None:
+            return False
+        chat_id, needs_human, chat_paused = chat_row
+        cursor.execute(sql["message"], [chat_id, contact_id, message_pk])
+    if (chat_paused or contact_paused) and not needs_human:
+        chat = Chat.objects.select_related("contact").get(pk=chat_id)
+        Chat.objects.filter(pk=chat_id).update(needs_human=True)
+        chat.needs_human = True
+        emit_event(company.pk, WebhookEvent.CHAT_NEEDS_HUMAN, chat_data(chat, when))
+    return True
+
+
+_LINK_SQL = {}
+
+
+def _link_sql():
+    if not _LINK_SQL:
+        q = connection.ops.quote_name
+        contacts, chats = q(Contact._meta.db_table), q(Chat._meta.db_table)
+        messages = q(InboundMessage._meta.db_table)
+        paused = "(bot_paused_until IS NOT NULL AND bot_paused_until > %s)"
+        _LINK_SQL.update(
+            # params: when, company, phone JID (None: none), LID (None: none), when
+            # (a contact seen now: updated and read in one statement)
+            contact=(
+                f"UPDATE {contacts} SET last_seen_at = %s "
+                "WHERE company_id = %s AND (phone_jid = %s OR lid = %s) "
+                f"RETURNING id, phone_jid, lid, push_name, opted_out_at IS NOT NULL, {paused}"
+            ),
+            # params: when, preview, company, chat JID, contact, when
+            chat=(
+                f"UPDATE {chats} SET last_message_at = %s, last_message_preview = %s, "
+                f"unread = unread + 1 WHERE company_id = %s AND chat_jid = %s "
+                f"AND contact_id = %s AND NOT is_group RETURNING id, needs_human, {paused}"
+            ),
+            message=f"UPDATE {messages} SET chat_id = %s, contact_id = %s WHERE id = %s",
+        )
+    return _LINK_SQL
 
 
 def _opt_out_or_in(company, contact, message, message_pk, when):

@@ -9,6 +9,7 @@ while their WebSocket is down), so publishing never fails the caller.
 """
 
 import logging
+import time
 
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
@@ -50,11 +51,24 @@ def publish_now(company_id, state=None):
         return False
 
 
-def chats_changed(company_ids):
+CHAT_HINT_INTERVAL = 0.5  # seconds: at most one chat hint per company and process
+_last_chat_hint = {}
+
+
+def chats_changed(company_ids, now=None):
     """Tell staff browsers, on commit, that chats of these companies have news
-    (a message, a reply, a tick): the chat pages re-read their thread. One hint
-    per company per transaction (a group commit of 50 messages sends one)."""
-    ids = sorted({int(c) for c in company_ids})
+    (a message, a reply, a tick): the chat pages re-read their thread.
+
+    A hint costs a channel-layer write, so a process sends at most one per
+    company every CHAT_HINT_INTERVAL (a group commit of 50 messages, or a
+    burst, sends one). A hint skipped at the end of a burst is caught by the
+    chat page's slow poll while it is live (admin-live.js `tick`)."""
+    now = time.monotonic() if now is None else now
+    ids = []
+    for company_id in sorted({int(c) for c in company_ids}):
+        if now - _last_chat_hint.get(company_id, -CHAT_HINT_INTERVAL) >= CHAT_HINT_INTERVAL:
+            _last_chat_hint[company_id] = now
+            ids.append(company_id)
     if ids:
         transaction.on_commit(lambda: _publish_chats(ids))
 
