@@ -115,12 +115,14 @@ def _link_known(company, message, message_pk, when):
     with connection.cursor() as cursor:
         cursor.execute(
             sql["contact"],
-            [at, company.pk, message.sender_phone_jid or None, message.sender_lid or None, at],
+            [at, company.pk, message.sender_phone_jid or None, message.sender_lid or None],
         )
         rows = cursor.fetchall()
         if len(rows) != 1:
             return False
         contact_id, phone_jid, lid, push_name, opted_out, contact_paused = rows[0]
+        if contact_paused is not None:  # rare: the general path reads it
+            return False
         name = message.push_name if message.push_name != "Client" else push_name
         if (
             (message.sender_phone_jid and phone_jid != message.sender_phone_jid)
@@ -131,15 +133,17 @@ def _link_known(company, message, message_pk, when):
             return False
         cursor.execute(
             sql["chat"],
-            [at, preview(message.text), company.pk, message.chat_jid, contact_id, at],
+            [at, preview(message.text), company.pk, message.chat_jid, contact_id],
         )
         chat_row = cursor.fetchone()
         if chat_row is None:
             return False
         chat_id, needs_human, chat_paused = chat_row
         cursor.execute(sql["message"], [chat_id, contact_id, message_pk])
-    if (chat_paused or contact_paused) and not needs_human:
+    if chat_paused is not None and not needs_human:
         chat = Chat.objects.select_related("contact").get(pk=chat_id)
+        if not chat.bot_is_paused(when):
+            return True
         Chat.objects.filter(pk=chat_id).update(needs_human=True)
         chat.needs_human = True
         emit_event(company.pk, WebhookEvent.CHAT_NEEDS_HUMAN, chat_data(chat, when))
@@ -154,20 +158,22 @@ def _link_sql():
         q = connection.ops.quote_name
         contacts, chats = q(Contact._meta.db_table), q(Chat._meta.db_table)
         messages = q(InboundMessage._meta.db_table)
-        paused = "(bot_paused_until IS NOT NULL AND bot_paused_until > %s)"
+        # Raw columns only: computed RETURNING columns (IS NULL, CASE) came back
+        # wrong on SQLite (1 for a NULL opted_out_at: measured); a set value
+        # sends the message down the general path, which reads it through the ORM.
         _LINK_SQL.update(
-            # params: when, company, phone JID (None: none), LID (None: none), when
+            # params: when, company, phone JID (None: none), LID (None: none)
             # (a contact seen now: updated and read in one statement)
             contact=(
                 f"UPDATE {contacts} SET last_seen_at = %s "
                 "WHERE company_id = %s AND (phone_jid = %s OR lid = %s) "
-                f"RETURNING id, phone_jid, lid, push_name, opted_out_at IS NOT NULL, {paused}"
+                "RETURNING id, phone_jid, lid, push_name, opted_out_at, bot_paused_until"
             ),
-            # params: when, preview, company, chat JID, contact, when
+            # params: when, preview, company, chat JID, contact
             chat=(
                 f"UPDATE {chats} SET last_message_at = %s, last_message_preview = %s, "
                 f"unread = unread + 1 WHERE company_id = %s AND chat_jid = %s "
-                f"AND contact_id = %s AND NOT is_group RETURNING id, needs_human, {paused}"
+                "AND contact_id = %s AND NOT is_group RETURNING id, needs_human, bot_paused_until"
             ),
             message=f"UPDATE {messages} SET chat_id = %s, contact_id = %s WHERE id = %s",
         )
