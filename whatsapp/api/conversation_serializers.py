@@ -40,6 +40,9 @@ class ContactSerializer(serializers.ModelSerializer):
 
 class ChatSerializer(serializers.ModelSerializer):
     bot_state = serializers.SerializerMethodField(help_text="active or paused")
+    paused_by = serializers.CharField(
+        read_only=True, help_text="who paused the bot: phone, operator, ... ('' when not paused)"
+    )
     contact = ContactSerializer(read_only=True)
 
     class Meta:
