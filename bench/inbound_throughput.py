@@ -41,6 +41,13 @@ def main():
         default=50,
         help="concurrent sessions feeding the worker's group commit (default 50)",
     )
+    p.add_argument(
+        "--senders",
+        type=int,
+        default=0,
+        help="distinct client phones writing (default 0: every message from a new phone, the "
+        "worst case for contacts and chats; e.g. 200: returning clients, the common case)",
+    )
     args = p.parse_args()
     label = configure(args.db, args.broker, debug=False)
 
@@ -87,10 +94,11 @@ def main():
 
     def serialized_events(prefix):
         """n distinct MessageEv from n senders, serialized as the transport gets them."""
+        senders = args.senders or 9000000
         return [
             message_event(
                 f"{prefix}{i:016X}",
-                f"4917{i % 9000000 + 1000000:07d}@s.whatsapp.net",
+                f"4917{i % senders + 1000000:07d}@s.whatsapp.net",
                 f"hello {i}",
                 push_name="Bench",
             ).SerializeToString()

@@ -10,10 +10,13 @@ from django_q import models as q_models
 from companies.admin_tenancy import TenantScopedAdmin
 from companies.admin_times import CompanyTimesAdmin
 
+from .admin_pages.chats import ChatAdmin, ContactAdmin
 from .admin_pages.sessions import WhatsAppSessionAdmin
 from .models import (
     AutoReplyRule,
+    Chat,
     ConnectionEvent,
+    Contact,
     InboundMessage,
     MediaFile,
     MessageMedia,
@@ -28,6 +31,9 @@ from .services.jobs import retry_processing_job
 
 # Session list, session page, actions and the live/polling endpoints: admin_pages/.
 admin.site.register(WhatsAppSession, WhatsAppSessionAdmin)
+# Contacts, and chats as threads (admin_pages/chats.py; docs/conversations.md).
+admin.site.register(Contact, ContactAdmin)
+admin.site.register(Chat, ChatAdmin)
 
 
 class SystemRecordAdmin(CompanyTimesAdmin):

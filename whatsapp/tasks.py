@@ -1,6 +1,7 @@
 """django-q2 entry points. They take primitive ids and call one service."""
 
 from whatsapp.services.alerts import run_alert_checks
+from whatsapp.services.conversations import delete_expired_message_bodies
 from whatsapp.services.jobs import sweep_unqueued_jobs
 from whatsapp.services.media import delete_expired_media as delete_expired_media_files
 from whatsapp.services.processing import run_message_job, run_processing_job
@@ -46,3 +47,7 @@ def check_alerts():
 def delete_expired_media():
     """Hourly: delete media files past their company's retention (docs/media.md)."""
     return f"deleted {delete_expired_media_files()} media files"
+
+
+def delete_expired_messages():
+    return f"cleared {delete_expired_message_bodies()} message texts past retention"

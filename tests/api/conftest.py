@@ -15,7 +15,9 @@ from rest_framework.test import APIClient
 from assistant.models import AssistantConfig, AssistantRun, Outcome
 from companies.models import CompanyAPIKey
 from whatsapp.models import (
+    Chat,
     ConnectionEvent,
+    Contact,
     InboundMessage,
     MessageMedia,
     OutboundMessage,
@@ -143,7 +145,25 @@ def data(tenants):
         AssistantRun.objects.create(company=company, outcome=Outcome.ANSWERED, tokens_in=7,
                                     model=f"{tag}-model", chat_jid=f"{tag}-chat")
         media = make_media(company, inbound, f"{tag} photo bytes".encode())
-        made[tag] = {"session": session, "inbound": inbound, "outbound": outbound, "media": media}
+        contact = Contact.objects.create(
+            company=company,
+            phone=phone,
+            phone_jid=f"{phone.lstrip('+')}@s.whatsapp.net",
+            push_name=f"{tag} client",
+        )
+        chat = Chat.objects.create(
+            company=company, chat_jid=contact.phone_jid, contact=contact, title=f"{tag} chat"
+        )
+        InboundMessage.objects.filter(pk=inbound.pk).update(chat=chat, contact=contact)
+        OutboundMessage.objects.filter(pk=outbound.pk).update(chat=chat, contact=contact)
+        made[tag] = {
+            "session": session,
+            "inbound": inbound,
+            "outbound": outbound,
+            "chat": chat,
+            "contact": contact,
+            "media": media,
+        }
     return made
 
 

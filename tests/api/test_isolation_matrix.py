@@ -13,7 +13,7 @@ from django.forms.models import model_to_dict
 
 from assistant.models import AssistantConfig
 from companies.models import Company
-from whatsapp.models import ConnectionEvent, OutboundMessage, WhatsAppSession
+from whatsapp.models import Chat, ConnectionEvent, Contact, OutboundMessage, WhatsAppSession
 
 from .conftest import leaks
 
@@ -110,6 +110,22 @@ ENDPOINTS = [
         member=403,
         body={"model": "changed-model", "api_key": "sk-changed"},
     ),
+    Endpoint("chats list", "get", S + "chats/", 200),
+    Endpoint("chat detail", "get", S + "chats/{chat}/", 200),
+    Endpoint("chat thread", "get", S + "chats/{chat}/messages/", 200),
+    Endpoint(
+        "chat send as operator",
+        "post",
+        S + "chats/{chat}/messages/",
+        202,
+        body={"text": "hello from the matrix"},
+    ),
+    Endpoint("chat pause", "post", S + "chats/{chat}/pause", 200, body={"minutes": 10}),
+    Endpoint("chat resume", "post", S + "chats/{chat}/resume", 200),
+    Endpoint("contacts list", "get", S + "contacts/", 200),
+    Endpoint("contacts search", "get", S + "contacts/?search=alpha", 200),
+    Endpoint("contact detail", "get", S + "contacts/{contact}/", 200),
+    Endpoint("contact forget", "delete", S + "contacts/{contact}/", 200, member=403),
 ]
 
 CALLERS = [
@@ -155,6 +171,8 @@ def snapshot(company):
         "events": ConnectionEvent.objects.filter(session__company=company).count(),
         "outbound": OutboundMessage.objects.filter(company=company).count(),
         "assistant": list(AssistantConfig.objects.filter(company=company).values()),
+        "contacts": list(Contact.objects.filter(company=company).values()),
+        "chats": list(Chat.objects.filter(company=company).values()),
     }
 
 
@@ -169,6 +187,8 @@ def test_every_endpoint_answers_each_caller_without_leaking(
         a=tenants.a.pk,
         out=data["alpha"]["outbound"].pk,
         media=data["alpha"]["media"].pk,
+        chat=data["alpha"]["chat"].pk,
+        contact=data["alpha"]["contact"].pk,
         **{"in": data["alpha"]["inbound"].pk},
     )
     before = snapshot(tenants.a)
@@ -196,6 +216,8 @@ def test_the_matrix_covers_every_api_route():
         r.replace("<id:company_id>", "{a}")
         .replace("<id:message_id>", "{in}")
         .replace("<id:media_id>", "{media}")
+        .replace("<id:chat_id>", "{chat}")
+        .replace("<id:contact_id>", "{contact}")
         for r in routes
     }
     covered = {c.replace("{out}", "{in}") for c in covered}
@@ -210,16 +232,21 @@ def test_the_matrix_covers_every_api_route():
         "inbound/{in}/processing",
         "inbound/{in}/media/",
         "media/{media}/download",
+        "chats/{chat}/",
+        "chats/{chat}/messages/",
+        "contacts/{contact}/",
     ],
 )
 def test_a_key_cannot_reach_another_company_s_message_through_its_own_company(
     kind, callers, data, tenants
 ):
-    """B's key on B's own path, with the id of one of A's messages: 404."""
+    """B's key on B's own path, with the id of one of A's messages, chats or contacts: 404."""
     path = ("/api/v1/whatsapp/sessions/{b}/" + kind).format(
         b=tenants.b.pk,
         out=data["alpha"]["outbound"].pk,
         media=data["alpha"]["media"].pk,
+        chat=data["alpha"]["chat"].pk,
+        contact=data["alpha"]["contact"].pk,
         **{"in": data["alpha"]["inbound"].pk},
     )
     response = callers["other_key"].get(path)

@@ -47,6 +47,12 @@ class AdminLiveConsumer(AsyncJsonWebsocketConsumer):
             {"event": live.EVENT_TYPE, "company_id": company_id, "state": event.get("state", "")}
         )
 
+    async def chat_changed(self, event):
+        company_id = event.get("company_id")
+        if not await database_sync_to_async(self._may_see)(company_id):
+            return
+        await self.send_json({"event": live.CHAT_EVENT_TYPE, "company_id": company_id})
+
     def _may_see(self, company_id):
         user = self.scope["user"]
         return Company.objects.visible_to(user).filter(pk=company_id).exists()

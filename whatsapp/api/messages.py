@@ -24,7 +24,12 @@ from aiadmin.api.parsers import LimitedJSONParser
 from companies.api.tenancy import TenantAPIView
 from whatsapp.models import InboundMessage, OutboundMessage
 from whatsapp.services.jobs import retry_processing_job
-from whatsapp.services.outbound import IdempotencyConflict, InvalidOutbound, queue_outbound_message
+from whatsapp.services.outbound import (
+    IdempotencyConflict,
+    InvalidOutbound,
+    OptedOut,
+    queue_outbound_message,
+)
 
 from .media import is_media_request, send_media
 from .serializers import (
@@ -116,7 +121,10 @@ class OutboundListView(TenantAPIView):
         responses={
             202: OutboundMessageSerializer,
             400: OpenApiResponse(description="Invalid recipient, text or key."),
-            409: OpenApiResponse(description="Idempotency key reused with a different body."),
+            409: OpenApiResponse(
+                description="Idempotency key reused with a different body, or the recipient "
+                "opted out."
+            ),
             413: OpenApiResponse(description="Request body too large."),
             **ERRORS,
         },
@@ -137,6 +145,11 @@ class OutboundListView(TenantAPIView):
             )
         except InvalidOutbound as exc:
             raise exceptions.ValidationError({"non_field_errors": [str(exc)]}) from None
+        except OptedOut as exc:
+            raise Conflict(
+                f"{exc} (409: the contact opted out; they must write a start word first).",
+                code="contact_opted_out",
+            ) from None
         except IdempotencyConflict:
             raise Conflict(
                 f"The {IDEMPOTENCY_HEADER} {key!r} was already used for a different message "

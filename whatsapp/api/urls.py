@@ -2,9 +2,10 @@ from django.urls import path
 
 import aiadmin.api.converters  # noqa: F401  (registers <id:...>)
 
-from . import media, messages, sessions
+from . import conversations, media, messages, sessions
 
 S = "whatsapp/sessions/<id:company_id>/"
+C = S + "chats/<id:chat_id>/"
 
 urlpatterns = [
     path("whatsapp/sessions/", sessions.SessionListView.as_view(), name="session-list"),
@@ -54,5 +55,16 @@ urlpatterns = [
         S + "inbound/<id:message_id>/processing/retry",
         messages.ProcessingRetryView.as_view(),
         name="inbound-processing-retry",
+    ),
+    path(S + "chats/", conversations.ChatListView.as_view(), name="chat-list"),
+    path(C, conversations.ChatDetailView.as_view(), name="chat-detail"),
+    path(C + "messages/", conversations.ChatMessagesView.as_view(), name="chat-messages"),
+    path(C + "pause", conversations.ChatPauseView.as_view(), name="chat-pause"),
+    path(C + "resume", conversations.ChatResumeView.as_view(), name="chat-resume"),
+    path(S + "contacts/", conversations.ContactListView.as_view(), name="contact-list"),
+    path(
+        S + "contacts/<id:contact_id>/",
+        conversations.ContactDetailView.as_view(),
+        name="contact-detail",
     ),
 ]

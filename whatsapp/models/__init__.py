@@ -1,4 +1,5 @@
 from .alerts import Incident, IncidentKind
+from .conversations import PERSON_AUTHORS, Author, Chat, Contact
 from .media import MediaFile, MessageMedia
 from .messages import AutoReplyRule, InboundMessage, MessageKind, OutboundMessage, ProcessingJob
 from .recipients import RecipientLookup
@@ -14,8 +15,12 @@ from .webhooks import WebhookAttempt, WebhookDelivery, WebhookEndpoint, WebhookE
 from .workers import WorkerProcess
 
 __all__ = [
+    "PERSON_AUTHORS",
     "AutoReplyRule",
+    "Author",
+    "Chat",
     "ConnectionEvent",
+    "Contact",
     "DesiredState",
     "Incident",
     "IncidentKind",

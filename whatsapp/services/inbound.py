@@ -27,11 +27,14 @@ from django.db import connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
+from companies.models import Company
 from whatsapp.models import InboundMessage, ProcessingJob, WhatsAppSession
 from whatsapp.transport.normalize import NormalizedMessage
 
+from .conversations import link_inbound, record_person_reply
 from .inbound_sql import inbound_statements
 from .jobs import broker_is_transactional, create_job, enqueue_inserted_job, enqueue_together
+from .live import chats_changed
 from .media import record_pending_media
 from .webhooks import emit_message_received
 
@@ -48,6 +51,7 @@ class InboundOutcome:
     CREATED = "created"
     DUPLICATE = "duplicate"
     IGNORED = "ignored"
+    BY_PERSON = "by_person"  # typed on the business's phone: an outbound row, no job
 
     status: str
     message_pk: int | None = None
@@ -69,7 +73,9 @@ def record_inbound_message(company_id, message: NormalizedMessage) -> InboundOut
         raise checked
     with transaction.atomic():
         _lock_sessions([checked[0]])
-        return _record(*checked)
+        outcome = _record(*checked, _companies([checked[0]]))
+        _hint_chats([(checked[0], outcome)])
+        return outcome
 
 
 def record_inbound_messages(items):
@@ -86,8 +92,19 @@ def record_inbound_messages(items):
     checked = [_checked(company_id, message) for company_id, message in items]
     try:
         with transaction.atomic(), enqueue_together():
-            _lock_sessions([c[0] for c in checked if not isinstance(c, Exception)])
-            return [c if isinstance(c, Exception) else _record_or_refusal(*c) for c in checked]
+            ids = [c[0] for c in checked if not isinstance(c, Exception)]
+            _lock_sessions(ids)
+            companies = _companies(ids)
+            results = [
+                c if isinstance(c, Exception) else _record_or_refusal(*c, companies)
+                for c in checked
+            ]
+            _hint_chats(
+                (c[0], r)
+                for c, r in zip(checked, results, strict=True)
+                if not isinstance(c, Exception)
+            )
+            return results
     except Exception:  # the database, or its driver, refused something
         logger.warning(
             "a batch of %d inbound messages failed; recording them one by one",
@@ -102,7 +119,9 @@ def record_inbound_messages(items):
         try:
             with transaction.atomic():
                 _lock_sessions([c[0]])
-                results.append(_record(*c))
+                outcome = _record(*c, _companies([c[0]]))
+                _hint_chats([(c[0], outcome)])
+                results.append(outcome)
         except Exception as exc:
             results.append(exc)
     return results
@@ -127,18 +146,41 @@ def _checked(company_id, message):
         return UnknownCompany(f"company {company_id!r} does not exist")
 
 
-def _record_or_refusal(company_id, message):
+def _hint_chats(outcomes):
+    """The admin's chat pages: one live hint per company with a new message."""
+    chats_changed(
+        company_id
+        for company_id, outcome in outcomes
+        if isinstance(outcome, InboundOutcome)
+        and outcome.status in (InboundOutcome.CREATED, InboundOutcome.BY_PERSON)
+    )
+
+
+def _companies(company_ids):
+    """The companies of a transaction, loaded once (their conversation settings)."""
+    return Company.objects.in_bulk(set(company_ids))
+
+
+def _record_or_refusal(company_id, message, companies):
     """_record inside a batch: an unknown company is that item's result (the
     transaction is still usable); database errors abort the batch."""
     try:
-        return _record(company_id, message)
+        return _record(company_id, message, companies)
     except UnknownCompany as exc:
         return exc
 
 
-def _record(company_id, message):
+def _record(company_id, message, companies):
     """The statements of one message (the caller holds the transaction)."""
     now = timezone.now()
+    if message.is_person_reply:
+        if company_id not in companies:
+            raise UnknownCompany(f"company {company_id} does not exist")
+        WhatsAppSession.objects.filter(company_id=company_id).update(last_event_at=now)
+        stored = record_person_reply(company_id, message, now)
+        if stored != "stored":
+            return InboundOutcome(InboundOutcome.DUPLICATE, reason=f"own message ({stored})")
+        return InboundOutcome(InboundOutcome.BY_PERSON, reason="written by a person")
     if not message.is_client_message:
         WhatsAppSession.objects.filter(company_id=company_id).update(
             last_event_at=now, events_ignored=F("events_ignored") + 1
@@ -202,8 +244,10 @@ def _record(company_id, message):
             has_endpoints = counted[0] is not None
         if message.media is not None:  # downloaded later by the worker (services.media)
             record_pending_media(company_id, message_pk, message.media)
-        if has_endpoints:  # webhooks: the event commits with the message
-            emit_message_received(InboundMessage.objects.get(pk=message_pk))
+    # Its contact and chat (LID <-> phone learned, opt-out, needs-a-person).
+    link_inbound(companies[company_id], message, message_pk, now)
+    if has_endpoints:  # webhooks: the event commits with the message
+        emit_message_received(InboundMessage.objects.get(pk=message_pk))
     return InboundOutcome(InboundOutcome.CREATED, message_pk=message_pk)
 
 

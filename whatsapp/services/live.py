@@ -9,6 +9,7 @@ while their WebSocket is down), so publishing never fails the caller.
 """
 
 import logging
+import time
 
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
@@ -18,6 +19,7 @@ logger = logging.getLogger(__name__)
 
 ALL_COMPANIES_GROUP = "whatsapp-admin.all"
 EVENT_TYPE = "session.changed"
+CHAT_EVENT_TYPE = "chat.changed"
 
 
 def company_group(company_id):
@@ -47,6 +49,40 @@ def publish_now(company_id, state=None):
     except Exception:  # layer down or full: the pages' polling covers it
         logger.warning("could not publish %s for company %s", EVENT_TYPE, company_id, exc_info=True)
         return False
+
+
+CHAT_HINT_INTERVAL = 0.5  # seconds: at most one chat hint per company and process
+_last_chat_hint = {}
+
+
+def chats_changed(company_ids, now=None):
+    """Tell staff browsers, on commit, that chats of these companies have news
+    (a message, a reply, a tick): the chat pages re-read their thread.
+
+    A hint costs a channel-layer write, so a process sends at most one per
+    company every CHAT_HINT_INTERVAL (a group commit of 50 messages, or a
+    burst, sends one). A hint skipped at the end of a burst is caught by the
+    chat page's slow poll while it is live (admin-live.js `tick`)."""
+    now = time.monotonic() if now is None else now
+    ids = []
+    for company_id in sorted({int(c) for c in company_ids}):
+        if now - _last_chat_hint.get(company_id, -CHAT_HINT_INTERVAL) >= CHAT_HINT_INTERVAL:
+            _last_chat_hint[company_id] = now
+            ids.append(company_id)
+    if ids:
+        transaction.on_commit(lambda: _publish_chats(ids))
+
+
+def _publish_chats(company_ids):
+    try:
+        layer = get_channel_layer()
+        if layer is None:
+            return
+        for company_id in company_ids:
+            message = {"type": CHAT_EVENT_TYPE, "company_id": company_id}
+            async_to_sync(_send_to_groups)(layer, groups_for(company_id), message)
+    except Exception:  # layer down or full: the chat page polls
+        logger.warning("could not publish %s for %s", CHAT_EVENT_TYPE, company_ids, exc_info=True)
 
 
 def publish_many(changes):

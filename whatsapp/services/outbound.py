@@ -12,9 +12,11 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 
 from companies.phones import default_region as configured_region
-from whatsapp.models import OutboundMessage
+from whatsapp.models import Author, OutboundMessage
 from whatsapp.transport.jids import recipient_jid
 
+from .contacts import chat_for_recipient, note_chat_message
+from .live import chats_changed
 from .recipients import fresh_lookup
 from .worker_hints import notify_owner
 
@@ -25,6 +27,18 @@ class InvalidOutbound(ValueError):
 
 class NotOnWhatsApp(InvalidOutbound):
     """WhatsApp said (a kept answer) that the recipient's number is not on WhatsApp."""
+
+
+class OptedOut(ValueError):
+    """The recipient opted out (wrote a stop word): nothing is sent to them."""
+
+    def __init__(self, contact):
+        super().__init__(
+            f"{contact} opted out of messages on {contact.opted_out_at:%Y-%m-%d %H:%M} UTC "
+            f"({contact.opted_out_how or 'stop word'}); nothing is sent until they write "
+            "a start word"
+        )
+        self.contact = contact
 
 
 class IdempotencyConflict(ValueError):
@@ -49,8 +63,17 @@ def validate_outbound(to, text, default_region=None):
     return jid, phone, text
 
 
-def queue_outbound_message(company_id, to, text, idempotency_key=None, in_reply_to=None):
-    """Store an outbound message once per (company, idempotency key).
+def queue_outbound_message(
+    company_id,
+    to,
+    text,
+    idempotency_key=None,
+    in_reply_to=None,
+    author=Author.API,
+    to_opted_out=False,
+):
+    """Store an outbound message once per (company, idempotency key), in the
+    thread of its chat (created for a new 1:1 recipient).
 
     Returns (message, created). Reusing a key for the same recipient and text
     returns the first message; for different content raises IdempotencyConflict.
@@ -58,7 +81,8 @@ def queue_outbound_message(company_id, to, text, idempotency_key=None, in_reply_
     A recipient given as a phone number goes where WhatsApp said it lives when the
     company has a kept answer for it (services.recipients), and is refused with
     NotOnWhatsApp when that answer is "not on WhatsApp"; without one the worker
-    asks WhatsApp before the first send (`resolve_recipient`)."""
+    asks WhatsApp before the first send (`resolve_recipient`). A recipient who
+    opted out raises OptedOut (`to_opted_out`: the one confirmation of their opt-out)."""
     jid, phone, text = validate_outbound(to, text)
     resolve = False
     by_phone = "@" not in str(to)
@@ -74,6 +98,11 @@ def queue_outbound_message(company_id, to, text, idempotency_key=None, in_reply_
     if len(key) > 128:
         raise InvalidOutbound("idempotency key is longer than 128 characters")
     with transaction.atomic():
+        chat, contact = chat_for_recipient(company_id, jid, phone)
+        if contact is not None and contact.is_opted_out and not to_opted_out:
+            existing = _existing(company_id, key, in_reply_to)
+            if existing is None:
+                raise OptedOut(contact)
         try:
             with transaction.atomic():
                 message = OutboundMessage.objects.create(
@@ -84,6 +113,9 @@ def queue_outbound_message(company_id, to, text, idempotency_key=None, in_reply_
                     text=text,
                     idempotency_key=key,
                     in_reply_to=in_reply_to,
+                    chat=chat,
+                    contact=contact,
+                    author=author,
                 )
         except IntegrityError:
             existing = _existing(company_id, key, in_reply_to)
@@ -95,6 +127,11 @@ def queue_outbound_message(company_id, to, text, idempotency_key=None, in_reply_
             if not same_recipient or existing.text != text:
                 raise IdempotencyConflict(existing) from None
             return existing, False
+        if chat is not None:
+            note_chat_message(
+                chat.pk, text, message.created_at, unread_reset=author != Author.HANDLER
+            )
+            chats_changed([company_id])
         transaction.on_commit(
             lambda: notify_owner(company_id, "message.send", outbound_id=message.pk)
         )

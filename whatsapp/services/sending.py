@@ -31,6 +31,7 @@ from django.utils import timezone
 from whatsapp.models import OutboundMessage, WhatsAppSession, backoff_delay
 
 from .leases import Held, holds_lease
+from .live import chats_changed
 from .webhooks import emit_outbound_status
 
 logger = logging.getLogger(__name__)
@@ -245,7 +246,10 @@ _ORDER = [Status.SENT, Status.DELIVERED, Status.READ]
 def record_receipts(company_id, receipts):
     """record_receipt for each (message ids, kind), in order, in one transaction."""
     with transaction.atomic():
-        return sum(record_receipt(company_id, ids, kind) for ids, kind in receipts)
+        moved = sum(record_receipt(company_id, ids, kind) for ids, kind in receipts)
+        if moved:
+            chats_changed([company_id])  # the chat pages' ticks
+        return moved
 
 
 def record_receipt(company_id, message_ids, kind):

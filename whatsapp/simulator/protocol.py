@@ -27,7 +27,8 @@ Simulator -> client
   restart      {}                                close follows (whatsmeow's 515 after pairing)
   connected    {jid, push_name, keepalive, keepalive_max_fail}
   message      {id, chat, sender, sender_alt, push_name, text, timestamp, is_group,
-                kind?, reacts_to?, media?}        kind: image, video, document, audio,
+                from_me?, kind?, reacts_to?, media?}
+                                                 kind: image, video, document, audio,
                                                  sticker, location, reaction (default text);
                                                  media {path, mimetype, size, sha256,
                                                  file_name}: GET path on the simulator's
@@ -67,7 +68,7 @@ BAN_CODES = (
     "SENT_TOO_MANY_SAME_MESSAGE",
     "BROADCAST_LIST",
 )
-MODES = ("phone", "device", "lid", "group", "status")
+MODES = ("phone", "device", "lid", "lid_only", "group", "status", "own")
 KINDS = ("text", "image", "video", "document", "audio", "sticker", "location", "reaction")
 MEDIA_KINDS = ("image", "video", "document", "audio", "sticker")
 # How the simulator serves a media file: ok, expired (410, as WhatsApp's media
@@ -196,7 +197,10 @@ def inbound_frame(
 
     mode: phone (4915...@s.whatsapp.net), device (a linked device of that phone,
     4915...:3@s.whatsapp.net), lid (the sender's @lid with the phone as SenderAlt),
-    group (a group chat; the sender is the participant), status (status@broadcast).
+    lid_only (the sender's @lid and no SenderAlt: WhatsApp hides the phone; a later
+    message in another mode reveals it), group (a group chat; the sender is the
+    participant), status (status@broadcast), own (typed on the company's own phone
+    into the chat with `sender_phone`: from_me, sent by the company's account).
     kind: text, or image/video/document (`text` is the caption), audio (a voice
     note), location (`text` names the place), reaction (`text` is the emoji,
     `reacts_to` the id of the message it reacts to)."""
@@ -216,6 +220,10 @@ def inbound_frame(
         sender = f"{phone}:{device or 3}@s.whatsapp.net"
     elif mode == "lid":
         sender, sender_alt, chat = lid_jid, phone_jid, lid_jid
+    elif mode == "lid_only":
+        sender, sender_alt, chat = lid_jid, "", lid_jid
+    elif mode == "own":
+        sender, sender_alt = company_jid.split(":")[0].split("@")[0] + "@s.whatsapp.net", ""
     elif mode == "status":  # a status update: WhatsApp delivers it, nobody answers it
         chat = "status@broadcast"
     elif mode == "group":
@@ -232,6 +240,7 @@ def inbound_frame(
         "text": text,
         "timestamp": int(time.time()),
         "is_group": mode == "group",
+        **({"from_me": True} if mode == "own" else {}),
         **({"kind": kind} if kind != "text" else {}),
         **({"reacts_to": str(reacts_to)} if kind == "reaction" else {}),
         **({"media": media} if media else {}),

@@ -7,6 +7,8 @@
   POST /control/scan               {company | ref, phone?, push_name?} scan the QR
   POST /control/enter-code         {code} enter a pairing code on the phone
   POST /control/messages           {company, from, text, mode?, push_name?, count?,
+                                    (mode: phone, device, lid, lid_only, group, status,
+                                    own = typed on the company's phone to `from`)
                                     drop_after?} or {company, messages: [...]}
   POST /control/drop               {company} a network drop (no close frame)
   POST /control/keepalive-timeout  {company, seconds} withhold keep-alive answers
@@ -301,6 +303,10 @@ def _message_frames(state, cred, body):
 async def messages(state, body):
     cred = _target(state, body)
     frames = _message_frames(state, cred, body)  # all validated before any is queued
+    for item in body.get("messages") or [body]:
+        if item.get("mode") == "lid_only":  # WhatsApp knows whose LID it is; the client not
+            phone = p.digits(item["from"])
+            state.lids[p.lid_of(phone)] = phone
     online = cred.conn is not None
     await state.inject(cred, frames)
     dropped = bool(body.get("drop_after")) and state.drop(cred)

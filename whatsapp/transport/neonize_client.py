@@ -217,6 +217,21 @@ def translate(event):
     return None
 
 
+def needs_phone(event):
+    """A message whose sender is a LID and whose SenderAlt (the phone) is empty."""
+    source = event.Info.MessageSource
+    return source.Sender.Server == "lid" and not source.SenderAlt.User
+
+
+def with_sender_alt(event, phone_jid):
+    """Put `phone_jid` (a phone JID proto from the device store) into the
+    event's SenderAlt, if it is one; returns whether it did."""
+    if phone_jid is None or not phone_jid.User or phone_jid.Server != "s.whatsapp.net":
+        return False
+    event.Info.MessageSource.SenderAlt.CopyFrom(phone_jid)
+    return True
+
+
 def _event_types():
     _, ev, _ = _neonize()
     return (
@@ -747,10 +762,25 @@ class NeonizeClient:
             translated = translate(event)
             if isinstance(translated, base.Connected):
                 translated = await self._connected_event()
+            if isinstance(translated, base.InboundMessage) and needs_phone(event):
+                await self._phone_from_store(event)
             if translated is not None:
                 await self._sink(translated)
         except Exception as exc:
             self._handler_failed(type(event).__name__, exc)
+
+    async def _phone_from_store(self, event):
+        """A LID sender without SenderAlt: ask the device store, which learns the
+        LID <-> phone mapping from WhatsApp (whatsmeow's LID map), and fill in
+        SenderAlt when it knows it. A failed lookup costs the message nothing."""
+        sender = event.Info.MessageSource.Sender
+        client = self._client
+        try:
+            phone = await self._go_read(lambda: client.get_pn_from_lid(sender))
+        except Exception as exc:
+            logger.debug("company %s: get_pn_from_lid failed: %r", self.spec.company_id, exc)
+            return
+        with_sender_alt(event, phone)
 
     async def _connected_event(self):
         jid = push_name = ""

@@ -437,6 +437,7 @@ class SimulatorClient:
                 sender_alt=frame.get("sender_alt") or "",
                 push_name=frame.get("push_name", ""),
                 is_group=bool(frame.get("is_group")),
+                from_me=bool(frame.get("from_me")),
                 timestamp=frame.get("timestamp"),
             )
         except (KeyError, ValueError, TypeError) as exc:

@@ -12,6 +12,8 @@ SCHEDULES = [
     ("whatsapp: dispatch due webhook deliveries", "whatsapp.tasks.dispatch_webhooks", 1),
     ("whatsapp: check connection alerts", "whatsapp.tasks.check_alerts", 1),
     ("whatsapp: delete media past retention", "whatsapp.tasks.delete_expired_media", 60),
+    # Companies' message retention (docs/conversations.md): texts past N days.
+    ("whatsapp: delete expired message texts", "whatsapp.tasks.delete_expired_messages", 60),
 ]
 
 

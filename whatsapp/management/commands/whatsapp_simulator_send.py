@@ -28,7 +28,9 @@ class Command(BaseCommand):
         parser.add_argument("--company", help="company id or slug (default: demo-salon)")
         parser.add_argument("--from", dest="phone", default="+49 151 12345678")
         parser.add_argument("--name", default="Anna", help="the sender's push name")
-        parser.add_argument("--mode", default="phone", choices=["phone", "device", "lid"])
+        parser.add_argument(
+            "--mode", default="phone", choices=["phone", "device", "lid", "lid_only", "own"]
+        )
         parser.add_argument(
             "--wait",
             type=float,

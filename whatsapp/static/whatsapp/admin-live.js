@@ -38,6 +38,8 @@
     var pollUrl = root.getAttribute("data-wa-live-poll");
     var pollMs = Math.max(1000, parseFloat(root.getAttribute("data-wa-live-poll-seconds") || "5") * 1000);
     var company = root.getAttribute("data-wa-live-company") || "";
+    /* The hints this page follows (the chat page: "chat.changed"). */
+    var events = (root.getAttribute("data-wa-live-events") || "session.changed").split(" ");
     var statusEl = document.querySelector("[data-wa-live-status]");
     var socket = null, pollTimer = null, refreshTimer = null, lastPoll = null, retryMs = 1000;
     /* The session page (one company) ticks fast: a message arriving shows within a
@@ -156,7 +158,7 @@
       socket.onmessage = function (event) {
         var msg;
         try { msg = JSON.parse(event.data); } catch (err) { return; }
-        if (msg.event !== "session.changed") { return; }
+        if (events.indexOf(msg.event) === -1) { return; }
         if (company && String(msg.company_id) !== company) { return; }
         scheduleRefresh();
       };
