@@ -8,6 +8,7 @@ from .sessions import (
     WhatsAppSession,
     backoff_delay,
 )
+from .turns import Turn
 from .webhooks import WebhookAttempt, WebhookDelivery, WebhookEndpoint, WebhookEvent
 from .workers import WorkerProcess
 
@@ -23,6 +24,7 @@ __all__ = [
     "ProcessingJob",
     "SessionLease",
     "SessionState",
+    "Turn",
     "WebhookAttempt",
     "WebhookDelivery",
     "WebhookEndpoint",

@@ -18,6 +18,14 @@ class IncidentKind(models.TextChoices):
     LOGGED_OUT = "logged_out", "Logged out"
     BANNED = "banned", "Temporarily banned"
     WORKER_DEAD = "worker_dead", "Worker stopped heartbeating"
+    # Opened by the assistant pipeline (services.turns), resolved by a person:
+    # the alert check neither opens nor resolves these.
+    HANDED_OVER = "handed_over", "Chat handed over to a person"
+    NUMBER_PAUSED = "number_paused", "Sending paused (rate limit)"
+
+
+# Kinds the alert check leaves alone (opened and resolved elsewhere).
+MANUAL_KINDS = (IncidentKind.HANDED_OVER, IncidentKind.NUMBER_PAUSED)
 
 
 # What services.alerts writes to notify_error when no channel is configured.
