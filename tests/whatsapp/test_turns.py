@@ -134,6 +134,14 @@ class TestOneTurnPerBurst:
         assert claimed[0][1].number == 1
         assert claim_due_turns(now=later()) == []  # a second runner finds nothing
 
+    def test_a_turn_waits_for_a_message_of_its_window_whose_job_is_late(self, company):
+        write(company, "hi")
+        late = write(company, "I need a haircut", run_job=False)  # its job is on the queue
+        assert claim_due_turns(now=later()) == []
+        run_message_job(late)
+        assert len(claim_due_turns(now=later())) == 1
+        assert Turn.objects.get().message_count == 2
+
     def test_a_chatty_client_is_answered_at_the_cap(self, company):
         company.turn_debounce_seconds = 2.0
         company.turn_max_wait_seconds = 5.0

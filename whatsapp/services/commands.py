@@ -16,7 +16,7 @@ from whatsapp.models import SessionLease, WorkerProcess
 logger = logging.getLogger(__name__)
 
 COMMAND_TYPES = {"session.start", "session.stop", "session.restart", "session.logout",
-                 "session.pair_phone", "message.send"}
+                 "session.pair_phone", "message.send", "chat.read", "chat.presence"}
 
 
 def owner_channel(company_id, now=None):

@@ -3,7 +3,8 @@
 * **Claim**: one conditional UPDATE takes due turns (open past `due_at`, or
   running with an expired lease: the attempt died) whose chat has no earlier
   unfinished turn -- turns of one chat run strictly in order, one at a time;
-  chats in parallel. Of two runners only one claims a turn.
+  chats in parallel -- and no message received within the window whose job
+  has not joined yet. Of two runners only one claims a turn.
 * **Run**: the handler gets a TurnContext (services.turn_contract) and runs in
   a thread bounded by its own timeout. Its replies are queued one by one,
   paced like a person types, each fenced by the attempt (a superseded attempt
@@ -75,6 +76,8 @@ def claim_due_turns(limit=10, now=None):
     now = now or timezone.now()
     if _CLAIM_SQL is None:
         t = connection.ops.quote_name(Turn._meta.db_table)
+        j = connection.ops.quote_name(ProcessingJob._meta.db_table)
+        m = connection.ops.quote_name(InboundMessage._meta.db_table)
         due = "((status = %s AND due_at <= %s) OR (status = %s AND lease_expires_at < %s))"
         # SET expressions read the row as it was: last_outcome sees the old status.
         _CLAIM_SQL = (
@@ -89,6 +92,12 @@ def claim_due_turns(limit=10, now=None):
             .replace("lease_expires_at", "c.lease_expires_at")
             + f" AND NOT EXISTS (SELECT 1 FROM {t} p WHERE p.company_id = c.company_id "
             "AND p.chat_jid = c.chat_jid AND p.id < c.id AND p.status IN (%s, %s, %s)) "
+            # Every message of the chat that came within the window has joined:
+            # a job still waiting on the queue (a backlog, a cluster restart)
+            # holds its turn back instead of opening a second one.
+            f"AND NOT EXISTS (SELECT 1 FROM {j} j JOIN {m} m ON m.id = j.message_id "
+            "WHERE j.status IN (%s, %s, %s) AND m.company_id = c.company_id "
+            "AND m.chat_jid = c.chat_jid AND m.received_at <= c.due_at) "
             f"ORDER BY c.due_at LIMIT %s) AND {due} "
             "RETURNING id, attempts, last_outcome, error"
         )
@@ -106,6 +115,9 @@ def claim_due_turns(limit=10, now=None):
         Status.RUNNING,
         adapt(now),
         *Turn.UNFINISHED,
+        ProcessingJob.Status.PENDING,
+        ProcessingJob.Status.QUEUED,
+        ProcessingJob.Status.RUNNING,
         limit,
         Status.OPEN,
         adapt(now),

@@ -143,6 +143,12 @@ class Client(Protocol):
         SendRequestExtra.ID), a transport whose `sends_with_id` is true sends
         under that id, so sending again with it is safe: the recipient keeps one."""
 
+    async def mark_read(self, chat: str, sender: str, message_ids: list) -> None:
+        """Mark the client's messages read (blue ticks). Best effort."""
+
+    async def send_presence(self, chat: str, state: str) -> None:
+        """Chat presence: "composing" ("typing..." on the phone) or "paused"."""
+
     async def pair_phone(self, phone_e164: str) -> str:
         """Request an 8-character pairing code for `phone_e164`."""
 
