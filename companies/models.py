@@ -15,6 +15,23 @@ def validate_timezone(value):
         raise ValidationError(f"{value!r} is not a known IANA time zone (e.g. Europe/Berlin).")
 
 
+DEFAULT_STOP_WORDS = (
+    "STOP, UNSUBSCRIBE, STOPP, ABMELDEN, ARRET, ARRÊT, BAJA, PARAR, ALTO, CANCELAR, SAIR, "
+    "DESCADASTRAR, BASTA, DISISCRIVI, STOPPEN, DUR"
+)
+DEFAULT_START_WORDS = "START, ANMELDEN, ALTA, INICIAR, COMENZAR, DEMARRER, DÉMARRER, AVVIA, BAŞLA"
+
+
+def word_list(words):
+    return [w.strip().casefold() for w in (words or "").split(",") if w.strip()]
+
+
+def _word_in(text, words):
+    """The whole message (trimmed, any case, without end punctuation) is one of `words`."""
+    said = (text or "").strip().rstrip(".!¡?¿ ").casefold()
+    return bool(said) and said in word_list(words)
+
+
 class CompanyQuerySet(models.QuerySet):
     """Who may see or manage which company: the one definition, used by the API,
     the admin (model admins, pages, autocomplete), the WebSocket and the services.
@@ -67,6 +84,37 @@ class Company(models.Model):
         help_text="How inbound messages are answered. Empty: the default handler "
         "(setting WHATSAPP_INBOUND_HANDLER).",
     )
+    # Conversations (docs/conversations.md): human takeover, opt-out, retention.
+    bot_pause_minutes = models.PositiveIntegerField(
+        default=30,
+        help_text="When a person replies (phone, linked device, operator), the bot stays "
+        "quiet in that chat for this many minutes.",
+    )
+    bot_resume_keyword = models.CharField(
+        max_length=64,
+        blank=True,
+        default="#bot",
+        help_text="Typed by a person in a chat (e.g. on the phone): the bot takes over again. "
+        "Empty: no keyword.",
+    )
+    stop_words = models.TextField(
+        blank=True,
+        default=DEFAULT_STOP_WORDS,
+        help_text="Comma-separated. A client writing one of these (the whole message) is "
+        "opted out: no handler or API message reaches them until they write a start word.",
+    )
+    start_words = models.TextField(blank=True, default=DEFAULT_START_WORDS)
+    opt_out_confirmation = models.TextField(
+        blank=True,
+        default="You will not receive more messages from us. Write START to receive them again.",
+        help_text="Sent once when a client opts out. Empty: no confirmation.",
+    )
+    message_retention_days = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        help_text="Message texts older than this are deleted (the rows and counts stay). "
+        "Empty: kept.",
+    )
     # The assistant pipeline (turn handlers, docs/processing.md "Turns").
     turn_debounce_seconds = models.FloatField(
         default=2.0,
@@ -105,6 +153,16 @@ class Company(models.Model):
 
     def __str__(self):
         return self.name
+
+    def is_stop_word(self, text):
+        return _word_in(text, self.stop_words)
+
+    def is_start_word(self, text):
+        return _word_in(text, self.start_words)
+
+    def is_resume_keyword(self, text):
+        keyword = self.bot_resume_keyword.strip().casefold()
+        return bool(keyword) and (text or "").strip().casefold() == keyword
 
 
 class Membership(models.Model):

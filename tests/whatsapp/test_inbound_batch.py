@@ -68,12 +68,12 @@ def test_one_batch_records_each_message_once_with_its_own_outcome():
             (a.pk, own),
         ]
     )
-    created, duplicate, other, unknown, garbage, wrong_type, ignored = results
+    created, duplicate, other, unknown, garbage, wrong_type, by_person = results
     assert created.status == InboundOutcome.CREATED and other.status == InboundOutcome.CREATED
     assert duplicate.status == InboundOutcome.DUPLICATE
     assert isinstance(unknown, UnknownCompany) and isinstance(garbage, UnknownCompany)
     assert isinstance(wrong_type, TypeError)
-    assert ignored.status == InboundOutcome.IGNORED
+    assert by_person.status == InboundOutcome.BY_PERSON  # stored as outbound, no job
 
     rows = InboundMessage.objects.order_by("company_id")
     assert list(rows.values_list("company_id", "wa_message_id", "redeliveries")) == [

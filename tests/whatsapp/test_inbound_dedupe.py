@@ -18,7 +18,7 @@ from django.db import connection, connections
 from companies.models import Company
 from tests.e2e_processes import ROOT, db_env
 from tests.whatsapp.job_queue import inbound_tasks, purge
-from whatsapp.models import InboundMessage, ProcessingJob, WhatsAppSession
+from whatsapp.models import InboundMessage, OutboundMessage, ProcessingJob, WhatsAppSession
 from whatsapp.services.inbound import InboundOutcome, UnknownCompany, record_inbound_message
 from whatsapp.transport.build import message_event
 from whatsapp.transport.normalize import normalize_message
@@ -167,12 +167,27 @@ def test_an_unknown_company_is_a_clear_error_and_stores_nothing(company, session
     assert_exactly_one(company, 1)
 
 
-def test_a_message_that_is_not_a_client_message_is_ignored_without_a_job(company, session):
+def test_a_message_typed_on_the_own_phone_is_a_person_reply_without_a_job(company, session):
     own = normalize_message(message_event("3EB0OWN", PHONE, "from the salon", from_me=True))
     outcome = record_inbound_message(company.pk, own)
-    assert outcome.status == InboundOutcome.IGNORED
-    assert outcome.reason == "own message"
+    assert outcome.status == InboundOutcome.BY_PERSON
     assert InboundMessage.objects.count() == 0
+    reply = OutboundMessage.objects.get(wa_message_id="3EB0OWN")
+    assert (reply.author, reply.status, reply.text) == ("phone", "sent", "from the salon")
+    assert record_inbound_message(company.pk, own).status == InboundOutcome.DUPLICATE
+    assert OutboundMessage.objects.count() == 1
+    assert inbound_tasks() == []
+    assert WhatsAppSession.objects.get(pk=session.pk).last_event_at is not None
+
+
+def test_a_message_that_is_not_a_client_message_is_ignored_without_a_job(company, session):
+    reaction = normalize_message(
+        message_event("3EB0OWN", PHONE, "", from_me=True, is_edit=True)
+    )
+    outcome = record_inbound_message(company.pk, reaction)
+    assert outcome.status == InboundOutcome.IGNORED
+    assert InboundMessage.objects.count() == 0
+    assert OutboundMessage.objects.count() == 0
     assert inbound_tasks() == []
     assert WhatsAppSession.objects.get(pk=session.pk).last_event_at is not None
 

@@ -1,4 +1,5 @@
 from .alerts import Incident, IncidentKind
+from .conversations import Author, Chat, Contact
 from .messages import AutoReplyRule, InboundMessage, MessageKind, OutboundMessage, ProcessingJob
 from .sessions import (
     ConnectionEvent,
@@ -14,7 +15,10 @@ from .workers import WorkerProcess
 
 __all__ = [
     "AutoReplyRule",
+    "Author",
+    "Chat",
     "ConnectionEvent",
+    "Contact",
     "DesiredState",
     "Incident",
     "IncidentKind",

@@ -11,6 +11,12 @@ from django.utils import timezone
 
 from whatsapp.transport.kinds import MessageKind
 
+from .conversations import Author
+
+HANDLED_BY_PERSON = "handled by a person (the bot is paused in this chat)"
+OPTED_OUT = "not answered: the client opted out"
+OPT_OUT_CONFIRMED = "the client opted out (stop word); confirmation queued"
+
 
 class InboundMessage(models.Model):
     company = models.ForeignKey(
@@ -29,6 +35,18 @@ class InboundMessage(models.Model):
     received_at = models.DateTimeField(default=timezone.now, db_index=True)
     # Further deliveries of the same message, blocked by the unique constraint.
     redeliveries = models.PositiveIntegerField(default=0)
+    chat = models.ForeignKey(
+        "whatsapp.Chat", null=True, blank=True, on_delete=models.SET_NULL, related_name="inbound"
+    )
+    contact = models.ForeignKey(
+        "whatsapp.Contact",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="inbound",
+    )
+    # Retention cleared the text (the row, and so the counts, stay).
+    body_deleted_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-received_at", "-id"]
@@ -37,7 +55,10 @@ class InboundMessage(models.Model):
                 fields=["company", "wa_message_id"], name="uniq_inbound_message_per_company"
             ),
         ]
-        indexes = [models.Index(fields=["company", "received_at"])]
+        indexes = [
+            models.Index(fields=["company", "received_at"]),
+            models.Index(fields=["chat", "received_at", "id"]),
+        ]
 
     def __str__(self):
         return f"{self.wa_message_id} from {self.sender_phone or self.sender_jid}"
@@ -48,6 +69,22 @@ class InboundMessage(models.Model):
         a contact... An empty text or an unknown message kind has none (nothing
         to answer, not even for a rule that answers anything)."""
         return bool(self.text.strip()) or self.kind not in {MessageKind.TEXT, MessageKind.OTHER}
+
+    def job_verdict(self):
+        """The note its processing job records instead of running the handler
+        -- a person has the chat, or the client opted out -- or "" (run it)."""
+        contact = self.contact if self.contact_id else None
+        if contact is not None and contact.is_opted_out:
+            if self.company.is_stop_word(self.text):
+                return OPT_OUT_CONFIRMED
+            return OPTED_OUT
+        if self.chat_id is None:
+            return ""
+        if contact is not None and self.company.is_start_word(self.text):
+            return ""
+        if self.chat.bot_is_paused(self.received_at):
+            return HANDLED_BY_PERSON
+        return ""
 
     @property
     def reply_jid(self):
@@ -144,6 +181,20 @@ class OutboundMessage(models.Model):
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
     sent_at = models.DateTimeField(null=True, blank=True)
     updated_at = models.DateTimeField(auto_now=True)
+    chat = models.ForeignKey(
+        "whatsapp.Chat", null=True, blank=True, on_delete=models.SET_NULL, related_name="outbound"
+    )
+    contact = models.ForeignKey(
+        "whatsapp.Contact",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="outbound",
+    )
+    author = models.CharField(
+        max_length=16, choices=Author.choices, default=Author.API, db_default=Author.API
+    )
+    body_deleted_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at", "-id"]
@@ -152,7 +203,10 @@ class OutboundMessage(models.Model):
                 fields=["company", "idempotency_key"], name="uniq_outbound_idempotency_key"
             ),
         ]
-        indexes = [models.Index(fields=["company", "status", "next_attempt_at"])]
+        indexes = [
+            models.Index(fields=["company", "status", "next_attempt_at"]),
+            models.Index(fields=["chat", "created_at", "id"]),
+        ]
 
     def __str__(self):
         return f"to {self.to_phone or self.to_jid} [{self.status}]"

@@ -26,6 +26,10 @@ class WebhookEvent(models.TextChoices):
     MESSAGE_STATUS = "message.status", "Outbound message status changed"
     SESSION_STATE_CHANGED = "session.state_changed", "Session state changed"
     SESSION_QR_UPDATED = "session.qr_updated", "Session QR code updated"
+    MESSAGE_SENT_BY_PERSON = "message.sent_by_person", "A person wrote in a chat (phone, operator)"
+    CHAT_PAUSED = "chat.paused", "The bot was paused in a chat"
+    CHAT_RESUMED = "chat.resumed", "The bot resumed in a chat"
+    CHAT_NEEDS_HUMAN = "chat.needs_human", "A client wrote while the bot is paused"
 
 
 SECRET_PREFIX = "whsec_"

@@ -27,9 +27,11 @@ from django.db import connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
+from companies.models import Company
 from whatsapp.models import InboundMessage, ProcessingJob, WhatsAppSession
 from whatsapp.transport.normalize import NormalizedMessage
 
+from .conversations import link_inbound, record_person_reply
 from .inbound_sql import inbound_statements
 from .jobs import broker_is_transactional, create_job, enqueue_inserted_job, enqueue_together
 from .webhooks import emit_message_received
@@ -47,6 +49,7 @@ class InboundOutcome:
     CREATED = "created"
     DUPLICATE = "duplicate"
     IGNORED = "ignored"
+    BY_PERSON = "by_person"  # typed on the business's phone: an outbound row, no job
 
     status: str
     message_pk: int | None = None
@@ -68,7 +71,7 @@ def record_inbound_message(company_id, message: NormalizedMessage) -> InboundOut
         raise checked
     with transaction.atomic():
         _lock_sessions([checked[0]])
-        return _record(*checked)
+        return _record(*checked, _companies([checked[0]]))
 
 
 def record_inbound_messages(items):
@@ -85,8 +88,13 @@ def record_inbound_messages(items):
     checked = [_checked(company_id, message) for company_id, message in items]
     try:
         with transaction.atomic(), enqueue_together():
-            _lock_sessions([c[0] for c in checked if not isinstance(c, Exception)])
-            return [c if isinstance(c, Exception) else _record_or_refusal(*c) for c in checked]
+            ids = [c[0] for c in checked if not isinstance(c, Exception)]
+            _lock_sessions(ids)
+            companies = _companies(ids)
+            return [
+                c if isinstance(c, Exception) else _record_or_refusal(*c, companies)
+                for c in checked
+            ]
     except Exception:  # the database, or its driver, refused something
         logger.warning(
             "a batch of %d inbound messages failed; recording them one by one",
@@ -101,7 +109,7 @@ def record_inbound_messages(items):
         try:
             with transaction.atomic():
                 _lock_sessions([c[0]])
-                results.append(_record(*c))
+                results.append(_record(*c, _companies([c[0]])))
         except Exception as exc:
             results.append(exc)
     return results
@@ -126,18 +134,31 @@ def _checked(company_id, message):
         return UnknownCompany(f"company {company_id!r} does not exist")
 
 
-def _record_or_refusal(company_id, message):
+def _companies(company_ids):
+    """The companies of a transaction, loaded once (their conversation settings)."""
+    return Company.objects.in_bulk(set(company_ids))
+
+
+def _record_or_refusal(company_id, message, companies):
     """_record inside a batch: an unknown company is that item's result (the
     transaction is still usable); database errors abort the batch."""
     try:
-        return _record(company_id, message)
+        return _record(company_id, message, companies)
     except UnknownCompany as exc:
         return exc
 
 
-def _record(company_id, message):
+def _record(company_id, message, companies):
     """The statements of one message (the caller holds the transaction)."""
     now = timezone.now()
+    if message.is_person_reply:
+        if company_id not in companies:
+            raise UnknownCompany(f"company {company_id} does not exist")
+        WhatsAppSession.objects.filter(company_id=company_id).update(last_event_at=now)
+        stored = record_person_reply(company_id, message, now)
+        if stored != "stored":
+            return InboundOutcome(InboundOutcome.DUPLICATE, reason=f"own message ({stored})")
+        return InboundOutcome(InboundOutcome.BY_PERSON, reason="written by a person")
     if not message.is_client_message:
         WhatsAppSession.objects.filter(company_id=company_id).update(
             last_event_at=now, events_ignored=F("events_ignored") + 1
@@ -199,8 +220,10 @@ def _record(company_id, message):
                 cursor.execute(sql.has_endpoints, [company_id])
                 counted = (cursor.fetchone(),)
             has_endpoints = counted[0] is not None
-        if has_endpoints:  # webhooks: the event commits with the message
-            emit_message_received(InboundMessage.objects.get(pk=message_pk))
+    # Its contact and chat (LID <-> phone learned, opt-out, needs-a-person).
+    link_inbound(companies[company_id], message, message_pk, now)
+    if has_endpoints:  # webhooks: the event commits with the message
+        emit_message_received(InboundMessage.objects.get(pk=message_pk))
     return InboundOutcome(InboundOutcome.CREATED, message_pk=message_pk)
 
 

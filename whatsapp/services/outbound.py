@@ -12,14 +12,27 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 
 from companies.phones import default_region as configured_region
-from whatsapp.models import OutboundMessage
+from whatsapp.models import Author, OutboundMessage
 from whatsapp.transport.jids import recipient_jid
 
 from .commands import notify_owner
+from .contacts import chat_for_recipient, note_chat_message
 
 
 class InvalidOutbound(ValueError):
     """Bad recipient or text; the message says which."""
+
+
+class OptedOut(ValueError):
+    """The recipient opted out (wrote a stop word): nothing is sent to them."""
+
+    def __init__(self, contact):
+        super().__init__(
+            f"{contact} opted out of messages on {contact.opted_out_at:%Y-%m-%d %H:%M} UTC "
+            f"({contact.opted_out_how or 'stop word'}); nothing is sent until they write "
+            "a start word"
+        )
+        self.contact = contact
 
 
 class IdempotencyConflict(ValueError):
@@ -44,16 +57,32 @@ def validate_outbound(to, text, default_region=None):
     return jid, phone, text
 
 
-def queue_outbound_message(company_id, to, text, idempotency_key=None, in_reply_to=None):
-    """Store an outbound message once per (company, idempotency key).
+def queue_outbound_message(
+    company_id,
+    to,
+    text,
+    idempotency_key=None,
+    in_reply_to=None,
+    author=Author.API,
+    to_opted_out=False,
+):
+    """Store an outbound message once per (company, idempotency key), in the
+    thread of its chat (created for a new 1:1 recipient).
 
     Returns (message, created). Reusing a key for the same recipient and text
-    returns the first message; for different content raises IdempotencyConflict."""
+    returns the first message; for different content raises IdempotencyConflict.
+    A recipient who opted out raises OptedOut (`to_opted_out`: the one
+    confirmation of their opt-out)."""
     jid, phone, text = validate_outbound(to, text)
     key = idempotency_key or f"auto:{uuid.uuid4().hex}"
     if len(key) > 128:
         raise InvalidOutbound("idempotency key is longer than 128 characters")
     with transaction.atomic():
+        chat, contact = chat_for_recipient(company_id, jid, phone)
+        if contact is not None and contact.is_opted_out and not to_opted_out:
+            existing = _existing(company_id, key, in_reply_to)
+            if existing is None:
+                raise OptedOut(contact)
         try:
             with transaction.atomic():
                 message = OutboundMessage.objects.create(
@@ -63,6 +92,9 @@ def queue_outbound_message(company_id, to, text, idempotency_key=None, in_reply_
                     text=text,
                     idempotency_key=key,
                     in_reply_to=in_reply_to,
+                    chat=chat,
+                    contact=contact,
+                    author=author,
                 )
         except IntegrityError:
             existing = _existing(company_id, key, in_reply_to)
@@ -71,6 +103,10 @@ def queue_outbound_message(company_id, to, text, idempotency_key=None, in_reply_
             if existing.to_jid != jid or existing.text != text:
                 raise IdempotencyConflict(existing) from None
             return existing, False
+        if chat is not None:
+            note_chat_message(
+                chat.pk, text, message.created_at, unread_reset=author != Author.HANDLER
+            )
         transaction.on_commit(
             lambda: notify_owner(company_id, "message.send", outbound_id=message.pk)
         )

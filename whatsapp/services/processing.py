@@ -32,10 +32,10 @@ from companies.inbound_handlers import (
     default_handler_name,
     registered_handler_path,
 )
-from whatsapp.models import InboundMessage, ProcessingJob
+from whatsapp.models import Author, InboundMessage, ProcessingJob
 
 from . import local_processes
-from .outbound import IdempotencyConflict, queue_outbound_message
+from .outbound import IdempotencyConflict, OptedOut, queue_outbound_message
 from .turn_contract import Attempt, is_turn_handler
 from .turn_join import join_turn
 
@@ -194,11 +194,25 @@ def _run(claimed):
     if claimed is None:
         return "skipped"
     job_id, message_id, attempt = claimed
-    message = InboundMessage.objects.select_related("company").get(pk=message_id)
+    message = InboundMessage.objects.select_related("company", "contact", "chat__contact").get(
+        pk=message_id
+    )
     mine = ProcessingJob.objects.filter(
         pk=job_id, status=ProcessingJob.Status.RUNNING, attempts=attempt.number
     )
     path = handler_path_for(message.company)
+    verdict = message.job_verdict()
+    if verdict:  # a person has the chat, or the client opted out: no handler
+        if not mine.update(
+            status=ProcessingJob.Status.SUCCEEDED,
+            handler="",
+            result=verdict,
+            error="",
+            lease_expires_at=None,
+            finished_at=timezone.now(),
+        ):
+            return "superseded"
+        return ProcessingJob.Status.SUCCEEDED
     try:
         handler = load_handler(path)
         if is_turn_handler(handler):
@@ -224,11 +238,14 @@ def _run(claimed):
                         result.reply_text,
                         idempotency_key=reply_idempotency_key(message),
                         in_reply_to=message,
+                        author=Author.HANDLER,
                     )
                 except IdempotencyConflict:
                     # An earlier attempt already queued a different reply:
                     # that one stands (it may be on its way to the client).
                     note = f"{note}; kept the reply an earlier attempt queued"[:2000]
+                except OptedOut:
+                    note = f"{note}; not sent: the client opted out"[:2000]
             # The reply commits only with this attempt's success (fenced by
             # the attempt number): an attempt that lost its lease adds nothing.
             if not mine.update(

@@ -57,6 +57,18 @@ class NormalizedMessage:
     is_status: bool = False
     extra: dict = field(default_factory=dict, compare=False)
     ignored: str = ""  # why the source is not a client at all (a channel, a bot)
+    sender_phone_jid: str = ""  # the sender's phone JID (the sender's, or its SenderAlt)
+
+    @property
+    def is_person_reply(self):
+        """Written on the business's own phone or another of its linked devices
+        into a chat (not a status, reaction, edit...): a person's reply."""
+        return (
+            self.from_me
+            and not self.ignored
+            and not self.is_status
+            and self.kind not in NON_CLIENT_KINDS
+        )
 
     @property
     def is_client_message(self):
@@ -156,7 +168,7 @@ def normalize_message(event):
             f"message {message_id} text is {len(text)} characters; the limit is {MAX_TEXT_CHARS}"
         )
 
-    sender_phone, sender_lid = _sender_identity(
+    sender_phone, sender_lid, sender_phone_jid = _sender_identity(
         message_id, sender, sender_alt, strict=not from_me and not is_status
     )
     return NormalizedMessage(
@@ -173,6 +185,7 @@ def normalize_message(event):
         is_group=is_group,
         is_status=is_status,
         extra=extra,
+        sender_phone_jid=sender_phone_jid,
     )
 
 
@@ -206,7 +219,7 @@ def _clean(text):
 
 
 def _sender_identity(message_id, sender, sender_alt, strict):
-    """(E.164 phone or '', LID or '') of the sender.
+    """(E.164 phone or '', LID or '', phone JID or '') of the sender.
 
     `strict` (a client message): the sender must be a user JID WhatsApp issues
     (phone or LID, numeric). The phone is derived where it can be; a number our
@@ -230,7 +243,9 @@ def _sender_identity(message_id, sender, sender_alt, strict):
         raise MalformedEvent(
             f"message {message_id}: the user part of sender {sender} is not {kind}"
         )
-    return (phone_or_empty(phone_jid) if phone_jid is not None else ""), lid
+    if phone_jid is None:
+        return "", lid, ""
+    return phone_or_empty(phone_jid), lid, phone_jid.bare()
 
 
 def _timestamp(value):

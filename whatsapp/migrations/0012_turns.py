@@ -9,8 +9,8 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('companies', '0004_company_turn_debounce_seconds_and_more'),
-        ('whatsapp', '0009_admin_plain_words'),
+        ('companies', '0005_turn_settings'),
+        ('whatsapp', '0011_webhook_conversation_events'),
     ]
 
     operations = [

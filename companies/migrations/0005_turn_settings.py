@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('companies', '0003_inbound_handler_by_name'),
+        ('companies', '0004_conversation_settings'),
     ]
 
     operations = [
