@@ -253,6 +253,38 @@ class TestCrashesAndRetries:
         assert sorted(claimed) == sorted(Turn.objects.values_list("pk", flat=True))
 
 
+class TestConversations:
+    def test_the_turn_hangs_on_the_chat_and_the_handler_sees_the_contact(self, company):
+        write(company, "hello")
+        run_due_turns(now=later())
+        turn = Turn.objects.get()
+        assert turn.chat is not None and turn.chat.chat_jid == ANNA
+        assert seen[0].chat == turn.chat
+        assert seen[0].contact is not None and seen[0].contact.phone == "+491701234567"
+
+    def test_a_chat_a_person_took_over_while_collecting_gets_no_answer(self, company):
+        from whatsapp.models import Chat
+
+        write(company, "hello")
+        Chat.objects.filter(chat_jid=ANNA).update(bot_paused_until=later(600))
+        assert list(run_due_turns(now=later()).values()) == [Turn.Status.NO_REPLY]
+        assert seen == [] and replies(company) == []
+        assert "person" in ProcessingJob.objects.get().result
+
+    def test_handing_over_pauses_the_bot_and_marks_the_chat(self, company):
+        from whatsapp.models import Chat
+
+        behaviour["mode"] = "hand_over"
+        write(company, "I want a refund")
+        run_due_turns(now=later())
+        chat = Chat.objects.get(chat_jid=ANNA)
+        assert chat.needs_human and chat.bot_is_paused()
+        later_pk = write(company, "hello?", run_job=False)
+        # A person has the chat now: the job records it, no new turn.
+        assert run_message_job(later_pk) == ProcessingJob.Status.SUCCEEDED
+        assert Turn.objects.count() == 1
+
+
 class TestContextAndActions:
     def test_the_handler_sees_the_thread_on_both_sides(self, company):
         write(company, "earlier question")

@@ -36,8 +36,11 @@ class Turn(models.Model):
     UNFINISHED = (Status.OPEN, Status.RUNNING, Status.AWAITING)
 
     company = models.ForeignKey("companies.Company", on_delete=models.CASCADE, related_name="turns")
-    # The chat (the conversations issue links its Chat row here once it exists).
     chat_jid = models.CharField(max_length=128)
+    # The conversation's Chat (null only for messages stored before chats existed).
+    chat = models.ForeignKey(
+        "whatsapp.Chat", null=True, blank=True, on_delete=models.SET_NULL, related_name="turns"
+    )
     status = models.CharField(
         max_length=16, choices=Status.choices, default=Status.OPEN, db_index=True
     )

@@ -30,6 +30,7 @@ def join_turn(job_id, attempt_number, message, handler_path):
                         turn = Turn.objects.create(
                             company=company,
                             chat_jid=message.chat_jid,
+                            chat_id=message.chat_id,
                             first_message_at=at,
                             last_message_at=at,
                             due_at=Turn.window(

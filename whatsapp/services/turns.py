@@ -30,16 +30,21 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from whatsapp.models import (
+    Author,
+    Chat,
     InboundMessage,
     Incident,
     IncidentKind,
     OutboundMessage,
     ProcessingJob,
     Turn,
+    WebhookEvent,
 )
+from whatsapp.models.messages import HANDLED_BY_PERSON
 
 from . import local_processes
-from .outbound import IdempotencyConflict, queue_outbound_message
+from .conversations import chat_data, pause_chat
+from .outbound import IdempotencyConflict, OptedOut, queue_outbound_message
 from .processing import HandlerError, claimant, claimant_identity, load_handler
 from .turn_contract import (
     Attempt,
@@ -53,6 +58,7 @@ from .turn_contract import (
     TurnContext,
     as_actions,
 )
+from .webhooks import emit_event
 
 logger = logging.getLogger(__name__)
 Status = Turn.Status
@@ -188,7 +194,7 @@ def thread_history(turn, limit=None):
     items = [_inbound_thread_message(m) for m in inbound] + [
         ThreadMessage(
             direction="out",
-            author="handler" if o.idempotency_key.startswith(("reply:", "turn:")) else "api",
+            author=o.author,
             text=o.text,
             wa_message_id=o.wa_message_id,
             at=o.created_at,
@@ -202,9 +208,15 @@ def thread_history(turn, limit=None):
 def build_context(turn, attempt, messages=None):
     messages = turn_messages(turn) if messages is None else messages
     company = turn.company
+    chat = turn.chat
+    contact = chat.contact if chat is not None and chat.contact_id else None
+    if contact is None and messages and messages[-1].contact_id:
+        contact = messages[-1].contact
     return TurnContext(
         turn_id=turn.pk,
         company=company,
+        chat=chat,
+        contact=contact,
         chat_jid=turn.chat_jid,
         messages=tuple(_inbound_thread_message(m) for m in messages),
         history=thread_history(turn),
@@ -250,7 +262,7 @@ class TurnRun:
     """One attempt at one turn."""
 
     def __init__(self, turn_id, attempt, hints=None, sleep=time.sleep):
-        self.turn = Turn.objects.select_related("company").get(pk=turn_id)
+        self.turn = Turn.objects.select_related("company", "chat__contact").get(pk=turn_id)
         self.attempt = attempt
         self.hints = hints  # a ClientHints (read marks, presence), or None
         self.sleep = sleep
@@ -264,6 +276,13 @@ class TurnRun:
         if self.hints:
             self.hints.composing(company.pk, turn.chat_jid)
         started = time.monotonic()
+        if turn.chat is not None and turn.chat.bot_is_paused():
+            # A person took the chat over while the turn was collecting.
+            self.handler_seconds = 0.0
+            try:
+                return self._finish(Status.NO_REPLY, HANDLED_BY_PERSON, 0)
+            except _Superseded:
+                return "superseded"
         try:
             handler = load_handler(turn.handler)
             ctx = build_context(turn, self.attempt, messages)
@@ -295,7 +314,11 @@ class TurnRun:
                 if delay and self.hints:
                     self.hints.composing(self.turn.company_id, self.turn.chat_jid)
                 self.sleep(delay)
-                self._queue_reply(action.text, sent, messages)
+                try:
+                    self._queue_reply(action.text, sent, messages)
+                except OptedOut:
+                    notes.append("not sent: the client opted out")
+                    break
                 sent += 1
             elif isinstance(action, SendMedia | React):
                 notes.append(f"{type(action).__name__} not supported yet: skipped")
@@ -402,6 +425,7 @@ def queue_turn_reply(turn, text, index, messages=None):
             text,
             idempotency_key=f"turn:{turn.pk}:{index}",
             in_reply_to=in_reply_to,
+            author=Author.HANDLER,
         )[0]
     except IdempotencyConflict as exc:
         return exc.existing
@@ -418,6 +442,15 @@ def finish_turn_jobs(turn, outcome, note):
 
 
 def open_handover_incident(turn, note):
+    """The chat needs a person: the bot pauses there, the chat shows it (and its
+    webhook event goes out), and an incident tells the operators."""
+    if turn.chat_id is not None:
+        chat = Chat.objects.select_related("contact").get(pk=turn.chat_id)
+        pause_chat(chat, Author.HANDLER, company=turn.company)
+        if not chat.needs_human:
+            Chat.objects.filter(pk=chat.pk).update(needs_human=True)
+            chat.needs_human = True
+            emit_event(turn.company_id, WebhookEvent.CHAT_NEEDS_HUMAN, chat_data(chat))
     Incident.objects.get_or_create(
         subject=f"turn:{turn.pk}",
         kind=IncidentKind.HANDED_OVER,
@@ -474,8 +507,9 @@ def enforce_turn_deadlines(now=None):
                             turn.chat_jid,
                             company.turn_holding_text,
                             idempotency_key=f"turn:{turn.pk}:holding",
+                            author=Author.HANDLER,
                         )
-                    except IdempotencyConflict:
+                    except (IdempotencyConflict, OptedOut):
                         pass
                     held += 1
     return held, handed
