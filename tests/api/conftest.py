@@ -18,6 +18,7 @@ from whatsapp.models import (
     OutboundMessage,
     ProcessingJob,
     SessionState,
+    Turn,
     WhatsAppSession,
 )
 
@@ -117,7 +118,16 @@ def data(tenants):
             text=f"{tag} outbound text",
             idempotency_key=f"{tag}-key",
         )
-        made[tag] = {"session": session, "inbound": inbound, "outbound": outbound}
+        now = timezone.now()
+        turn = Turn.objects.create(  # waiting for its asynchronous answer
+            company=company,
+            chat_jid=inbound.chat_jid,
+            status=Turn.Status.AWAITING,
+            first_message_at=now,
+            last_message_at=now,
+            due_at=now,
+        )
+        made[tag] = {"session": session, "inbound": inbound, "outbound": outbound, "turn": turn}
     return made
 
 

@@ -12,7 +12,7 @@ import pytest
 from django.forms.models import model_to_dict
 
 from companies.models import Company
-from whatsapp.models import ConnectionEvent, OutboundMessage, WhatsAppSession
+from whatsapp.models import ConnectionEvent, OutboundMessage, Turn, WhatsAppSession
 
 from .conftest import leaks
 
@@ -96,6 +96,10 @@ ENDPOINTS = [
     Endpoint("processing status", "get", S + "inbound/{in}/processing", 200),
     # The matrix's job has not failed: a manager is told so (409), a member may not retry.
     Endpoint("processing retry", "post", S + "inbound/{in}/processing/retry", 409, member=403),
+    # A's callers with a wrong turn token: 403; everyone else: 404 (the turn is not theirs).
+    Endpoint(
+        "turn reply", "post", S + "turns/{turn}/reply", 403, body={"token": "x", "replies": ["hi"]}
+    ),
 ]
 
 CALLERS = [
@@ -140,6 +144,7 @@ def snapshot(company):
         "session": model_to_dict(session) if session else None,
         "events": ConnectionEvent.objects.filter(session__company=company).count(),
         "outbound": OutboundMessage.objects.filter(company=company).count(),
+        "turns": list(Turn.objects.filter(company=company).values_list("status", flat=True)),
     }
 
 
@@ -151,7 +156,10 @@ def test_every_endpoint_answers_each_caller_without_leaking(
     if endpoint.setup:
         WhatsAppSession.objects.filter(company=tenants.a).update(**endpoint.setup)
     path = endpoint.path.format(
-        a=tenants.a.pk, out=data["alpha"]["outbound"].pk, **{"in": data["alpha"]["inbound"].pk}
+        a=tenants.a.pk,
+        out=data["alpha"]["outbound"].pk,
+        turn=data["alpha"]["turn"].pk,
+        **{"in": data["alpha"]["inbound"].pk},
     )
     before = snapshot(tenants.a)
 
@@ -174,7 +182,10 @@ def test_the_matrix_covers_every_api_route():
     routes = {str(p.pattern) for p in whatsapp_routes + company_routes}
     covered = {e.path.replace("/api/v1/", "", 1) for e in ENDPOINTS if not e.public}
     normalised = {
-        r.replace("<id:company_id>", "{a}").replace("<id:message_id>", "{in}") for r in routes
+        r.replace("<id:company_id>", "{a}")
+        .replace("<id:message_id>", "{in}")
+        .replace("<id:turn_id>", "{turn}")
+        for r in routes
     }
     covered = {c.replace("{out}", "{in}") for c in covered}
     assert normalised <= covered, normalised - covered

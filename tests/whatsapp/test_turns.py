@@ -404,6 +404,29 @@ class TestWebhookTurns:
         assert ProcessingJob.objects.get().status == ProcessingJob.Status.SUCCEEDED
 
 
+class TestReplyEndpoint:
+    def test_the_webhook_answers_later_through_the_api_with_the_company_key(
+        self, company, turn_endpoint
+    ):
+        from rest_framework.test import APIClient
+
+        from companies.models import CompanyAPIKey
+
+        turn_endpoint.answer(202)
+        write(company, "hi")
+        run_due_turns(now=later())
+        data = turn_endpoint.requests[0].json()["data"]["turn"]
+        _key, secret = CompanyAPIKey.objects.create_key(company=company, name="ai")
+        client = APIClient()
+        client.credentials(HTTP_AUTHORIZATION=f"Api-Key {secret}")
+        body = {"token": data["token"], "replies": ["Hello from the AI"]}
+        first = client.post(data["reply_path"], body, format="json")
+        again = client.post(data["reply_path"], body, format="json")
+        assert (first.status_code, first.json()["status"]) == (202, "answered")
+        assert again.status_code == 409
+        assert replies(company) == ["Hello from the AI"]
+
+
 class TestKeywordTurns:
     def test_the_keyword_rules_answer_a_burst_once(self, company):
         from whatsapp.models import AutoReplyRule

@@ -2,7 +2,7 @@ from django.urls import path
 
 import aiadmin.api.converters  # noqa: F401  (registers <id:...>)
 
-from . import messages, sessions
+from . import messages, sessions, turns
 
 S = "whatsapp/sessions/<id:company_id>/"
 
@@ -40,4 +40,5 @@ urlpatterns = [
         messages.ProcessingRetryView.as_view(),
         name="inbound-processing-retry",
     ),
+    path(S + "turns/<id:turn_id>/reply", turns.TurnReplyView.as_view(), name="turn-reply"),
 ]
