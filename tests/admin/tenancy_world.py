@@ -4,9 +4,10 @@ to a company (by walking model relations, independently of the admin code)."""
 
 from django.core import serializers
 from django.urls import reverse
+from django.utils import timezone
 
 from companies.models import Company, CompanyAPIKey
-from whatsapp.models import AutoReplyRule, WebhookEndpoint
+from whatsapp.models import AutoReplyRule, Turn, WebhookEndpoint
 from whatsapp.services import control
 from whatsapp.services import sessions as svc
 from whatsapp.services.alerts import run_alert_checks
@@ -63,6 +64,11 @@ def build_company_world(company, worker_id):
     inbound = record_inbound_message(company.pk, normalize_message(event))
     queue_outbound_message(company.pk, "+4915112345678", f"reply {company.slug}")
     run_alert_checks(notify=False)
+    now = timezone.now()
+    Turn.objects.create(  # a turn of the assistant pipeline (services.turns)
+        company=company, chat_jid="4915112345678@s.whatsapp.net", first_message_at=now,
+        last_message_at=now, due_at=now,
+    )
     return inbound
 
 

@@ -427,6 +427,41 @@ class TestReplyEndpoint:
         assert replies(company) == ["Hello from the AI"]
 
 
+class TestMetrics:
+    def test_latency_handler_time_and_outcomes_per_company(self, company, client, settings):
+        from prometheus_client.parser import text_string_to_metric_families
+
+        settings.METRICS_TOKEN, settings.METRICS_PUBLIC = "", True
+        write(company, "hello")
+        write(company, "late one", chat=BEN)
+        run_due_turns(now=later())
+        answered, late = Turn.objects.get(chat_jid=ANNA), Turn.objects.get(chat_jid=BEN)
+        Turn.objects.filter(pk=answered.pk).update(
+            replied_at=answered.first_message_at + timedelta(seconds=3), handler_seconds=1.5
+        )
+        Turn.objects.filter(pk=late.pk).update(
+            replied_at=late.first_message_at + timedelta(seconds=45),
+            holding_sent_at=late.first_message_at + timedelta(seconds=30),
+            handler_seconds=44.0,
+        )
+        body = client.get("/metrics", secure=True).content.decode()
+        samples = {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(body)
+            for s in family.samples
+        }
+        c = str(company.pk)
+        latency = "aiadmin_turn_latency_seconds"
+        assert samples[(f"{latency}_bucket", (("company", c), ("le", "5.0")))] == 1
+        assert samples[(f"{latency}_bucket", (("company", c), ("le", "60.0")))] == 2
+        assert samples[(f"{latency}_sum", (("company", c),))] == pytest.approx(48.0)
+        assert samples[("aiadmin_turn_handler_seconds_sum", (("company", c),))] == 45.5
+        outcomes = "aiadmin_turn_outcomes_total"
+        assert samples[(outcomes, (("company", c), ("outcome", "in_time")))] == 1
+        assert samples[(outcomes, (("company", c), ("outcome", "late")))] == 1
+        assert samples[("aiadmin_turns", (("company", c), ("status", "answered")))] == 2
+
+
 class TestKeywordTurns:
     def test_the_keyword_rules_answer_a_burst_once(self, company):
         from whatsapp.models import AutoReplyRule
