@@ -525,6 +525,8 @@ WHATSAPP_TURNS = {
     "RETRY_DELAY": env.float("TURN_RETRY_DELAY", default=2.0),
     # Messages of the thread a handler sees before its turn (both sides).
     "HISTORY": env.int("TURN_HISTORY", default=20),
+    # Read marks and "typing..." through the owning worker (off: neither is sent).
+    "HINTS": env.bool("TURN_HINTS", default=True),
     # Composing presence is sent again this often while the handler works.
     "PRESENCE_REFRESH": env.float("TURN_PRESENCE_REFRESH", default=8.0),
 }

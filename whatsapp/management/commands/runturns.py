@@ -47,7 +47,7 @@ class Command(BaseCommand):
         stop = threading.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())
-        hints = WorkerHints()
+        hints = WorkerHints() if conf["HINTS"] else None
         in_flight = {}  # turn id -> (company id, chat jid, last composing sent)
         lock = threading.Lock()
         workers = conf["WORKERS"]
@@ -103,6 +103,8 @@ class Command(BaseCommand):
         for turns still being handled."""
         from whatsapp.models import Turn
 
+        if hints is None:
+            return
         with lock:
             due = [pk for pk, sent in in_flight.items() if now - sent >= every]
             for pk in due:
