@@ -6,6 +6,8 @@ window, and the simulator saw what a client sees: the burst marked read when
 its turn started, "typing..." while the handler worked, then the reply, then
 "paused"."""
 
+import json
+import signal
 import time
 
 import pytest
@@ -88,3 +90,47 @@ def test_each_burst_is_answered_once_after_read_marks_and_typing(flow, company):
         assert reads[0]["at"] <= composing[0]["at"] <= reply["at"] <= paused[-1]["at"] + 1
         # Not before the debounce window (2 s) after the burst.
         assert reply["at"] - sent_at[reply["phone"]] >= 1.9
+
+
+def test_a_runner_killed_mid_turn_is_replaced_and_the_turn_answered_once(tmp_path, company):
+    sim = Simulator(tmp_path).start()
+    app = AppProcesses(
+        tmp_path,
+        sim,
+        WHATSAPP_LEASE_TTL=10,
+        WHATSAPP_RECONCILE_INTERVAL=1,
+        TURN_POLL=0.05,
+        WHATSAPP_EXTRA_INBOUND_HANDLERS=json.dumps(
+            {"slow_turn": {"path": "tests.whatsapp.turn_handlers.slow_turn", "label": "slow"}}
+        ),
+    )
+    try:
+        company.inbound_handler = "slow_turn"
+        company.save()
+        start_session(company.pk, actor="e2e test")
+        app.start_workers("w1")
+        app.start_qcluster()
+        first = app.start_turns("t1")
+        pair_companies(sim, [company.pk], app)
+        sim.post("messages", company=company.pk, messages=[{"from": PHONES[0], "text": "hi"}])
+        wait_for(
+            lambda: Turn.objects.filter(status=Turn.Status.RUNNING).exists(),
+            60,
+            "the turn running in t1",
+        )
+        first.send_signal(signal.SIGKILL)  # mid-handler: its turn is left running
+        first.wait(timeout=10)
+        app.start_turns("t2")
+
+        def replies():
+            return sim.get("sends", company=str(company.pk))["sends"]
+
+        wait_for(lambda: replies(), 60, "the reply", interval=0.2)
+        time.sleep(6)  # a second reply would be here by now
+        assert [r["text"] for r in replies()] == ["attempt 2 after died"], app.logs()
+        turn = Turn.objects.get()
+        assert (turn.status, turn.attempts) == (Turn.Status.ANSWERED, 2)
+        assert ProcessingJob.objects.get().status == ProcessingJob.Status.SUCCEEDED
+    finally:
+        app.stop_all()
+        sim.stop()
