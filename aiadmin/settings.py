@@ -543,7 +543,35 @@ WHATSAPP_INBOUND_HANDLERS = {
         "path": "assistant.handler.assistant_reply",
         "label": "AI assistant (the company's model, configured under AI assistant)",
     },
+    "keyword_turns": {
+        "path": "whatsapp.handlers.keyword_turn",
+        "label": "Keyword auto-replies, one answer per turn (assistant pipeline)",
+    },
+    "webhook_turns": {
+        "path": "whatsapp.handlers.webhook_turn",
+        "label": "Webhook with the conversation, one answer per turn (may answer later)",
+    },
     **_extra_handlers,
+}
+
+# --- Turns: the assistant pipeline (docs/processing.md, "Turns") -------------
+WHATSAPP_TURNS = {
+    # Threads of the turn runner (manage.py runturns): turns handled at once.
+    "WORKERS": env.int("TURN_WORKERS", default=32),
+    # Seconds between the runner's looks for due turns.
+    "POLL": env.float("TURN_POLL", default=0.1),
+    # A running attempt holds its turn this long (beyond any handler timeout).
+    "LEASE": env.float("TURN_LEASE", default=120.0),
+    # Timeout of a handler that declares none (@turn_handler(timeout=...)).
+    "HANDLER_TIMEOUT": env.float("TURN_HANDLER_TIMEOUT", default=20.0),
+    "MAX_ATTEMPTS": env.int("TURN_MAX_ATTEMPTS", default=3),
+    "RETRY_DELAY": env.float("TURN_RETRY_DELAY", default=2.0),
+    # Messages of the thread a handler sees before its turn (both sides).
+    "HISTORY": env.int("TURN_HISTORY", default=20),
+    # Read marks and "typing..." through the owning worker (off: neither is sent).
+    "HINTS": env.bool("TURN_HINTS", default=True),
+    # Composing presence is sent again this often while the handler works.
+    "PRESENCE_REFRESH": env.float("TURN_PRESENCE_REFRESH", default=8.0),
 }
 
 # --- Webhooks, alerts, metrics ---------------------------------------------

@@ -120,6 +120,34 @@ class Company(models.Model):
         help_text="Message texts older than this are deleted (the rows and counts stay). "
         "Empty: kept.",
     )
+    # The assistant pipeline (turn handlers, docs/processing.md "Turns").
+    turn_debounce_seconds = models.FloatField(
+        default=2.0,
+        help_text="Messages of one chat this close together are answered as one turn.",
+    )
+    turn_max_wait_seconds = models.FloatField(
+        default=10.0,
+        help_text="A turn stops collecting this long after its first message, "
+        "however chatty the client.",
+    )
+    turn_reply_deadline_seconds = models.FloatField(
+        default=30.0,
+        help_text="No answer this long after the turn's first message: the holding "
+        "message goes out (once).",
+    )
+    turn_handover_deadline_seconds = models.FloatField(
+        default=90.0,
+        help_text="No answer this long after the turn's first message: the chat is "
+        "handed to a person and an incident opened.",
+    )
+    turn_holding_text = models.CharField(max_length=500, default="One moment, please...")
+    turn_mark_read = models.BooleanField(
+        default=True, help_text="Mark the client's messages read when their turn starts."
+    )
+    typing_seconds_per_char = models.FloatField(
+        default=0.03, help_text="Replies are paced like a person types (0: no pacing)."
+    )
+    typing_max_seconds = models.FloatField(default=4.0)
     created_at = models.DateTimeField(auto_now_add=True)
 
     objects = CompanyQuerySet.as_manager()

@@ -214,6 +214,10 @@ class AppProcesses:
         # Both clusters (client messages, maintenance), as the Procfile runs them.
         return self._spawn(name, ["runcluster"])
 
+    def start_turns(self, name="turns"):
+        """The turn runner (turn handlers, reply deadlines), as the Procfile runs it."""
+        return self._spawn(name, [sys.executable, "manage.py", "runturns"])
+
     def start_daphne(self, name="web", port=None):
         port = port or free_port()
         self._spawn(

@@ -23,6 +23,7 @@ from .models import (
     OutboundMessage,
     ProcessingJob,
     SessionLease,
+    Turn,
     WhatsAppSession,
     WorkerProcess,
 )
@@ -143,6 +144,26 @@ class ProcessingJobAdmin(SystemRecordAdmin):
             m.sender_phone or m.push_name,
             m.company.name,
         )
+
+
+@admin.register(Turn)
+class TurnAdmin(SystemRecordAdmin):
+    """Turns of the assistant pipeline: what was answered, how fast, what was late."""
+
+    list_display = ["created_at", "company", "chat_jid", "status", "message_count", "attempts",
+                    "latency", "handler_seconds", "late", "result"]
+    list_filter = ["status"]
+    search_fields = ["chat_jid", "result"]
+    exclude = ["token"]  # the asynchronous reply's secret
+
+    @admin.display(description="Latency (s)")
+    def latency(self, obj):
+        value = obj.latency_seconds
+        return "" if value is None else f"{value:.1f}"
+
+    @admin.display(description="Late", boolean=True)
+    def late(self, obj):
+        return obj.was_late
 
 
 @admin.register(OutboundMessage)

@@ -36,6 +36,7 @@ from whatsapp.models import (
     OutboundMessage,
     ProcessingJob,
     SessionState,
+    Turn,
     WebhookAttempt,
     WebhookDelivery,
     WhatsAppSession,
@@ -67,6 +68,7 @@ class DatabaseCollector:
         yield from self.connection_events()
         yield from self.messages()
         yield from self.jobs()
+        yield from self.turns()
         yield from self.webhooks()
         yield from self.operations()
         yield from self.media()
@@ -205,6 +207,78 @@ class DatabaseCollector:
             buckets=buckets,
             sum_value=total.total_seconds() if total else 0.0,
         )
+
+    def turns(self):
+        """The assistant pipeline, per company: turns by status, answered in
+        time / late / handed over, latency (first message -> first reply
+        queued; typing pacing included) and handler time."""
+        by_status = GaugeMetricFamily(
+            "aiadmin_turns", "Turns by company and status.", labels=["company", "status"]
+        )
+        for company_id, status, n in (
+            Turn.objects.values("company_id", "status")
+            .annotate(n=Count("pk"))
+            .values_list("company_id", "status", "n")
+        ):
+            by_status.add_metric([str(company_id), status], n)
+        yield by_status
+        outcome = CounterMetricFamily(
+            "aiadmin_turn_outcomes",
+            "Finished turns: answered in time, late (the holding message went out), "
+            "handed over to a person.",
+            labels=["company", "outcome"],
+        )
+        rows = Turn.objects.values("company_id").annotate(
+            in_time=Count(
+                "pk", filter=Q(replied_at__isnull=False, holding_sent_at__isnull=True)
+            ),
+            late=Count("pk", filter=Q(holding_sent_at__isnull=False)),
+            handed_over=Count("pk", filter=Q(status=Turn.Status.HANDED_OVER)),
+        )
+        for row in rows:
+            for name in ("in_time", "late", "handed_over"):
+                outcome.add_metric([str(row["company_id"]), name], row[name])
+        yield outcome
+        yield self._turn_histogram(
+            "aiadmin_turn_latency_seconds",
+            "From a turn's first message to its first reply queued.",
+            Turn.objects.filter(replied_at__isnull=False).annotate(
+                value=ExpressionWrapper(
+                    F("replied_at") - F("first_message_at"), output_field=DurationField()
+                )
+            ),
+            duration=True,
+        )
+        yield self._turn_histogram(
+            "aiadmin_turn_handler_seconds",
+            "Time in the turn handler, per attempt that finished.",
+            Turn.objects.filter(handler_seconds__isnull=False).annotate(value=F("handler_seconds")),
+            duration=False,
+        )
+
+    @staticmethod
+    def _turn_histogram(name, documentation, queryset, duration):
+        family = HistogramMetricFamily(name, documentation, labels=["company"])
+
+        def bound_of(b):
+            return timedelta(seconds=b) if duration else b
+
+        aggregates = {
+            f"le{i}": Count("pk", filter=Q(value__lte=bound_of(bound)))
+            for i, bound in enumerate(LATENCY_BUCKETS)
+        }
+        for row in queryset.values("company_id").annotate(
+            count=Count("pk"), total=Sum("value"), **aggregates
+        ):
+            buckets = [
+                (str(float(bound)), row[f"le{i}"]) for i, bound in enumerate(LATENCY_BUCKETS)
+            ]
+            buckets.append(("+Inf", row["count"]))
+            total = row["total"] or 0
+            if duration and total:
+                total = total.total_seconds()
+            family.add_metric([str(row["company_id"])], buckets, float(total))
+        return family
 
     def webhooks(self):
         deliveries = GaugeMetricFamily(

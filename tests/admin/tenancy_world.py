@@ -6,10 +6,11 @@ import os
 
 from django.core import serializers
 from django.urls import reverse
+from django.utils import timezone
 
 from assistant.models import AssistantConfig, AssistantRun, Outcome
 from companies.models import Company, CompanyAPIKey
-from whatsapp.models import AutoReplyRule, WebhookEndpoint
+from whatsapp.models import AutoReplyRule, Turn, WebhookEndpoint
 from whatsapp.services import control
 from whatsapp.services import sessions as svc
 from whatsapp.services.alerts import run_alert_checks
@@ -84,6 +85,11 @@ def build_company_world(company, worker_id):
     finally:
         os.unlink(photo)
     run_alert_checks(notify=False)
+    now = timezone.now()
+    Turn.objects.create(  # a turn of the assistant pipeline (services.turns)
+        company=company, chat_jid="4915112345678@s.whatsapp.net", first_message_at=now,
+        last_message_at=now, due_at=now,
+    )
     return inbound
 
 

@@ -23,6 +23,7 @@ from whatsapp.models import (
     OutboundMessage,
     ProcessingJob,
     SessionState,
+    Turn,
     WhatsAppSession,
 )
 from whatsapp.services import media as media_services
@@ -156,6 +157,15 @@ def data(tenants):
         )
         InboundMessage.objects.filter(pk=inbound.pk).update(chat=chat, contact=contact)
         OutboundMessage.objects.filter(pk=outbound.pk).update(chat=chat, contact=contact)
+        now = timezone.now()
+        turn = Turn.objects.create(  # waiting for its asynchronous answer
+            company=company,
+            chat_jid=inbound.chat_jid,
+            status=Turn.Status.AWAITING,
+            first_message_at=now,
+            last_message_at=now,
+            due_at=now,
+        )
         made[tag] = {
             "session": session,
             "inbound": inbound,
@@ -163,6 +173,7 @@ def data(tenants):
             "chat": chat,
             "contact": contact,
             "media": media,
+            "turn": turn,
         }
     return made
 

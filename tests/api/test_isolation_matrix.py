@@ -13,7 +13,14 @@ from django.forms.models import model_to_dict
 
 from assistant.models import AssistantConfig
 from companies.models import Company
-from whatsapp.models import Chat, ConnectionEvent, Contact, OutboundMessage, WhatsAppSession
+from whatsapp.models import (
+    Chat,
+    ConnectionEvent,
+    Contact,
+    OutboundMessage,
+    Turn,
+    WhatsAppSession,
+)
 
 from .conftest import leaks
 
@@ -126,6 +133,10 @@ ENDPOINTS = [
     Endpoint("contacts search", "get", S + "contacts/?search=alpha", 200),
     Endpoint("contact detail", "get", S + "contacts/{contact}/", 200),
     Endpoint("contact forget", "delete", S + "contacts/{contact}/", 200, member=403),
+    # A's callers with a wrong turn token: 403; everyone else: 404 (the turn is not theirs).
+    Endpoint(
+        "turn reply", "post", S + "turns/{turn}/reply", 403, body={"token": "x", "replies": ["hi"]}
+    ),
 ]
 
 CALLERS = [
@@ -173,6 +184,7 @@ def snapshot(company):
         "assistant": list(AssistantConfig.objects.filter(company=company).values()),
         "contacts": list(Contact.objects.filter(company=company).values()),
         "chats": list(Chat.objects.filter(company=company).values()),
+        "turns": list(Turn.objects.filter(company=company).values_list("status", flat=True)),
     }
 
 
@@ -189,6 +201,7 @@ def test_every_endpoint_answers_each_caller_without_leaking(
         media=data["alpha"]["media"].pk,
         chat=data["alpha"]["chat"].pk,
         contact=data["alpha"]["contact"].pk,
+        turn=data["alpha"]["turn"].pk,
         **{"in": data["alpha"]["inbound"].pk},
     )
     before = snapshot(tenants.a)
@@ -218,6 +231,7 @@ def test_the_matrix_covers_every_api_route():
         .replace("<id:media_id>", "{media}")
         .replace("<id:chat_id>", "{chat}")
         .replace("<id:contact_id>", "{contact}")
+        .replace("<id:turn_id>", "{turn}")
         for r in routes
     }
     covered = {c.replace("{out}", "{in}") for c in covered}

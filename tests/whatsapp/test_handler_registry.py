@@ -45,7 +45,7 @@ class TestLookup:
         assert run_processing_job(job.pk) == ProcessingJob.Status.FAILED
         job.refresh_from_db()
         assert f"inbound handler {stored!r} is not registered" in job.error
-        assert "auto_reply, none, webhook" in job.error  # what may be picked instead
+        assert "auto_reply, keyword_turns, none, webhook, webhook_turns" in job.error  # noqa: E501  (what may be picked instead)
         assert job.handler == stored
         assert (job.attempts, job.finished_at is not None) == (1, True)  # permanent
         assert CANARY not in sys.modules  # never imported, let alone called

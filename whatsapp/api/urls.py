@@ -2,7 +2,7 @@ from django.urls import path
 
 import aiadmin.api.converters  # noqa: F401  (registers <id:...>)
 
-from . import conversations, media, messages, sessions
+from . import conversations, media, messages, sessions, turns
 
 S = "whatsapp/sessions/<id:company_id>/"
 C = S + "chats/<id:chat_id>/"
@@ -67,4 +67,5 @@ urlpatterns = [
         conversations.ContactDetailView.as_view(),
         name="contact-detail",
     ),
+    path(S + "turns/<id:turn_id>/reply", turns.TurnReplyView.as_view(), name="turn-reply"),
 ]

@@ -11,6 +11,7 @@ from .sessions import (
     WhatsAppSession,
     backoff_delay,
 )
+from .turns import Turn
 from .webhooks import WebhookAttempt, WebhookDelivery, WebhookEndpoint, WebhookEvent
 from .workers import WorkerProcess
 
@@ -33,6 +34,7 @@ __all__ = [
     "RecipientLookup",
     "SessionLease",
     "SessionState",
+    "Turn",
     "WebhookAttempt",
     "WebhookDelivery",
     "WebhookEndpoint",

@@ -20,6 +20,14 @@ class IncidentKind(models.TextChoices):
     WORKER_DEAD = "worker_dead", "Worker stopped heartbeating"
     ASSISTANT_BUDGET = "assistant_budget", "AI assistant: monthly token budget reached"
     ASSISTANT_FAILING = "assistant_failing", "AI assistant: model failing"
+    # Opened by the assistant pipeline (services.turns), resolved by a person:
+    # the alert check neither opens nor resolves these.
+    HANDED_OVER = "handed_over", "Chat handed over to a person"
+    NUMBER_PAUSED = "number_paused", "Sending paused (rate limit)"
+
+
+# Kinds the alert check leaves alone (opened and resolved elsewhere).
+MANUAL_KINDS = (IncidentKind.HANDED_OVER, IncidentKind.NUMBER_PAUSED)
 
 
 # What services.alerts writes to notify_error when no channel is configured.

@@ -99,6 +99,8 @@ class ProcessingJob(models.Model):
         PENDING = "pending", "Pending (stored, not yet enqueued)"
         QUEUED = "queued", "Queued"
         RUNNING = "running", "Running"
+        # Joined to a turn (services.turns): finished by the turn's outcome.
+        IN_TURN = "in_turn", "In a turn (answered with its chat's turn)"
         SUCCEEDED = "succeeded", "Succeeded"
         FAILED = "failed", "Failed"
 
@@ -133,6 +135,10 @@ class ProcessingJob(models.Model):
     claimed_by = models.CharField(max_length=200, blank=True, db_default="")
     last_outcome = models.CharField(
         max_length=16, choices=Outcome.choices, blank=True, db_default=""
+    )
+    # The turn this message was answered in (turn handlers only).
+    turn = models.ForeignKey(
+        "whatsapp.Turn", null=True, blank=True, on_delete=models.SET_NULL, related_name="jobs"
     )
 
     def __str__(self):

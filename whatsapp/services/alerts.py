@@ -43,7 +43,7 @@ from whatsapp.models import (
     WhatsAppSession,
     WorkerProcess,
 )
-from whatsapp.models.alerts import NOT_SENT_ANYWHERE
+from whatsapp.models.alerts import MANUAL_KINDS, NOT_SENT_ANYWHERE
 
 logger = logging.getLogger(__name__)
 
@@ -203,7 +203,9 @@ def run_alert_checks(now=None, notify=True):
             ).update(last_seen_at=now, summary=finding.summary[:300], details=finding.details)
     # Only incidents opened up to this run's moment: one a concurrent, later run just
     # opened is not this run's to judge.
-    open_now = Incident.objects.filter(resolved_at__isnull=True, opened_at__lte=now)
+    open_now = Incident.objects.filter(resolved_at__isnull=True, opened_at__lte=now).exclude(
+        kind__in=MANUAL_KINDS
+    )
     for pk, subject, kind in open_now.values_list("pk", "subject", "kind"):
         if (subject, kind) in findings:
             continue

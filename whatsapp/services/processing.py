@@ -37,6 +37,10 @@ from whatsapp.models import Author, InboundMessage, ProcessingJob
 
 from . import local_processes
 from .outbound import IdempotencyConflict, OptedOut, queue_outbound_message
+from .turn_contract import Attempt, is_turn_handler
+from .turn_join import join_turn
+
+__all__ = ["Attempt", "HandlerError", "HandlerResult", "run_message_job", "run_processing_job"]
 
 logger = logging.getLogger(__name__)
 
@@ -166,22 +170,6 @@ def claim_job(job_id=None, now=None, message_id=None):
     return job_pk, message_pk, Attempt(attempts, outcome, (error or "")[:2000])
 
 
-@dataclass(frozen=True)
-class Attempt:
-    """What a handler is told about the run it is in: its number (1 for the
-    first) and how the previous one ended (ProcessingJob.Outcome: failed,
-    timed_out, died), with its error. A retry after `died` may repeat side
-    effects the dead attempt already had: the handler decides."""
-
-    number: int = 1
-    previous_outcome: str = ""
-    previous_error: str = ""
-
-    @property
-    def is_retry(self):
-        return self.number > 1
-
-
 def call_handler(handler, message, attempt):
     """Call `handler` with the attempt if it takes one (a parameter named
     `attempt`, or **kwargs); handlers written as `handler(message)` still work."""
@@ -239,7 +227,14 @@ def _run(claimed):
             return "superseded"
         return ProcessingJob.Status.SUCCEEDED
     try:
-        result = call_handler(load_handler(path), message, attempt)
+        handler = load_handler(path)
+        if is_turn_handler(handler):
+            # Answered with its chat's turn: the job is finished by the
+            # turn's outcome (services.turns), not here.
+            if not join_turn(job_id, attempt.number, message, path):
+                raise _Superseded
+            return ProcessingJob.Status.IN_TURN
+        result = call_handler(handler, message, attempt)
         if result is None:
             result = HandlerResult()
         if not isinstance(result, HandlerResult):

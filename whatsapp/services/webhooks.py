@@ -455,3 +455,48 @@ def request_webhook_reply(endpoint, message):
     if not isinstance(reply, str):
         raise WebhookReplyError(f'"reply" must be a string, not {type(reply).__name__}')
     return reply.strip()
+
+
+TURN_HANDLER_EVENT = "turn.handle"
+
+
+def request_webhook_turn(endpoint, event_id, data):
+    """POST a turn (its messages and thread, `data`) to the handler endpoint.
+
+    Returns ("later", None) for a 202 (the answer comes through the turn's reply
+    URL), or ("now", answer) with the JSON object answered (None for an empty
+    body). Anything else raises WebhookReplyError."""
+    document = {
+        "id": str(event_id),
+        "type": TURN_HANDLER_EVENT,
+        "created_at": timezone.now().isoformat(),
+        "company_id": endpoint.company_id,
+        "data": data,
+    }
+    outcome = post_signed(
+        endpoint.url,
+        endpoint.signing_secrets(),
+        event_id,
+        encode_body(document),
+        _conf()["HANDLER_TIMEOUT"],
+    )
+    WebhookEndpoint.objects.filter(pk=endpoint.pk).update(
+        last_attempt_at=timezone.now(),
+        last_status_code=outcome.status_code,
+        last_error=outcome.error[:2000],
+    )
+    if not outcome.ok:
+        raise WebhookReplyError(f"handler endpoint {endpoint.url}: {outcome.describe()}")
+    if outcome.status_code == 202:
+        return "later", None
+    if not outcome.body.strip():
+        return "now", None
+    try:
+        answer = outcome.json()
+    except ValueError:
+        raise WebhookReplyError(
+            f"handler endpoint answered non-JSON: {outcome.excerpt[:200]!r}"
+        ) from None
+    if not isinstance(answer, dict):
+        raise WebhookReplyError("handler endpoint must answer a JSON object")
+    return "now", answer

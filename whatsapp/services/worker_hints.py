@@ -17,7 +17,7 @@ from whatsapp.models import SessionLease, WhatsAppSession, WorkerProcess
 logger = logging.getLogger(__name__)
 
 COMMAND_TYPES = {"session.start", "session.stop", "session.restart", "session.logout",
-                 "session.pair_phone", "message.send"}
+                 "session.pair_phone", "message.send", "chat.read", "chat.presence"}
 
 
 _OWNER_SQL = None

@@ -17,6 +17,8 @@ Client -> simulator
   pair_phone   {req, phone}                      ask for a pairing code; answered by pair_code
   logout       {req}                             remove this device; answered by logout_ok
   ping         {n}                               keep-alive; answered by pong {n}
+  read         {chat, sender, ids}               mark a phone's messages read (no answer)
+  presence     {chat, state}                     composing | paused: "typing..." (no answer)
 
 Simulator -> client
   qr           {ref, codes}                      unpaired: show this code (a new one every

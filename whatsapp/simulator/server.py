@@ -59,6 +59,7 @@ def build_app(state: SimulatorState):
     app.router.add_get("/stats", stats)
     app.router.add_get("/sends", sends)
     app.router.add_get("/pending", pending)
+    app.router.add_get("/activity", activity)
     app.router.add_get("/", page)
     for name, handler in CONTROLS.items():
         app.router.add_post(f"/control/{name}", handler)
@@ -140,6 +141,8 @@ async def _dispatch(state, conn, frame):
             await state.pair_phone(conn, frame)
         elif kind == "logout":
             await state.client_logout(conn, frame)
+        elif kind in ("read", "presence"):
+            state.chat_activity(conn, frame)
         else:
             raise p.FrameError(f"unknown frame type {kind!r}")
     except p.FrameError as exc:
@@ -175,6 +178,14 @@ async def sends(request):
     if company is not None:
         rows = [r for r in rows if r["company"] == company]
     return web.json_response({"count": len(rows), "sends": rows[-5000:]})
+
+
+async def activity(request):
+    """Read marks and presence the devices sent (optionally of one company)."""
+    state = request.app[STATE]
+    company = request.query.get("company")
+    rows = [r for r in state.activity if company is None or r["company"] == company]
+    return web.json_response({"count": len(rows), "activity": rows[-5000:]})
 
 
 async def pending(request):

@@ -63,6 +63,8 @@ class SimulatorState:
         # a number not listed is on WhatsApp at its own digits (`numbers` control).
         self.numbers = {}
         self.media = MediaStore()  # files of media messages and of uploads
+        # What the phones saw besides messages: read marks and "typing..." (in order).
+        self.activity = []
 
     # --- persistence ---------------------------------------------------------
     def _load(self):
@@ -519,6 +521,30 @@ class SimulatorState:
             self.totals["pings_ignored"] += 1
             return
         await conn.send({"type": "pong", "n": frame.get("n")})
+
+    # --- read marks and presence ---------------------------------------------------------
+    def chat_activity(self, conn, frame):
+        """A read mark ({chat, sender, ids}) or a chat presence ({chat, state}) from a
+        device: the phone shows blue ticks / "typing...". Recorded with its time."""
+        cred = conn.credential
+        if cred is None:
+            raise p.FrameError("not logged in")
+        kind = frame.get("type")
+        chat = frame.get("chat")
+        p.parse_jid(chat)
+        record = {"type": kind, "company": cred.company, "chat": chat, "at": time.time()}
+        if kind == "read":
+            ids = frame.get("ids")
+            if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+                raise p.FrameError("ids must be a list of message ids")
+            record["ids"] = ids
+        else:
+            if frame.get("state") not in ("composing", "paused"):
+                raise p.FrameError("state must be composing or paused")
+            record["state"] = frame["state"]
+        self.activity.append(record)
+        del self.activity[:-20000]
+        self.totals["reads" if kind == "read" else "presences"] += 1
 
     # --- reports ----------------------------------------------------------------------
     def stats(self):

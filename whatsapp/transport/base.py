@@ -169,6 +169,7 @@ class Client(Protocol):
     async def is_on_whatsapp(self, phones: list) -> dict:
         """Ask WhatsApp which of `phones` (E.164) are on WhatsApp and at which JID:
         {phone: Recipient} for the numbers WhatsApp answered. Raises TransportError."""
+
     async def send_media(self, jid: str, media, message_id: str = "") -> str:
         """Upload and send a file (transport.media.OutboundMedia); returns WhatsApp's
         message id. Raises TransportError."""
@@ -181,6 +182,12 @@ class Client(Protocol):
         returns its size. Raises transport.media.MediaDownloadError: reason
         expired (WhatsApp no longer has it), too_large (over `max_bytes`) or
         failed (retry unless permanent)."""
+
+    async def mark_read(self, chat: str, sender: str, message_ids: list) -> None:
+        """Mark the client's messages read (blue ticks). Best effort."""
+
+    async def send_presence(self, chat: str, state: str) -> None:
+        """Chat presence: "composing" ("typing..." on the phone) or "paused"."""
 
     async def pair_phone(self, phone_e164: str) -> str:
         """Request an 8-character pairing code for `phone_e164`."""

@@ -735,6 +735,42 @@ class NeonizeClient:
             raise base.TransportError("WhatsApp returned no message id")
         return response.ID
 
+    async def mark_read(self, chat, sender, message_ids):
+        from neonize.utils.enum import ReceiptType
+
+        client = self._require()
+        try:
+            await asyncio.wait_for(
+                client.mark_read(
+                    *message_ids,
+                    chat=jid_proto(chat),
+                    sender=jid_proto(sender),
+                    receipt=ReceiptType.READ,
+                ),
+                CALL_TIMEOUT,
+            )
+        except Exception as exc:
+            raise base.TransportError(f"read mark failed: {exc}") from exc
+
+    async def send_presence(self, chat, state):
+        from neonize.utils.enum import ChatPresence, ChatPresenceMedia
+
+        client = self._require()
+        presence = (
+            ChatPresence.CHAT_PRESENCE_COMPOSING
+            if state == "composing"
+            else ChatPresence.CHAT_PRESENCE_PAUSED
+        )
+        try:
+            await asyncio.wait_for(
+                client.send_chat_presence(
+                    jid_proto(chat), presence, ChatPresenceMedia.CHAT_PRESENCE_MEDIA_TEXT
+                ),
+                CALL_TIMEOUT,
+            )
+        except Exception as exc:
+            raise base.TransportError(f"presence failed: {exc}") from exc
+
     async def pair_phone(self, phone_e164):
         client = self._require()
         digits = "".join(ch for ch in str(phone_e164) if ch.isdigit())

@@ -627,6 +627,19 @@ class SimulatorClient:
             raise MediaDownloadError("the file does not match its SHA-256")
         return size
 
+    async def mark_read(self, chat, sender, message_ids):
+        await self._tell({"type": "read", "chat": chat, "sender": sender, "ids": list(message_ids)})
+
+    async def send_presence(self, chat, state):
+        await self._tell({"type": "presence", "chat": chat, "state": state})
+
+    async def _tell(self, frame):
+        """A frame WhatsApp does not answer (read marks, presence)."""
+        ws = self._ws
+        if not self._logged_in or ws is None or ws.closed:
+            raise base.TransportError("not logged in to WhatsApp right now")
+        await ws.send_json(frame)
+
     async def pair_phone(self, phone_e164):
         digits = "".join(ch for ch in str(phone_e164) if ch.isdigit())
         reply = await self._call({"type": "pair_phone", "phone": digits}, "pairing code request")

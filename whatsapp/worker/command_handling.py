@@ -32,6 +32,10 @@ class CommandHandling:
             self.wake()
             return
         ms = self.sessions.get(command.company_id)
+        if command.type in {"chat.read", "chat.presence"}:
+            if ms is not None:  # what the client sees: best effort, owner only
+                ms.spawn(ms.chat_hint(command.type, command.payload), "hint")
+            return
         if ms is None:
             if command.action in {"send", "stop", "logout"}:
                 # Not ours: the owner (or the next reconcile) handles the row.

@@ -542,6 +542,25 @@ class ManagedSession:
                 # Not cancellable: the send happened, its outcome is recorded.
                 await asyncio.shield(db(sending.mark_outbound_sent)(*done))
 
+    async def chat_hint(self, kind, payload):
+        """Read marks and "typing..." for the assistant pipeline (services.turn_hints):
+        best effort, never retried (a late read mark or presence is worthless)."""
+        client = self.client
+        if client is None or not self._may_send():
+            return
+        try:
+            if kind == "chat.read":
+                ids = [str(i) for i in payload.get("message_ids") or []][:100]
+                if ids:
+                    await client.mark_read(
+                        str(payload.get("chat", "")), str(payload.get("sender", "")), ids
+                    )
+            else:
+                state = "composing" if payload.get("state") == "composing" else "paused"
+                await client.send_presence(str(payload.get("chat", "")), state)
+        except Exception as exc:
+            logger.info("company %s: %s not sent: %r", self.company_id, kind, exc)
+
     def _may_send(self):
         return self.state.may_send and self.client is not None
 
