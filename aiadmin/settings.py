@@ -543,6 +543,10 @@ WHATSAPP_INBOUND_HANDLERS = {
         "path": "assistant.handler.assistant_reply",
         "label": "AI assistant (the company's model, configured under AI assistant)",
     },
+    "assistant_turns": {
+        "path": "assistant.handler.assistant_turn",
+        "label": "AI assistant, one answer per turn (assistant pipeline)",
+    },
     "keyword_turns": {
         "path": "whatsapp.handlers.keyword_turn",
         "label": "Keyword auto-replies, one answer per turn (assistant pipeline)",

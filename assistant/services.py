@@ -63,6 +63,7 @@ class TurnContext:
     message_id: int | None = None  # the InboundMessage the run is linked to
     deadline: float | None = None  # time.monotonic() by which the reply must be ready
     is_test: bool = False  # "Try it": recorded, but no guard rail counts it
+    handler: str = "assistant"  # the inbound handler's registry name, recorded with the run
 
 
 @dataclass(frozen=True)
@@ -276,6 +277,7 @@ def _record(config, context, turn, version, started, now):
         message_id=context.message_id,
         chat_jid=context.chat_jid,
         is_test=context.is_test,
+        handler=context.handler,
         model=config.model if config.model in turn.models else "",
         classifier_model=config.first_stage_model if config.classifier_enabled else "",
         prompt_version=version,
