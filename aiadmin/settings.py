@@ -649,6 +649,9 @@ METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
 METRICS_PUBLIC = env.bool("METRICS_PUBLIC", default=False)
 # More prometheus_client collectors /metrics registers (dotted paths of classes).
 METRICS_EXTRA_COLLECTORS = ["assistant.metrics.AssistantCollector"]
+# The chat page's "why" panel: callables (company_id, outbound rows) -> {outbound pk:
+# [(label, value), ...]} saying what produced a reply (whatsapp does not import them).
+WHATSAPP_CHAT_REPLY_EXPLAINERS = ["assistant.why.explain_replies"]
 
 # --- The AI assistant (docs/assistant.md) -----------------------------------
 # Fernet keys (comma-separated, newest first) encrypting the companies' model API

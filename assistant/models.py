@@ -281,3 +281,31 @@ class AssistantRun(models.Model):
     @property
     def is_failure(self):
         return self.outcome in FAILURES
+
+    def why(self):
+        """What produced the answer, as (label, value) rows for the chat page's
+        "why" panel."""
+        model = self.model or "-"
+        if self.classifier_model:
+            model = f"{self.classifier_model} (first stage), {model}"
+        latency = f"{self.total_ms} ms"
+        stages = [
+            f"{name} {ms} ms"
+            for name, ms in (("first stage", self.classify_ms), ("answer", self.answer_ms))
+            if ms is not None
+        ]
+        if stages:
+            latency += f" ({', '.join(stages)})"
+        rows = [
+            ("Handler", self.handler),
+            ("Model", model),
+            ("Prompt version", self.prompt_version or "-"),
+            ("Tokens in / out", f"{self.tokens_in} / {self.tokens_out}"),
+            ("Latency", latency),
+            ("Outcome", self.get_outcome_display()),
+            ("Cost (USD)", f"{self.cost:.6f}"),
+            ("Run", f"#{self.pk}"),
+        ]
+        if self.note:
+            rows.append(("Note", self.note))
+        return rows

@@ -36,3 +36,13 @@ def assistant(tenants, model_server):
     tenants.a.inbound_handler = "assistant"
     tenants.a.save()
     return config
+
+
+@pytest.fixture
+def turns_assistant(assistant):
+    """The same assistant on the turn pipeline ("assistant_turns"), unpaced replies."""
+    company = assistant.company
+    company.inbound_handler = "assistant_turns"
+    company.typing_seconds_per_char = 0.0
+    company.save()
+    return assistant

@@ -5,40 +5,15 @@ chat to a person through the pipeline. In-process on the real services and
 database (both passes); the test model server is the outer boundary."""
 
 import pytest
-from django.utils import timezone
 
 from assistant.models import AssistantRun, Outcome
-from whatsapp.models import Chat, Incident, IncidentKind, OutboundMessage, ProcessingJob, Turn
-from whatsapp.services.inbound import record_inbound_message
-from whatsapp.services.processing import run_message_job
-from whatsapp.services.turns import run_due_turns
-from whatsapp.transport.build import message_event
-from whatsapp.transport.normalize import normalize_message
+from whatsapp.models import Chat, Incident, IncidentKind, OutboundMessage, Turn
 
-from .chat import CLIENT_JID
+from .chat import CLIENT_JID, answer_due_turns, turn_writes
 from .model_server import Reply
 
 # The turn handler runs in a thread of its own (its timeout): committed rows.
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-@pytest.fixture
-def turns_assistant(assistant):
-    company = assistant.company
-    company.inbound_handler = "assistant_turns"
-    company.typing_seconds_per_char = 0.0
-    company.save()
-    return assistant
-
-
-def write(company, text, message_id):
-    event = message_event(message_id, CLIENT_JID, text, push_name="Ben")
-    outcome = record_inbound_message(company.pk, normalize_message(event))
-    assert run_message_job(outcome.message_pk) == ProcessingJob.Status.IN_TURN
-
-
-def answer_due_turns():
-    return list(run_due_turns(now=timezone.now() + timezone.timedelta(seconds=60)).values())
 
 
 def replies(company):
@@ -54,11 +29,11 @@ def test_a_turn_of_several_messages_gets_one_model_call_and_one_reply(
 ):
     company = turns_assistant.company
     model_server.add(Reply("A haircut is 30 EUR."), Reply("Monday 10:00 is free, see you!"))
-    write(company, "How much is a haircut?", "WA-1")
+    turn_writes(company, "How much is a haircut?", "WA-1")
     assert answer_due_turns() == [Turn.Status.ANSWERED]
 
     for i, text in enumerate(("hi again", "can I come", "on Monday at 10?")):
-        write(company, text, f"WA-2{i}")
+        turn_writes(company, text, f"WA-2{i}")
     assert Turn.objects.count() == 2
     assert answer_due_turns() == [Turn.Status.ANSWERED]
 
@@ -89,9 +64,9 @@ def test_the_history_sent_is_cut_to_the_assistants_length(turns_assistant, model
     turns_assistant.history_messages = 1
     turns_assistant.save()
     model_server.add(Reply("First answer."), Reply("Second answer."))
-    write(company, "first question", "WA-1")
+    turn_writes(company, "first question", "WA-1")
     answer_due_turns()
-    write(company, "second question", "WA-2")
+    turn_writes(company, "second question", "WA-2")
     answer_due_turns()
     assert model_server.bodies()[1]["messages"][1:] == [
         {"role": "assistant", "content": "First answer."},
@@ -103,8 +78,8 @@ def test_a_hand_over_tool_call_hands_the_chat_to_a_person(turns_assistant, model
     company = turns_assistant.company
     model_server.add(Reply(text="", tool_call={
         "name": "hand_over_to_person", "arguments": {"reason": "asks for the manager"}}))
-    write(company, "I want to speak", "WA-1")
-    write(company, "to the manager", "WA-2")
+    turn_writes(company, "I want to speak", "WA-1")
+    turn_writes(company, "to the manager", "WA-2")
     assert answer_due_turns() == [Turn.Status.HANDED_OVER]
 
     assert replies(company) == [turns_assistant.handover_message]
@@ -122,7 +97,7 @@ def test_a_company_without_an_assistant_gets_no_reply_and_no_model_call(
 ):
     turns_assistant.is_enabled = False
     turns_assistant.save()
-    write(turns_assistant.company, "hello", "WA-1")
+    turn_writes(turns_assistant.company, "hello", "WA-1")
     assert answer_due_turns() == [Turn.Status.NO_REPLY]
     assert model_server.requests == [] and replies(turns_assistant.company) == []
     assert "no assistant" in Turn.objects.get().result

@@ -15,6 +15,7 @@ from companies.admin_tenancy import TenantScopedAdmin
 from whatsapp.models import Author
 from whatsapp.models.threads import thread_page
 from whatsapp.services.conversations import (
+    explain_replies,
     forget_contact,
     pause_chat,
     resume_chat,
@@ -152,6 +153,8 @@ class ChatAdmin(TenantScopedAdmin):
 
     def render_chat(self, request, chat, draft="", status=200):
         rows, has_older, _newer = thread_page(chat, size=THREAD_SIZE)
+        why = {f"out-{pk}": rows_ for pk, rows_ in explain_replies(chat, rows).items()}
+        bubbles = [{**bubble(m), "why": why.get(bubble_id(m))} for m in rows]
         context = {
             **self.admin_site.each_context(request),
             **live_context(reverse("admin:whatsapp_chat_poll", args=[chat.pk]), chat.company_id),
@@ -161,7 +164,7 @@ class ChatAdmin(TenantScopedAdmin):
             "opts": self.opts,
             "chat": chat,
             "original": chat,
-            "bubbles": [bubble(m) for m in rows],
+            "bubbles": bubbles,
             "has_older": has_older,
             "bot_paused": chat.bot_is_paused(),
             "can_write": self.has_change_permission(request, chat),
@@ -205,6 +208,10 @@ class ChatAdmin(TenantScopedAdmin):
         return JsonResponse(
             {"sessions": [snapshot, chat.bot_state(), chat.needs_human], "at": timezone.now()}
         )
+
+
+def bubble_id(message):
+    return f"{'out' if hasattr(message, 'author') else 'in'}-{message.pk}"
 
 
 def bubble(message):

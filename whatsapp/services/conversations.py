@@ -19,9 +19,11 @@
 import logging
 from datetime import timedelta
 
+from django.conf import settings
 from django.db import IntegrityError, connection, transaction
 from django.db.models import Q
 from django.utils import timezone
+from django.utils.module_loading import import_string
 
 from companies.models import Company
 from whatsapp.models import (
@@ -266,6 +268,17 @@ def outbound_data(outbound):
             "created_at": _iso(outbound.created_at),
         }
     }
+
+
+def explain_replies(chat, rows):
+    """What produced the chat's replies among `rows` (its thread page), from the
+    apps in settings.WHATSAPP_CHAT_REPLY_EXPLAINERS: {outbound pk: [(label, value)]}."""
+    replies = [m for m in rows if hasattr(m, "author")]
+    found = {}
+    if replies:
+        for path in getattr(settings, "WHATSAPP_CHAT_REPLY_EXPLAINERS", ()):
+            found.update(import_string(path)(chat.company_id, replies))
+    return found
 
 
 def send_as_operator(chat, text, idempotency_key=None):
