@@ -27,7 +27,7 @@ from whatsapp.worker.supervisor import SessionSupervisor
 
 from .test_jobs import redis_pass
 from .test_worker_leases import running_companies
-from .worker_doubles import ScriptedTransport, fast_settings, run, wait_until
+from .worker_doubles import ScriptedTransport, fast_settings, run, until, wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
 
@@ -119,7 +119,13 @@ def test_a_message_the_database_refuses_does_not_cost_the_others_their_row(caplo
 
 
 def test_a_worker_commits_messages_that_arrive_together_in_one_transaction(settings, tmp_path):
-    fast_settings(settings, tmp_path)
+    # Leases and connects get room: this test is about the group commit, not
+    # hand-overs. With the 3 s lease of the fast settings, a loaded machine
+    # (renewals wait on the one database thread behind a group commit) could
+    # fence a session; a delivery to its stopped client is then not
+    # acknowledged (WhatsApp sends it again to the next client), which the
+    # scripted client, not WhatsApp, drops: 32 of 40 once.
+    fast_settings(settings, tmp_path, LEASE_TTL=60.0, CONNECT_TIMEOUT=60.0)
     sessions = running_companies(5, "batch")
     transport = ScriptedTransport()
     sup = SessionSupervisor(worker_id="w-batch", transport=transport)
@@ -132,13 +138,24 @@ def test_a_worker_commits_messages_that_arrive_together_in_one_transaction(setti
         for n in range(8)
     ]
 
+    def live_clients():
+        """company -> the client its session holds now, once all five are connected."""
+        held = {
+            company_id: ms.client
+            for company_id, ms in sup.sessions.items()
+            if ms.client is not None and ms.client.live and ms.client.logged_in
+        }
+        return held if len(held) == 5 else None
+
     async def scenario():
         await sup.start()
         await wait_until(
             lambda: WhatsAppSession.objects.filter(state="connected").count() == 5,
+            timeout=60,
             what="5 connected",
         )
-        client = {c.spec.company_id: c for c in transport.clients}
+        await until(live_clients, "5 live clients held by their sessions", timeout=60)
+        client = live_clients()
         deliveries = [
             client[company_id].emit(base.InboundMessage(event=event))
             for company_id, event in events + events[:10]  # ten redelivered at once
@@ -146,7 +163,10 @@ def test_a_worker_commits_messages_that_arrive_together_in_one_transaction(setti
         await asyncio.gather(*deliveries)
         await sup.shutdown("test over")
 
-    run(scenario)
+    run(scenario, timeout=150)
+    # One client per session, none replaced meanwhile: every delivery met the
+    # live client its session held (a stopped client's would not be acknowledged).
+    assert len(transport.clients) == 5, transport.log
     assert InboundMessage.objects.count() == 40
     assert ProcessingJob.objects.count() == 40
     assert sum(WhatsAppSession.objects.values_list("duplicates_blocked", flat=True)) == 10
