@@ -302,3 +302,40 @@ def test_a_message_the_database_could_not_store_is_not_acked_and_comes_again(
     message = InboundMessage.objects.get()
     assert message.text == "book me at 5"
     assert ProcessingJob.objects.filter(message=message).count() == 1
+
+
+def test_a_message_reaching_a_client_the_session_let_go_of_is_not_acked_and_comes_again(
+    rig, company
+):
+    """_stop_client lets go of a client (token cleared) before the client is
+    stopping: a message it delivers in that gap must not be acked (it would be
+    stored nowhere); the simulator delivers it again to the current client."""
+
+    async def scenario():
+        async with rig:
+            sup = await rig.supervisor()
+            await rig.pair(company)
+            ms = sup.sessions[company.pk]
+            live_token = ms.token
+            ms.token = object()  # the gap: the session has let go, the client still runs
+            cred = rig.cred(company)
+            await rig.sim.inject(cred, [protocol.inbound_frame(cred.jid, PHONE, "in the gap")])
+            await wait_until(lambda: ms.client.handler_errors == 0 and _delivered(rig) >= 1,
+                             what="delivered to the let-go client")
+            await reconcile_rounds(sup, 2)
+            assert not await db(InboundMessage.objects.exists)()
+            assert rig.cred(company).outbox  # not acked
+            assert ms.client.handler_errors == 0  # a refusal, not a handler error
+            ms.token = live_token
+            rig.sim.drop(cred)  # the current client gets it again on its next connection
+            await wait_until(lambda: InboundMessage.objects.count() == 1, what="stored")
+            await wait_until(lambda: not rig.cred(company).outbox, what="acked")
+
+    run(scenario)
+    message = InboundMessage.objects.get()
+    assert message.text == "in the gap"
+    assert ProcessingJob.objects.filter(message=message).count() == 1
+
+
+def _delivered(rig):
+    return rig.sim.totals["delivered"] + rig.sim.totals["redelivered"]

@@ -22,6 +22,13 @@ class TransportError(Exception):
         self.permanent = permanent
 
 
+class EventRefused(Exception):
+    """Raised by the worker's event sink for an inbound message it did not take
+    (the client that delivered it was already let go: a stopped or replaced
+    session's late event). The transport must not acknowledge it, so WhatsApp
+    delivers it again to the client that owns the company now. Not an error."""
+
+
 # --- events (what the worker's state machine consumes) --------------------
 @dataclass(frozen=True)
 class Connected:

@@ -802,6 +802,10 @@ class NeonizeClient:
                 await self._phone_from_store(event)
             if translated is not None:
                 await self._sink(translated)
+        except base.EventRefused:
+            # neonize acknowledged it before our handler ran (docs/worker.md, "Ack
+            # before Python"): nothing to hold back here; logged so it can be seen.
+            logger.warning("company %s: a let-go client's late message", self.spec.company_id)
         except Exception as exc:
             self._handler_failed(type(event).__name__, exc)
 

@@ -669,6 +669,8 @@ class SimulatorClient:
         try:
             await self._sink(event)
             return True
+        except base.EventRefused:
+            return False  # not taken (a let-go client's late message): no ack
         except Exception as exc:
             self._handler_failed(type(event).__name__, exc)
             return False

@@ -305,7 +305,12 @@ class ManagedSession:
     # --- events from the client ------------------------------------------------
     async def on_event(self, token, event):
         if token is not self.token or self.state.closed:
-            return  # a stopped client's late event
+            # A stopped client's late event. An inbound message is refused, not
+            # dropped: acknowledged here it would be stored nowhere (the client
+            # may not be stopping yet: _stop_client lets go of it first).
+            if isinstance(event, base.InboundMessage):
+                raise base.EventRefused(f"company {self.company_id}: client was let go")
+            return
         self.last_event = time.monotonic()
         try:
             await self._dispatch(token, event)
