@@ -216,7 +216,7 @@ class AppProcesses:
 
     def start_turns(self, name="turns"):
         """The turn runner (turn handlers, reply deadlines), as the Procfile runs it."""
-        return self._spawn(name, [sys.executable, "manage.py", "runturns"])
+        return self._spawn(name, ["runturns"])
 
     def start_daphne(self, name="web", port=None):
         port = port or free_port()

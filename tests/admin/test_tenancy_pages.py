@@ -97,7 +97,39 @@ def case_assistant_try(client, tenants, a, b):
     assert not AssistantRun.objects.exists()
 
 
+def foreign_chat(tenants):
+    from whatsapp.models import Chat
+
+    return Chat.objects.create(company=tenants.b, chat_jid="491709999999@s.whatsapp.net")
+
+
+def case_chat_poll(client, tenants, a, b):
+    chat = foreign_chat(tenants)
+    assert refused(client.get(reverse("admin:whatsapp_chat_poll", args=[chat.pk])))
+
+
+def case_chat_send(client, tenants, a, b):
+    from whatsapp.models import OutboundMessage
+
+    chat = foreign_chat(tenants)
+    target = reverse("admin:whatsapp_chat_send", args=[chat.pk])
+    assert refused(client.post(target, {"text": "sent into B's chat"}))
+    assert not OutboundMessage.objects.filter(text="sent into B's chat").exists()
+
+
+def case_chat_bot(client, tenants, a, b):
+    chat = foreign_chat(tenants)
+    for action in ("pause", "resume"):
+        target = reverse("admin:whatsapp_chat_bot", args=[chat.pk, action])
+        assert refused(client.post(target))
+    chat.refresh_from_db()
+    assert chat.bot_paused_until is None and not chat.paused_by
+
+
 CASES = {
+    "whatsapp_chat_poll": case_chat_poll,
+    "whatsapp_chat_send": case_chat_send,
+    "whatsapp_chat_bot": case_chat_bot,
     "whatsapp_session_status": case_status_all,
     "whatsapp_session_status_one": case_status_one,
     "whatsapp_session_action": case_session_action,

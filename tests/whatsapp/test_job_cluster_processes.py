@@ -14,6 +14,7 @@ from django_q.models import Schedule
 
 from tests.e2e_processes import AppProcesses, wait_for
 from tests.whatsapp.job_queue import purge
+from whatsapp.management.commands.setup_defaults import SCHEDULES
 from whatsapp.models import ProcessingJob, WhatsAppSession
 from whatsapp.services.inbound import record_inbound_message
 from whatsapp.transport.build import message_event
@@ -133,7 +134,9 @@ def test_the_sweeper_runs_on_the_maintenance_cluster(tenants, tmp_path):
     app.start_qcluster()
     try:
         schedules = Schedule.objects.all()
-        assert schedules.count() == 3
+        assert sorted(schedules.values_list("func", flat=True)) == sorted(
+            func for _name, func, _minutes in SCHEDULES
+        )
         assert set(schedules.values_list("cluster", flat=True)) == {settings.Q_MAINTENANCE_CLUSTER}
         wait_for(
             lambda: ProcessingJob.objects.filter(status="succeeded").exists(),
