@@ -418,27 +418,7 @@ def request_webhook_reply(endpoint, message):
     The answer may be empty (204 or no body: no reply) or a JSON object whose
     optional "reply" is a string. Anything else raises WebhookReplyError."""
     event_id = handler_event_id(message)
-    document = {
-        "id": str(event_id),
-        "type": HANDLER_EVENT,
-        "created_at": timezone.now().isoformat(),
-        "company_id": message.company_id,
-        "data": message_data(message),
-    }
-    outcome = post_signed(
-        endpoint.url,
-        endpoint.signing_secrets(),
-        event_id,
-        encode_body(document),
-        _conf()["HANDLER_TIMEOUT"],
-    )
-    WebhookEndpoint.objects.filter(pk=endpoint.pk).update(
-        last_attempt_at=timezone.now(),
-        last_status_code=outcome.status_code,
-        last_error=outcome.error[:2000],
-    )
-    if not outcome.ok:
-        raise WebhookReplyError(f"handler endpoint {endpoint.url}: {outcome.describe()}")
+    outcome = _post_to_handler(endpoint, event_id, HANDLER_EVENT, message_data(message))
     if not outcome.body.strip():
         return ""
     try:
@@ -457,18 +437,13 @@ def request_webhook_reply(endpoint, message):
     return reply.strip()
 
 
-TURN_HANDLER_EVENT = "turn.handle"
-
-
-def request_webhook_turn(endpoint, event_id, data):
-    """POST a turn (its messages and thread, `data`) to the handler endpoint.
-
-    Returns ("later", None) for a 202 (the answer comes through the turn's reply
-    URL), or ("now", answer) with the JSON object answered (None for an empty
-    body). Anything else raises WebhookReplyError."""
+def _post_to_handler(endpoint, event_id, event_type, data):
+    """POST one signed event to the company's handler endpoint, record the
+    attempt on the endpoint, and return the outcome; WebhookReplyError unless
+    it answered 2xx. (The message handler and the turn handler both call it.)"""
     document = {
         "id": str(event_id),
-        "type": TURN_HANDLER_EVENT,
+        "type": event_type,
         "created_at": timezone.now().isoformat(),
         "company_id": endpoint.company_id,
         "data": data,
@@ -487,6 +462,19 @@ def request_webhook_turn(endpoint, event_id, data):
     )
     if not outcome.ok:
         raise WebhookReplyError(f"handler endpoint {endpoint.url}: {outcome.describe()}")
+    return outcome
+
+
+TURN_HANDLER_EVENT = "turn.handle"
+
+
+def request_webhook_turn(endpoint, event_id, data):
+    """POST a turn (its messages and thread, `data`) to the handler endpoint.
+
+    Returns ("later", None) for a 202 (the answer comes through the turn's reply
+    URL), or ("now", answer) with the JSON object answered (None for an empty
+    body). Anything else raises WebhookReplyError."""
+    outcome = _post_to_handler(endpoint, event_id, TURN_HANDLER_EVENT, data)
     if outcome.status_code == 202:
         return "later", None
     if not outcome.body.strip():
