@@ -598,28 +598,9 @@ class NeonizeClient:
         (see NeonizeTransport.sends_with_id): WhatsApp chooses the id."""
         from neonize.proto.waE2E.WAWebProtobufsE2E_pb2 import Message as WAMessage
 
-        client = self._require()
-        if not await self.is_logged_in():
-            raise base.TransportError("not logged in to WhatsApp right now")
-        try:
-            to = jid_proto(jid)
-        except ValueError as exc:
-            raise base.TransportError(f"invalid recipient {jid!r}: {exc}", permanent=True) from exc
-        try:
-            # A Message proto, not a str: neonize parses @mentions out of str
-            # texts (and may look groups up) before sending.
-            response = await asyncio.wait_for(
-                client.send_message(to, WAMessage(conversation=text)), CALL_TIMEOUT
-            )
-        except TimeoutError as exc:
-            raise base.TransportError(f"send timed out after {CALL_TIMEOUT:.0f}s") from exc
-        except Exception as exc:
-            message = str(exc)
-            permanent = any(p in message.lower() for p in PERMANENT_SEND_ERRORS)
-            raise base.TransportError(f"send failed: {message}", permanent=permanent) from exc
-        if not response.ID:
-            raise base.TransportError("WhatsApp returned no message id")
-        return response.ID
+        # A Message proto, not a str: neonize parses @mentions out of str texts
+        # (and may look groups up) before sending.
+        return await self._send_proto(jid, WAMessage(conversation=text))
 
     async def is_on_whatsapp(self, phones):
         """whatsmeow's IsOnWhatsApp (numbers with their `+`): {phone: Recipient}.
